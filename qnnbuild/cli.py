@@ -1,0 +1,169 @@
+"""`qnnbuild` command line: parse arguments, call one module per command, map errors to exit statuses.
+
+0 ok · 1 a build (or verification) failed · 2 bad input. No traceback unless --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from qnnbuild import __version__
+from qnnbuild.errors import QnnbuildError, RecipeError, UsageError
+
+
+def _add_common(p: argparse.ArgumentParser, *, recipe: bool = True, artifacts: bool = True) -> None:
+    if recipe:
+        p.add_argument("recipe", help="path to the recipe YAML")
+    if artifacts:
+        p.add_argument("--artifacts", default="artifacts", help="artifacts folder (default: ./artifacts)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="qnnbuild", description="Incremental, reproducible builds for Qualcomm NPUs.")
+    top.add_argument("--version", action="version", version=f"qnnbuild {__version__}")
+    top.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="build what is stale")
+    _add_common(p)
+    p.add_argument("-j", "--jobs", type=int, default=1, help="instances to run side by side")
+    p.add_argument("--only", action="append", default=[], metavar="STAGE", help="build only STAGE and its inputs")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rebuild STAGE even if cached")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout when done")
+
+    p = sub.add_parser("status", help="what would run, and why")
+    _add_common(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("dag", help="show the stage graph")
+    _add_common(p, artifacts=False)
+    p.add_argument("--format", choices=["text", "mermaid", "dot"], default="text")
+
+    p = sub.add_parser("clean", help="remove a recipe's outputs, or everything under the artifacts folder")
+    p.add_argument("recipe", nargs="?", help="recipe whose views and lock to remove (default: everything)")
+    _add_common(p, recipe=False)
+
+    p = sub.add_parser("gc", help="drop store entries that no lock file references")
+    _add_common(p, recipe=False)
+
+    p = sub.add_parser("verify", help="re-hash the store and the current outputs")
+    p.add_argument("recipe", nargs="?", help="only this recipe's current outputs")
+    _add_common(p, recipe=False)
+
+    p = sub.add_parser("schema", help="print the recipe JSON Schema")
+    _add_common(p, recipe=False, artifacts=False)
+
+    p = sub.add_parser("doctor", help="toolchain versions and which QNN backends load here")
+    _add_common(p, recipe=False, artifacts=False)
+    return top
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qnnbuild.console import Console
+    from qnnbuild.plans import load_plan
+    from qnnbuild.session import Session
+
+    started = time.monotonic()
+    artifacts = Path(args.artifacts)
+    plan = load_plan(args.recipe, artifacts)
+    stages = {i.stage for i in plan.instances}
+    for name in [*args.only, *args.force]:
+        if name not in stages:
+            raise UsageError(f"{args.recipe}: no stage named {name!r}; stages: {', '.join(sorted(stages))}")
+    forced = frozenset(i.id for i in plan.instances if i.stage in args.force)
+    console = Console()
+    console.say(f"qnnbuild: {plan.recipe} — {len(plan.instances)} stage instances → {artifacts}/{plan.recipe}")
+    session = Session(plan, artifacts, forced)
+    verdicts = session.assess() if not (args.only or forced) else []
+    if verdicts and all(v.fresh and v.view_current for v in verdicts):
+        for result in session.accept(verdicts):  # the no-op: no doit, no YAML, no toolchain import
+            console.ended(result)
+    else:
+        from qnnbuild.execute import run_with_doit
+
+        selected = [i.id for i in plan.instances if i.stage in args.only] if args.only else []
+        with session.store.exclusive():
+            run_with_doit(session, console, selected, args.jobs)
+            session.write_lock()
+    console.close()
+    results = session.ordered_results()
+    seconds = time.monotonic() - started
+    console.summary(results, seconds)
+    ok = all(r.status in ("ran", "cached") for r in results)
+    if args.json:
+        print(json.dumps({"recipe": plan.recipe, "ok": ok, "seconds": round(seconds, 3),
+                          "stages": [r.to_json() for r in results]}, indent=1))
+    return 0 if ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from qnnbuild.plans import load_plan
+    from qnnbuild.session import Session
+
+    plan = load_plan(args.recipe, Path(args.artifacts))
+    session = Session(plan, Path(args.artifacts))
+    by_id = plan.by_id()
+    rows = []
+    for v in session.assess():
+        inst = by_id[v.id]
+        manifest = session.store.manifest(v.key) if v.key and v.fresh else None
+        view = session.view(inst)
+        rows.append({"id": v.id, "stage": inst.stage, "target": inst.target,
+                     "status": "fresh" if v.fresh else "stale", "reason": "; ".join(v.reasons),
+                     "key": v.key, "outputs": [str(view / r) for r in (manifest or {}).get("files", {})]})
+    session.stat.save()
+    if args.json:
+        print(json.dumps({"recipe": plan.recipe, "stages": rows}, indent=1))
+    else:
+        for row in rows:
+            print(f"{row['id']:<30} {row['status']:<6} {row['reason']}")
+    return 0
+
+
+def cmd_dag(args: argparse.Namespace) -> int:
+    from qnnbuild.graph import render
+    from qnnbuild.plans import load_plan
+
+    sys.stdout.write(render(load_plan(args.recipe, Path("."), cached=False), args.format))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from qnnbuild.schema import recipe_schema
+
+    print(json.dumps(recipe_schema(), indent=2))
+    return 0
+
+
+def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
+    from qnnbuild import maintenance
+
+    return {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "schema": cmd_schema,
+            "clean": maintenance.cmd_clean, "gc": maintenance.cmd_gc, "verify": maintenance.cmd_verify,
+            "doctor": maintenance.cmd_doctor}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _commands()[args.command](args)
+    except QnnbuildError as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, RecipeError):
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            n = len(exc.problems)
+            print(f"qnnbuild: {n} problem{'s' if n != 1 else ''} in the recipe", file=sys.stderr)
+        else:
+            print(f"qnnbuild: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("qnnbuild: interrupted; nothing half-written was published", file=sys.stderr)
+        return 130

@@ -1,0 +1,80 @@
+"""Stage keys: what determines a stage's output, and why a key changed.
+
+key = sha256(canonical JSON of the key document). The document holds the kind, the implementation version,
+the parameters with defaults filled in, the target, the digests (not paths, not mtimes) of every input, and
+the versions of the tools the stage calls. Keeping the document (not just its digest) in the lock file lets
+`status` say which of these changed. Names of stages are not in it: equal work is shared.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import cache
+from typing import Any
+
+from qnnbuild import __version__
+from qnnbuild.hashing import sha256_json
+
+
+@cache
+def tool_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "missing"
+
+
+def tool_versions(dists: tuple[str, ...]) -> dict[str, str]:
+    return {d: tool_version(d) for d in dists}
+
+
+def environment() -> dict[str, Any]:
+    """What the lock file records about where a build ran."""
+    return {"qnnbuild": __version__, "python": platform.python_version(), "machine": platform.machine(),
+            "system": platform.system()}
+
+
+def key_document(kind: str, version: int, params: dict[str, Any], target: dict[str, Any] | None,
+                 inputs: dict[str, str], files: dict[str, str], tools: dict[str, str]) -> dict[str, Any]:
+    return {"kind": kind, "version": version, "params": params, "target": target, "inputs": inputs,
+            "files": files, "tools": tools}
+
+
+def key_of(document: dict[str, Any]) -> str:
+    return sha256_json(document)
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text[:12] if isinstance(value, str) and len(value) == 64 else text
+
+
+def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human reasons a key changed, most specific first: `parameter activations: 'uint8' → 'uint16'`."""
+    words = {"params": "parameter", "inputs": "input", "files": "input file", "tools": "tool", "target": "target"}
+    reasons = []
+    if old.get("kind") != new.get("kind"):
+        reasons.append(f"kind {old.get('kind')} → {new.get('kind')}")
+    if old.get("version") != new.get("version"):
+        reasons.append(f"implementation version {old.get('version')} → {new.get('version')}")
+    for section, word in words.items():
+        before, after = _flat(old.get(section) or {}), _flat(new.get(section) or {})
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                if section in ("inputs", "files"):
+                    reasons.append(f"{word} {name} changed")
+                else:
+                    reasons.append(f"{word} {name}: {_short(before.get(name, '(unset)'))} → "
+                                   f"{_short(after.get(name, '(unset)'))}")
+    return reasons or ["key changed"]

@@ -1,0 +1,110 @@
+"""Commands that look after the artifacts folder rather than build: clean, gc, verify, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from qnnbuild.errors import UsageError
+from qnnbuild.store import Store, remove_tree
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _recipe_name(arg: str) -> str:
+    """A recipe is named by its file (read its `recipe:`) or by the name itself."""
+    path = Path(arg)
+    if path.is_file():
+        from qnnbuild.plans import load_plan
+
+        return load_plan(arg, Path("."), cached=False).recipe
+    if "/" in arg or arg.startswith("."):
+        raise UsageError(f"{arg}: no such recipe file")
+    return arg
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    artifacts = Path(args.artifacts)
+    if args.recipe:
+        name = _recipe_name(args.recipe)
+        remove_tree(artifacts / name)
+        print(f"removed {artifacts / name} (store entries stay until `qnnbuild gc`)")
+        return 0
+    if not artifacts.is_dir():
+        return 0
+    freed = 0
+    for child in artifacts.iterdir():
+        if child.name != ".gitkeep":
+            freed += _size(child) if child.is_dir() else 0
+            remove_tree(child)
+    print(f"removed everything under {artifacts}/ ({freed / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    store = Store(Path(args.artifacts))
+    live = {entry["key"] for lock in store.all_locks().values() for entry in lock.get("instances", {}).values()}
+    dropped, freed = 0, 0
+    with store.exclusive():
+        for key in store.keys():
+            if key not in live:
+                freed += _size(store.entry(key))
+                remove_tree(store.entry(key))
+                dropped += 1
+        remove_tree(store.root / ".tmp")
+    print(f"dropped {dropped} store entries ({freed / 1e6:.1f} MB); kept {len(live)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    store = Store(Path(args.artifacts))
+    locks = store.all_locks()
+    if args.recipe:
+        name = _recipe_name(args.recipe)
+        if name not in locks:
+            raise UsageError(f"no build of {name!r} under {args.artifacts}")
+        locks = {name: locks[name]}
+        keys = sorted({e["key"] for e in locks[name]["instances"].values()})
+    else:
+        keys = store.keys()
+    bad: list[str] = []
+    for key in keys:
+        bad.extend(store.damaged(key))
+    for name, lock in locks.items():
+        for inst_id, entry in lock.get("instances", {}).items():
+            stage, _, target = inst_id.partition("[")
+            view = store.view(name, stage, target.rstrip("]") or None)
+            if not store.view_is(view, entry["key"]):
+                bad.append(f"{view} (does not show the locked build {entry['key'][:12]})")
+            else:
+                manifest = store.manifest(entry["key"]) or {}
+                if {k: v["sha256"] for k, v in manifest.get("files", {}).items()} != entry.get("outputs"):
+                    bad.append(f"{view} (outputs differ from the lock file)")
+    for line in bad:
+        print(f"BAD  {line}")
+    print(f"verified {len(keys)} store entries and {sum(len(lk.get('instances', {})) for lk in locks.values())} "
+          f"views: {'all good' if not bad else f'{len(bad)} problems'}")
+    return 1 if bad else 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Runs the probe in a child process: libQnnHtp writes to fd 1 when it loads."""
+    proc = subprocess.run([sys.executable, "-m", "qnnbuild.doctor"], capture_output=True, text=True, check=False)
+    try:
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(proc.stdout + proc.stderr)
+        print("doctor: the probe crashed; see above")
+        return 1
+    for name, value in report["versions"].items():
+        print(f"{name:<16} {value}")
+    for name, (ok, detail) in report["backends"].items():
+        print(f"backend {name:<8} {'loads' if ok else 'unavailable'}{'' if ok else f'  ({detail})'}")
+    for advice in report["advice"]:
+        print(f"advice: {advice}")
+    return 0 if report["ok"] else 1

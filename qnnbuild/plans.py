@@ -1,0 +1,55 @@
+"""Recipe file → Plan, remembered by content so a no-op run skips YAML, jsonschema and networkx.
+
+The cache key covers the recipe's bytes and absolute path and the qnnbuild code itself, so any edit to
+either replans. Input files are not part of it: their digests are taken on every run anyway, and a file
+that vanished fails there and sends us back through the full, well-reported check.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qnnbuild import __version__
+from qnnbuild.errors import Problem, RecipeError
+from qnnbuild.graph import Plan
+from qnnbuild.hashing import sha256_json
+from qnnbuild.store import write_json_atomic
+from qnnbuild.yamlsrc import MAX_BYTES
+
+
+def _code_stamp() -> list[object]:
+    package = Path(__file__).parent
+    return [[p.relative_to(package).as_posix(), p.stat().st_mtime_ns, p.stat().st_size]
+            for p in sorted(package.rglob("*.py"))]
+
+
+def _read(path: Path, shown: str) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise RecipeError([Problem(shown, 1, 1, "", f"cannot read recipe: {exc.strerror}")]) from None
+
+
+def full_plan(path: Path, shown: str) -> Plan:
+    from qnnbuild.graph import plan_of
+    from qnnbuild.recipe import load_recipe
+
+    return plan_of(load_recipe(path, shown))
+
+
+def load_plan(recipe: str, artifacts: Path, *, cached: bool = True) -> Plan:
+    path = Path(recipe)
+    raw = _read(path, recipe)
+    if not cached:
+        return full_plan(path, recipe)
+    digest = sha256_json([__version__, _code_stamp(), str(path.resolve()), raw.hex()])
+    cache = artifacts / ".qnnbuild" / "plans" / f"{digest}.json"
+    try:
+        return Plan.from_json(json.loads(cache.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    plan = full_plan(path, recipe)
+    write_json_atomic(cache, plan.to_json())
+    return plan

@@ -1,0 +1,184 @@
+"""One build of one plan into one artifacts folder: keys, cache hits, running a stage, publishing it.
+
+Shared by `run` (through doit), `status` and the no-op fast path, so all three agree on what a key is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.errors import StageFailed
+from qnnbuild.graph import Instance, Plan
+from qnnbuild.hashing import StatCache
+from qnnbuild.keys import environment, key_document, key_of, tool_versions
+from qnnbuild.stages import KINDS
+from qnnbuild.stages.base import StageRun
+from qnnbuild.status import Verdict, assess
+from qnnbuild.store import Store, remove_tree
+from qnnbuild.targets import TARGETS
+
+
+@dataclass
+class Result:
+    """How one instance ended in this run (the `--json` contract's stage entry)."""
+
+    id: str
+    stage: str
+    target: str | None
+    status: str  # ran | cached | failed | skipped
+    seconds: float = 0.0
+    key: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    digest: str | None = None
+    document: dict[str, Any] | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    message: str = ""
+    log: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "stage": self.stage, "target": self.target, "status": self.status,
+                "seconds": round(self.seconds, 3), "key": self.key, "outputs": self.outputs}
+
+
+class Session:
+    def __init__(self, plan: Plan, artifacts: Path, forced: frozenset[str] = frozenset()) -> None:
+        self.plan = plan
+        self.artifacts = artifacts
+        self.store = Store(artifacts)
+        self.stat = StatCache(artifacts / ".qnnbuild" / "statcache.json")
+        self.forced = forced
+        self.locked: dict[str, Any] = self.store.read_lock(plan.recipe).get("instances", {})
+        self.results: dict[str, Result] = {}
+        self.keys: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._guard = threading.Lock()
+
+    # --- keys --------------------------------------------------------------------------------------------
+    def key_for(self, inst: Instance, upstream: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        kind = KINDS[inst.kind]
+        with self._guard:
+            files = {name: self.stat.digest(Path(path)) for name, path in sorted(inst.files.items())}
+        target = TARGETS[inst.target].as_dict() if inst.target else None
+        document = key_document(inst.kind, kind.version, inst.params, target, upstream, files,
+                                tool_versions(kind.tools))
+        return key_of(document), document
+
+    def output_digest(self, key: str) -> str | None:
+        manifest = self.store.manifest(key)
+        return None if manifest is None else str(manifest["digest"])
+
+    def view(self, inst: Instance) -> Path:
+        return self.store.view(self.plan.recipe, inst.stage, inst.target)
+
+    def assess(self) -> list[Verdict]:
+        return assess(self.plan, self.key_for, self.output_digest,
+                      lambda inst, key: self.store.view_is(self.view(inst), key), self.locked, self.forced)
+
+    def accept(self, verdicts: list[Verdict]) -> list[Result]:
+        """Record fresh, current verdicts as cached results without running anything."""
+        by_id = self.plan.by_id()
+        return [self._record(by_id[v.id], "cached", 0.0, str(v.key), v.document or {}) for v in verdicts]
+
+    def _upstream_digests(self, inst: Instance) -> dict[str, str]:
+        return {name: str(self.results[up].digest) for name, up in inst.inputs.items()}
+
+    # --- doit's up-to-date check and action -----------------------------------------------------------------
+    def current(self, inst: Instance) -> bool:
+        """True when the key is in the store and the view shows it: doit then skips the instance."""
+        key, document = self.key_for(inst, self._upstream_digests(inst))
+        self.keys[inst.id] = (key, document)
+        if inst.id in self.forced or not self.store.view_is(self.view(inst), key):
+            return False
+        self._record(inst, "cached", 0.0, key, document)
+        return True
+
+    def execute(self, inst: Instance) -> Result:
+        started = time.monotonic()
+        key, document = self.keys.get(inst.id) or self.key_for(inst, self._upstream_digests(inst))
+        if inst.id not in self.forced and self.store.has(key):
+            self.store.set_view(self.view(inst), key)
+            return self._record(inst, "cached", time.monotonic() - started, key, document)
+        work = self.store.new_workdir(key)
+        try:
+            self._run_worker(inst, work)
+            self.store.publish(work, key, document, time.monotonic() - started, replace=inst.id in self.forced)
+        except StageFailed as exc:
+            log = self._keep_log(inst, work)
+            raise StageFailed(str(exc), log) from None
+        finally:
+            if work.exists():
+                remove_tree(work)
+        self.store.set_view(self.view(inst), key)
+        return self._record(inst, "ran", time.monotonic() - started, key, document)
+
+    def _run_worker(self, inst: Instance, work: Path) -> None:
+        work = work.resolve()
+        run = StageRun(recipe=self.plan.recipe, stage=inst.stage, instance=inst.id, params=inst.params,
+                       inputs={name: self.store.entry(str(self.results[up].key)).resolve()
+                               for name, up in inst.inputs.items()},
+                       files={name: Path(p) for name, p in inst.files.items()}, out=work,
+                       target=TARGETS[inst.target].as_dict() if inst.target else None)
+        meta = work / ".qnnbuild"
+        request = meta / "request.json"
+        request.write_text(json.dumps({"kind": inst.kind, "run": run.to_json()}))
+        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
+        with (meta / "stage.log").open("wb") as log:
+            proc = subprocess.run([sys.executable, "-m", "qnnbuild.worker", str(request)], stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env, check=False)
+        request.unlink()
+        if proc.returncode != 0:
+            error = meta / "error.txt"
+            message = error.read_text().strip() if error.is_file() else f"worker died (status {proc.returncode})"
+            error.unlink(missing_ok=True)
+            raise StageFailed(message)
+
+    def _keep_log(self, inst: Instance, work: Path) -> Path:
+        logs = self.artifacts / self.plan.recipe / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        dest = logs / (inst.id.replace("[", "-").replace("]", "") + ".log")
+        shutil.copyfile(work / ".qnnbuild" / "stage.log", dest)
+        return dest
+
+    def _record(self, inst: Instance, status: str, seconds: float, key: str, document: dict[str, Any]) -> Result:
+        manifest = self.store.manifest(key) or {"files": {}, "digest": None}
+        view = self.view(inst)
+        result = Result(inst.id, inst.stage, inst.target, status, seconds, key,
+                        [str(view / rel) for rel in manifest["files"]], manifest["digest"], document,
+                        {rel: info["sha256"] for rel, info in manifest["files"].items()})
+        with self._guard:
+            self.results[inst.id] = result
+        return result
+
+    def fail(self, inst: Instance, status: str, message: str, seconds: float = 0.0, log: Path | None = None) -> None:
+        with self._guard:
+            self.results[inst.id] = Result(inst.id, inst.stage, inst.target, status, seconds,
+                                           self.keys.get(inst.id, (None,))[0], message=message,
+                                           log=str(log) if log else None)
+
+    # --- after the run -----------------------------------------------------------------------------------------
+    def write_lock(self) -> None:
+        """Record every instance that ended ran/cached; keep the last good entry of the others."""
+        instances = {k: v for k, v in self.locked.items() if k in self.plan.by_id()}
+        for result in self.results.values():
+            if result.status in ("ran", "cached"):
+                instances[result.id] = {"key": result.key, "digest": result.digest, "document": result.document,
+                                        "outputs": result.files}
+        tools = sorted({t for inst in self.plan.instances for t in KINDS[inst.kind].tools})
+        lock = {"recipe": self.plan.recipe, "tools": tool_versions(tuple(tools)), "platform": environment(),
+                "instances": dict(sorted(instances.items()))}
+        old = self.store.read_lock(self.plan.recipe)
+        old.pop("schema_version", None)
+        if old != lock:
+            self.store.write_lock(self.plan.recipe, lock)
+        self.stat.save()
+
+    def ordered_results(self) -> list[Result]:
+        return [self.results[i.id] for i in self.plan.instances if i.id in self.results]

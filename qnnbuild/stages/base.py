@@ -1,0 +1,92 @@
+"""What every stage kind declares, and what it is handed when it runs.
+
+A stage kind is plain data plus one `run` function (doit's idea of a task as a dict, with types). The engine
+never looks inside a stage; a stage never looks at the engine. `run` may execute in a fresh worker process,
+so everything it receives is JSON-serialisable.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One execution of one stage instance.
+
+    `inputs` maps each reference name (e.g. `model`) to the upstream instance's output folder; `files` maps
+    each declared file input to its absolute path; `out` is an empty folder the stage fills and that is
+    published atomically afterwards (the stage never writes anywhere else).
+    """
+
+    recipe: str
+    stage: str
+    instance: str
+    params: Params
+    inputs: dict[str, Path]
+    files: dict[str, Path]
+    out: Path
+    target: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "stage": self.stage, "instance": self.instance, "params": self.params,
+                "inputs": {k: str(v) for k, v in self.inputs.items()},
+                "files": {k: str(v) for k, v in self.files.items()}, "out": str(self.out),
+                "target": self.target}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> StageRun:
+        return cls(recipe=raw["recipe"], stage=raw["stage"], instance=raw["instance"], params=raw["params"],
+                   inputs={k: Path(v) for k, v in raw["inputs"].items()},
+                   files={k: Path(v) for k, v in raw["files"].items()}, out=Path(raw["out"]),
+                   target=raw["target"])
+
+    def say(self, message: str) -> None:
+        """A progress line for the stage log (stdout/stderr of a stage go to its log file)."""
+        print(f"[{self.instance}] {message}", file=sys.stderr, flush=True)
+
+
+def no_refs(params: Params) -> dict[str, str]:
+    return {}
+
+
+def no_files(params: Params) -> dict[str, str]:
+    return {}
+
+
+def no_checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
+    return []
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """A stage kind's declaration.
+
+    - `params`: JSON Schema `properties` of its parameters (defaults included: they enter the stage key);
+    - `refs(params)`: input name → referenced stage name (the DAG's data edges);
+    - `files(params)`: input name → file or folder path relative to the recipe (digested into the key);
+    - `checks(params)`: semantic checks the schema cannot express, as (parameter path, message);
+    - `fans_out`: runs once per target even when nothing upstream does (compile);
+    - `tools`: distributions whose versions change its output (they enter the key);
+    - `isolated`: run in a fresh process (QNN state leaks within a process and writes to fd 1).
+    """
+
+    name: str
+    version: int
+    summary: str
+    params: dict[str, Any]
+    run: Callable[[StageRun], None]
+    required: tuple[str, ...] = ()
+    refs: Callable[[Params], dict[str, str]] = no_refs
+    files: Callable[[Params], dict[str, str]] = no_files
+    checks: Callable[[Params], list[tuple[tuple[str | int, ...], str]]] = no_checks
+    fans_out: bool = False
+    tools: tuple[str, ...] = ()
+    isolated: bool = True
+    extra_schema: dict[str, Any] = field(default_factory=dict)
