@@ -117,6 +117,7 @@ class Session:
             if work.exists():
                 remove_tree(work)
         self.store.set_view(self.view(inst), key)
+        self._failure_log(inst).unlink(missing_ok=True)  # the last failure of this instance is history now
         return self._record(inst, "ran", time.monotonic() - started, key, document)
 
     def _run_worker(self, inst: Instance, work: Path) -> None:
@@ -125,7 +126,8 @@ class Session:
                        inputs={name: self.store.entry(str(self.results[up].key)).resolve()
                                for name, up in inst.inputs.items()},
                        files={name: Path(p) for name, p in inst.files.items()}, out=work,
-                       target=TARGETS[inst.target].as_dict() if inst.target else None)
+                       target=TARGETS[inst.target].as_dict() if inst.target else None,
+                       root=Path(self.plan.recipe_file).parent)
         meta = work / ".qnnbuild"
         request = meta / "request.json"
         request.write_text(json.dumps({"kind": inst.kind, "run": run.to_json()}))
@@ -140,10 +142,12 @@ class Session:
             error.unlink(missing_ok=True)
             raise StageFailed(message)
 
+    def _failure_log(self, inst: Instance) -> Path:
+        return self.artifacts / self.plan.recipe / "logs" / (inst.id.replace("[", "-").replace("]", "") + ".log")
+
     def _keep_log(self, inst: Instance, work: Path) -> Path:
-        logs = self.artifacts / self.plan.recipe / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        dest = logs / (inst.id.replace("[", "-").replace("]", "") + ".log")
+        dest = self._failure_log(inst)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(work / ".qnnbuild" / "stage.log", dest)
         return dest
 

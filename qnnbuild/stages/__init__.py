@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from qnnbuild.stages import command
+from qnnbuild.stages import command, compile, context_binary, convert, export, quantize
 from qnnbuild.stages.base import StageKind
 
 KINDS: dict[str, StageKind] = {k.name: k for k in (
+    export.KIND,
+    quantize.KIND,
+    convert.KIND,
+    compile.KIND,
+    context_binary.KIND,
     command.KIND,
 )}

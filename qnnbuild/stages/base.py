@@ -33,19 +33,20 @@ class StageRun:
     files: dict[str, Path]
     out: Path
     target: dict[str, Any] | None = None
+    root: Path = Path()  # the recipe's folder: where a torch factory's own modules live
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "stage": self.stage, "instance": self.instance, "params": self.params,
                 "inputs": {k: str(v) for k, v in self.inputs.items()},
                 "files": {k: str(v) for k, v in self.files.items()}, "out": str(self.out),
-                "target": self.target}
+                "target": self.target, "root": str(self.root)}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> StageRun:
         return cls(recipe=raw["recipe"], stage=raw["stage"], instance=raw["instance"], params=raw["params"],
                    inputs={k: Path(v) for k, v in raw["inputs"].items()},
                    files={k: Path(v) for k, v in raw["files"].items()}, out=Path(raw["out"]),
-                   target=raw["target"])
+                   target=raw["target"], root=Path(raw["root"]))
 
     def say(self, message: str) -> None:
         """A progress line for the stage log (stdout/stderr of a stage go to its log file)."""

@@ -1,0 +1,127 @@
+"""Sample sources for calibration and validation: synthetic, a folder of .npy/.npz, a folder of images.
+
+A source is indexable and loads one sample at a time, so memory does not grow with the number of samples
+(onnxruntime's collectors are fed in strides; see the quantize stage).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qnnbuild.errors import StageFailed
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "minProperties": 1,
+    "maxProperties": 1,
+    "additionalProperties": False,
+    "properties": {
+        "synthetic": {"type": "object", "additionalProperties": False,
+                      "properties": {"count": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 16},
+                                     "seed": {"type": "integer", "default": 0}}},
+        "npy": {"type": "object", "additionalProperties": False, "required": ["dir"],
+                "properties": {"dir": {"type": "string"}, "count": {"type": "integer", "minimum": 1}}},
+        "images": {"type": "object", "additionalProperties": False, "required": ["dir"],
+                   "properties": {
+                       "dir": {"type": "string"},
+                       "count": {"type": "integer", "minimum": 1},
+                       "resize": {"type": "integer", "minimum": 1,
+                                  "description": "shorter side before the center crop (default: crop size)"},
+                       "mean": {"type": "array", "items": {"type": "number"}, "default": [0.485, 0.456, 0.406]},
+                       "std": {"type": "array", "items": {"type": "number"}, "default": [0.229, 0.224, 0.225]},
+                       "scale": {"type": "number", "default": 0.00392156862745098,
+                                 "description": "pixel multiplier before mean/std (1/255)"},
+                       "layout": {"enum": ["NCHW", "NHWC"], "default": "NCHW"},
+                       "channels": {"enum": ["RGB", "BGR"], "default": "RGB"},
+                   }},
+    },
+}
+
+
+def files_of(calibration: dict[str, Any], prefix: str) -> dict[str, str]:
+    """The folder a calibration spec reads, as a file input (its content enters the stage key)."""
+    for kind in ("npy", "images"):
+        if kind in calibration:
+            return {f"{prefix}.{kind}.dir": calibration[kind]["dir"]}
+    return {}
+
+
+class Samples:
+    """Sample i of a source, as {input name: array}, loaded on demand."""
+
+    def __init__(self, spec: dict[str, Any], inputs: list[dict[str, Any]], folder: Path | None) -> None:
+        self.inputs = inputs
+        self.kind = next(iter(spec))
+        self.spec = spec[self.kind]
+        self.paths: list[Path] = []
+        if self.kind == "synthetic":
+            self.count = int(self.spec.get("count", 16))
+        else:
+            assert folder is not None
+            suffixes = {".npy", ".npz"} if self.kind == "npy" else IMAGE_SUFFIXES
+            self.paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes)
+            if not self.paths:
+                raise StageFailed(f"{folder}: no {' or '.join(sorted(suffixes))} files")
+            self.paths = self.paths[: self.spec.get("count", len(self.paths))]
+            self.count = len(self.paths)
+            if self.kind == "images" and len(inputs) != 1:
+                raise StageFailed("image calibration needs a model with exactly one input")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if self.kind == "synthetic":
+            rng = np.random.default_rng([int(self.spec.get("seed", 0)), index])
+            return {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in self.inputs}
+        if self.kind == "npy":
+            return self._npy(self.paths[index])
+        return {self.inputs[0]["name"]: self._image(self.paths[index])}
+
+    def _conform(self, name: str, array: np.ndarray, spec: dict[str, Any], source: Path) -> np.ndarray:
+        shape = list(spec["shape"])
+        if list(array.shape) == shape[1:] and shape[0] == 1:
+            array = array[None]
+        if list(array.shape) != shape:
+            raise StageFailed(f"{source}: {name} has shape {list(array.shape)}, the model wants {shape}")
+        return array.astype(spec["dtype"])
+
+    def _npy(self, path: Path) -> dict[str, np.ndarray]:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                missing = [i["name"] for i in self.inputs if i["name"] not in z]
+                if missing:
+                    raise StageFailed(f"{path}: no array named {', '.join(missing)}")
+                return {i["name"]: self._conform(i["name"], z[i["name"]], i, path) for i in self.inputs}
+        if len(self.inputs) != 1:
+            raise StageFailed(f"{path}: a model with several inputs needs .npz files with one array per input")
+        spec = self.inputs[0]
+        return {spec["name"]: self._conform(spec["name"], np.load(path, allow_pickle=False), spec, path)}
+
+    def _image(self, path: Path) -> np.ndarray:
+        from PIL import Image
+
+        spec, shape = self.spec, self.inputs[0]["shape"]
+        nchw = spec.get("layout", "NCHW") == "NCHW"
+        height, width = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+        short = spec.get("resize", min(height, width))
+        scale = short / min(rgb.size)
+        rgb = rgb.resize((max(width, round(rgb.width * scale)), max(height, round(rgb.height * scale))),
+                         Image.Resampling.BILINEAR)
+        left, top = (rgb.width - width) // 2, (rgb.height - height) // 2
+        pixels = np.asarray(rgb.crop((left, top, left + width, top + height)), dtype=np.float32)
+        if spec.get("channels", "RGB") == "BGR":
+            pixels = pixels[..., ::-1]
+        pixels = pixels * float(spec.get("scale", 1 / 255))
+        pixels = (pixels - np.array(spec.get("mean", [0.485, 0.456, 0.406]), np.float32)) / np.array(
+            spec.get("std", [0.229, 0.224, 0.225]), np.float32)
+        if nchw:
+            pixels = pixels.transpose(2, 0, 1)
+        return pixels[None].astype(self.inputs[0]["dtype"])

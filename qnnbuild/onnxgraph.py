@@ -1,0 +1,100 @@
+"""ONNX graph surgery that several stages need: safe names, fixed shapes, I/O descriptions."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+          10: "float16", 11: "float64", 21: "uint4", 22: "int4"}
+
+
+def dtype_name(elem_type: int) -> str:
+    return DTYPES.get(elem_type, f"onnx-type-{elem_type}")
+
+
+def graph_inputs(model: Any) -> list[Any]:
+    """Real inputs: graph inputs that are not initializers (old exporters list weights as inputs)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def io_spec(model: Any) -> dict[str, list[dict[str, Any]]]:
+    def describe(value: Any) -> dict[str, Any]:
+        t = value.type.tensor_type
+        return {"name": value.name, "dtype": dtype_name(t.elem_type),
+                "shape": [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]}
+
+    return {"inputs": [describe(v) for v in graph_inputs(model)],
+            "outputs": [describe(v) for v in model.graph.output]}
+
+
+def rename_tensors(model: Any) -> dict[str, str]:
+    """Give every tensor a name downstream tools accept (no ':', ';', '/'...); returns old → new."""
+    graph = model.graph
+    names: list[str] = [i.name for i in graph.input] + [i.name for i in graph.initializer]
+    for node in graph.node:
+        names += list(node.input) + list(node.output)
+    mapping: dict[str, str] = {}
+    taken = {n for n in names if not SAFE.search(n)}
+    for name in dict.fromkeys(names):
+        if not name or not SAFE.search(name):
+            continue
+        base = SAFE.sub("_", name).strip("_") or "t"
+        new, n = base, 1
+        while new in taken:
+            n += 1
+            new = f"{base}_{n}"
+        taken.add(new)
+        mapping[name] = new
+    if not mapping:
+        return mapping
+
+    def fix(seq: Any) -> None:
+        for i, n in enumerate(seq):
+            if n in mapping:
+                seq[i] = mapping[n]
+
+    for node in graph.node:
+        fix(node.input)
+        fix(node.output)
+    for coll in (graph.input, graph.output, graph.value_info, graph.initializer):
+        for item in coll:
+            item.name = mapping.get(item.name, item.name)
+    return mapping
+
+
+def name_nodes(model: Any) -> None:
+    """Every node gets a unique name (onnxruntime.quantization refuses unnamed nodes)."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        name = SAFE.sub("_", node.name) if node.name else f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        seen.add(name)
+        node.name = name
+
+
+def fix_input_shapes(model: Any, shapes: dict[str, list[int]]) -> list[str]:
+    """Set declared input shapes; returns problems (unknown names, dynamic dims left)."""
+    problems = []
+    inputs = {i.name: i for i in graph_inputs(model)}
+    for name in shapes:
+        if name not in inputs:
+            problems.append(f"inputs: the model has no input {name!r} (it has: {', '.join(inputs)})")
+    for name, value in inputs.items():
+        dims = value.type.tensor_type.shape.dim
+        if name in shapes:
+            want = shapes[name]
+            if len(want) != len(dims):
+                problems.append(f"inputs.{name}: the model's input has rank {len(dims)}, the recipe gives {len(want)}")
+                continue
+            for dim, size in zip(dims, want, strict=True):
+                dim.ClearField("dim_param")
+                dim.dim_value = size
+        dynamic = [d.dim_param or "?" for d in dims if not d.HasField("dim_value") or d.dim_value <= 0]
+        if dynamic:
+            problems.append(f"input {name!r} has dynamic dimensions ({', '.join(dynamic)}); "
+                            f"give its shape under inputs: {{{name}: [...]}}")
+    return problems

@@ -1,0 +1,112 @@
+"""The one module that opens onnxruntime / onnxruntime-qnn sessions.
+
+Everything here encodes a fact from QNN_NOTES.md: register the plugin EP once per process; always disable
+CPU fallback (otherwise a node, or the whole graph, silently runs on the CPU); unknown or bad provider
+options are ignored silently, so callers pass only options validated by qnnbuild; QNN's real reasons are in
+the verbose log, so failures are retried with it captured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_registered = False
+
+
+def ort() -> Any:
+    """onnxruntime with the QNN plugin registered (once per process)."""
+    global _registered  # noqa: PLW0603 - registration is per process by nature
+    import onnxruntime
+
+    if not _registered:
+        import onnxruntime_qnn
+
+        onnxruntime.set_default_logger_severity(3)
+        onnxruntime.register_execution_provider_library("QNNExecutionProvider", onnxruntime_qnn.get_library_path())
+        _registered = True
+    return onnxruntime
+
+
+def library_dir() -> Path:
+    import onnxruntime_qnn
+
+    return Path(onnxruntime_qnn.get_library_path()).parent
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import onnxruntime_qnn
+
+    return {"onnxruntime": onnxruntime.__version__, "onnxruntime-qnn": onnxruntime_qnn.__version__,
+            "qnn_sdk": str(getattr(onnxruntime_qnn.build_and_package_info, "qnn_version", "unknown"))}
+
+
+def htp_session(model: str | bytes, provider: dict[str, str], config: dict[str, str] | None = None, *,
+                fallback: bool = False, verbose: bool = False) -> Any:
+    """An InferenceSession on the QNN HTP backend (emulated on x86)."""
+    rt = ort()
+    so = rt.SessionOptions()
+    so.log_severity_level = 0 if verbose else 2
+    if not fallback:
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
+    devices = [d for d in rt.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
+    if not devices:
+        raise RuntimeError("the QNN execution provider offers no device; run `qnnbuild doctor`")
+    # Keep the input Quantize / output Dequantize inside the QNN graph (what a device build does); with the
+    # default, an assignment check with fallback allowed would report them as refused.
+    so.add_provider_for_devices(devices, {"backend_type": "htp", "offload_graph_io_quantization": "0", **provider})
+    session = rt.InferenceSession(model, so)
+    if not fallback:
+        session.disable_fallback()  # run() must raise, not quietly re-create the session on the CPU
+    return session
+
+
+def cpu_session(model: str | bytes) -> Any:
+    rt = ort()
+    so = rt.SessionOptions()
+    so.log_severity_level = 3
+    return rt.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Capture what native code writes to fd 2 (onnxruntime and QNN logs); also copied to the stage log."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    text: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield text
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text.append(tmp.read().decode("utf-8", "replace"))
+            sys.stderr.write(text[0])
+            sys.stderr.flush()
+
+
+def refusal_reasons(log: str) -> dict[str, str]:
+    """node name → QNN's reason, from the verbose log's "Validation FAILED" entries."""
+    reasons: dict[str, str] = {}
+    for m in re.finditer(r"Node name: (\S+).*?\n\s*REASON : (.+)", log):
+        reasons.setdefault(m.group(1), m.group(2).strip())
+    return reasons
+
+
+def finalize_errors(log: str) -> list[str]:
+    """The ops HTP graph finalize could not create (it reports a misleading MEM_ALLOC 1002 otherwise)."""
+    found = re.findall(r"could not create op:?\s*(\S+)", log)
+    found += re.findall(r"(Failed to (?:finalize|validate|add)[^\n]*)", log)
+    return list(dict.fromkeys(found))

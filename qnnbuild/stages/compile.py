@@ -1,0 +1,97 @@
+"""`compile`: QDQ model → a QNN context binary finalized for one Snapdragon target (HTP graph finalize).
+
+One fresh worker process per compile and a fixed relative model path: QNN hashes the path string into the
+graph name and changes counters on a second generation in one process, and both would break byte-identical
+rebuilds. Options are validated here because the EP ignores unknown keys and bad values silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from qnnbuild.errors import StageFailed
+from qnnbuild.stages.base import Params, StageKind, StageRun
+
+PERFORMANCE_MODES = ["default", "burst", "balanced", "high_performance", "sustained_high_performance",
+                     "power_saver", "low_power_saver", "high_power_saver", "low_balanced", "extreme_power_saver"]
+
+
+def _refs(params: Params) -> dict[str, str]:
+    return {"model": params["model"]}
+
+
+def provider_options(params: Params, target: dict[str, int | str]) -> dict[str, str]:
+    """The QNN EP options for this target; every value here has been checked against the schema."""
+    options = {"soc_model": str(target["soc_model"]), "htp_arch": str(target["htp_arch"]),
+               "htp_graph_finalization_optimization_mode": str(params["optimization_level"]),
+               "htp_performance_mode": params["performance_mode"]}
+    if params.get("vtcm_mb") is not None:
+        if int(params["vtcm_mb"]) > int(target["vtcm_mb"]):
+            raise StageFailed(f"vtcm_mb {params['vtcm_mb']} exceeds the {target['vtcm_mb']} MB VTCM of "
+                              f"{target['name']}")
+        options["vtcm_mb"] = str(params["vtcm_mb"])
+    if params["fp16"]:
+        options["enable_htp_fp16_precision"] = "1"
+    return options
+
+
+def run(ctx: StageRun) -> None:
+    import onnx
+
+    from qnnbuild import encodings, onnxgraph, qnn
+
+    assert ctx.target is not None
+    options = provider_options(ctx.params, ctx.target)
+    source = ctx.inputs["model"] / "model.qdq.onnx"
+    ctx.say(f"finalizing the HTP graph for {ctx.target['name']} ({ctx.target['product']}, HTP v"
+            f"{ctx.target['htp_arch']}), optimization level {ctx.params['optimization_level']}")
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-compile-") as tmp:
+        cwd = Path.cwd()
+        os.chdir(tmp)
+        try:
+            shutil.copyfile(source, "model.onnx")
+            config = {"ep.context_enable": "1", "ep.context_file_path": "model_ctx.onnx",
+                      "ep.context_embed_mode": "0"}
+            try:
+                with qnn.captured_stderr() as log:
+                    qnn.htp_session("model.onnx", options, config, verbose=True)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare RuntimeErrors of several types
+                causes = qnn.finalize_errors(log[0] if log else "")
+                hint = f"; QNN says: {', '.join(causes)}" if causes else ""
+                raise StageFailed(f"HTP compile for {ctx.target['name']} failed: {str(exc).strip()}{hint}") from None
+            for name in ("model_ctx.onnx", "model_ctx_qnn.bin"):
+                if not Path(name).is_file():
+                    raise StageFailed(f"QNN did not write {name}")
+                shutil.move(name, ctx.out / name)
+        finally:
+            os.chdir(cwd)
+    qdq = onnx.load(str(source))
+    info = {"target": ctx.target, "provider_options": options, **onnxgraph.io_spec(qdq),
+            "io_quantization": encodings.io_quantization(qdq)}
+    (ctx.out / "compile.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    size = (ctx.out / "model_ctx_qnn.bin").stat().st_size
+    ctx.say(f"context binary: {size / 1e6:.2f} MB")
+
+
+KIND = StageKind(
+    name="compile",
+    version=1,
+    summary="QDQ model → QNN context binary finalized for each target",
+    params={
+        "model": {"type": "string", "description": "the quantize stage whose model to compile"},
+        "optimization_level": {"type": "integer", "minimum": 1, "maximum": 3, "default": 3,
+                               "description": "HTP graph finalization optimization mode"},
+        "vtcm_mb": {"type": "integer", "minimum": 1, "maximum": 8, "description": "VTCM to use (default: all)"},
+        "fp16": {"type": "boolean", "default": False, "description": "run float ops in fp16 on HTP"},
+        "performance_mode": {"enum": PERFORMANCE_MODES, "default": "default"},
+    },
+    required=("model",),
+    refs=_refs,
+    fans_out=True,
+    tools=("onnx", "onnxruntime", "onnxruntime-qnn"),
+    run=run,
+)

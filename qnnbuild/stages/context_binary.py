@@ -1,0 +1,78 @@
+"""`context-binary`: the deliverable for one target — the EPContext model, the raw QNN context binary named
+for the target, and io_spec.json (names, shapes, dtypes and the scale/offset of quantized I/O) for people
+who load the binary with QNN directly. The binary is loaded and run once on the HTP emulator before it is
+published, so a deliverable that QNN cannot load never leaves the build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from qnnbuild.errors import StageFailed
+from qnnbuild.stages.base import Params, StageKind, StageRun
+
+
+def _refs(params: Params) -> dict[str, str]:
+    return {"compiled": params["compiled"]}
+
+
+def run(ctx: StageRun) -> None:
+    import numpy as np
+    import onnx
+
+    from qnnbuild import qnn
+
+    assert ctx.target is not None
+    compiled = ctx.inputs["compiled"]
+    stem = f"{ctx.recipe}_{ctx.target['name']}"
+    model = onnx.load(str(compiled / "model_ctx.onnx"))
+    nodes = [n for n in model.graph.node if n.op_type == "EPContext"]
+    if len(nodes) != 1:
+        raise StageFailed(f"expected one EPContext node, found {len(nodes)}: the whole graph must be on QNN")
+    for attr in nodes[0].attribute:
+        if attr.name == "ep_cache_context":
+            attr.s = f"{stem}.bin".encode()
+    onnx.save(model, str(ctx.out / f"{stem}.onnx"))
+    shutil.copyfile(compiled / "model_ctx_qnn.bin", ctx.out / f"{stem}.bin")
+
+    info = json.loads((compiled / "compile.json").read_text())
+    quant = info["io_quantization"]
+
+    def entry(value: dict[str, object]) -> dict[str, object]:
+        q = quant.get(str(value["name"]))
+        return {**value, "quantization": None if q is None else {
+            "dtype": f"uint{q['bitwidth']}", "scale": q["scale"], "offset": q["offset"]}}
+
+    spec = {"target": info["target"], "context_binary": f"{stem}.bin", "epcontext_model": f"{stem}.onnx",
+            "graph_io_quantized_inside": True,
+            "inputs": [entry(v) for v in info["inputs"]], "outputs": [entry(v) for v in info["outputs"]]}
+    (ctx.out / "io_spec.json").write_text(json.dumps(spec, indent=1) + "\n")
+
+    cwd = Path.cwd()
+    os.chdir(ctx.out)
+    try:
+        session = qnn.htp_session(f"{stem}.onnx", {})
+        feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+                 for i in session.get_inputs()}
+        outputs = session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - any failure to load or run means the deliverable is bad
+        raise StageFailed(f"the context binary for {ctx.target['name']} does not load/run on the HTP emulator: "
+                          f"{str(exc).strip()}") from None
+    finally:
+        os.chdir(cwd)
+    ctx.say(f"{stem}.bin loads and runs on the HTP emulator; outputs {[list(o.shape) for o in outputs]}")
+
+
+KIND = StageKind(
+    name="context-binary",
+    version=1,
+    summary="compile output → the per-target deliverable folder (EPContext model, context binary, io_spec.json)",
+    params={"compiled": {"type": "string", "description": "the compile stage"}},
+    required=("compiled",),
+    refs=_refs,
+    tools=("onnx", "onnxruntime", "onnxruntime-qnn"),
+    run=run,
+)

@@ -1,0 +1,106 @@
+"""`convert`: QDQ model → the QNN graph, written by QNN's own IR backend: model.dlc, model_net.json and an
+op report. This is where a model QNN cannot take fails, early and cheaply (no HTP finalize), with the
+refused nodes, their op types and QNN's reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.errors import StageFailed
+from qnnbuild.stages.base import Params, StageKind, StageRun
+
+FLOAT_TYPES = {0x0232: "float32", 0x0216: "float16"}  # QNN_DATATYPE_FLOAT_32 / _16
+
+
+def _refs(params: Params) -> dict[str, str]:
+    return {"model": params["model"]}
+
+
+def _refused(model: str) -> tuple[list[dict[str, str]], int]:
+    """Nodes QNN would leave to the CPU (with fallback allowed, so we can list them all) and the QNN count."""
+    from qnnbuild import qnn
+
+    with qnn.captured_stderr() as log:
+        session = qnn.htp_session(model, {}, {"session.record_ep_graph_assignment_info": "1"}, fallback=True,
+                                  verbose=True)
+    reasons = qnn.refusal_reasons(log[0])
+    refused, on_qnn = [], 0
+    for subgraph in session.get_provider_graph_assignment_info():
+        nodes = subgraph.get_nodes()
+        if subgraph.ep_name == "QNNExecutionProvider":
+            on_qnn += len(nodes)
+            continue
+        refused += [{"name": n.name, "op_type": n.op_type, "reason": reasons.get(n.name, "not supported by QNN")}
+                    for n in nodes]
+    return refused, on_qnn
+
+
+def op_report(graph: dict[str, Any]) -> dict[str, Any]:
+    nodes = graph["graph"]["nodes"]
+    tensors = graph["graph"]["tensors"]
+    histogram = Counter(n["type"] for n in nodes.values())
+    float_ops = []
+    for name, node in nodes.items():
+        if node["type"] in ("Quantize", "Dequantize", "Convert", "Cast"):
+            continue
+        types = {FLOAT_TYPES.get(tensors[o]["data_type"]) for o in node["output_names"] if o in tensors}
+        if types - {None}:
+            float_ops.append({"name": name, "type": node["type"]})
+    return {"ops": len(nodes), "histogram": dict(sorted(histogram.items())),
+            "transposes": sorted(n for n, v in nodes.items() if v["type"] == "Transpose"),
+            "float_ops": float_ops, "macs": graph.get("Total MACs per inference"),
+            "parameters": graph.get("Total parameters")}
+
+
+def run(ctx: StageRun) -> None:
+    from qnnbuild import qnn
+
+    source = ctx.inputs["model"] / "model.qdq.onnx"
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-convert-") as tmp:
+        cwd = Path.cwd()
+        os.chdir(tmp)
+        try:
+            shutil.copyfile(source, "model.onnx")  # a fixed relative name: QNN hashes the path into names
+            refused, on_qnn = _refused("model.onnx")
+            if refused:
+                (ctx.out / "op_report.json").write_text(json.dumps({"refused": refused}, indent=1) + "\n")
+                listing = "; ".join(f"{r['name']} ({r['op_type']}): {r['reason']}" for r in refused)
+                raise StageFailed(f"QNN cannot take {len(refused)} node(s): {listing}")
+            Path("dump").mkdir()
+            qnn.htp_session("model.onnx", {
+                "dump_qnn_ir_dlc": "1", "dump_qnn_ir_dlc_dir": "dump",
+                "qnn_ir_backend_path": str(qnn.library_dir() / "libQnnIr.so"),
+                "dump_json_qnn_graph": "1", "json_qnn_graph_dir": "dump"})
+            dumped = sorted(Path("dump").iterdir())
+            dlc = [p for p in dumped if p.suffix == ".dlc"]
+            graph_json = [p for p in dumped if p.suffix == ".json" and not p.name.endswith("_tensor_log.json")]
+            if len(dlc) != 1 or len(graph_json) != 1:
+                raise StageFailed(f"expected one QNN graph, QNN wrote: {', '.join(p.name for p in dumped)}")
+            shutil.copyfile(dlc[0], ctx.out / "model.dlc")
+            graph = json.loads(graph_json[0].read_text())
+        finally:
+            os.chdir(cwd)
+    (ctx.out / "model_net.json").write_text(json.dumps(graph, indent=1, sort_keys=True) + "\n")
+    report = {"onnx_nodes_on_qnn": on_qnn, "refused": [], **op_report(graph)}
+    (ctx.out / "op_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    ctx.say(f"QNN graph: {report['ops']} ops {report['histogram']}; {len(report['transposes'])} transposes, "
+            f"{len(report['float_ops'])} float ops")
+
+
+KIND = StageKind(
+    name="convert",
+    version=1,
+    summary="QDQ model → QNN graph (DLC + JSON, by QNN's IR backend) and an op report",
+    params={"model": {"type": "string", "description": "the quantize stage whose model to convert"}},
+    required=("model",),
+    refs=_refs,
+    tools=("onnxruntime", "onnxruntime-qnn"),
+    run=run,
+)

@@ -1,0 +1,161 @@
+"""`export`: a torch factory or an ONNX file → a clean fp32 `model.onnx` with fixed shapes, plus `io.json`.
+
+Clean means what QNN and the quantizer need: every input shape concrete, every node named, tensor names
+without ':', ';' or '/', constants folded and Identity/Constant debris and BatchNorm folded away
+(onnxruntime's basic graph optimizations, written offline), shapes inferred. Output bytes depend only on
+the inputs: fixed file names, no metadata, no timestamps.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from qnnbuild.errors import StageFailed
+from qnnbuild.stages.base import Params, StageKind, StageRun
+
+FACTORY = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+SHAPE = {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 1}}
+
+
+def _files(params: Params) -> dict[str, str]:
+    files = {k: params[k] for k in ("onnx", "checkpoint") if k in params}
+    files.update({f"sources.{i}": s for i, s in enumerate(params.get("sources", []))})
+    return files
+
+
+def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
+    has_torch, has_onnx = "torch" in params, "onnx" in params
+    if has_torch == has_onnx:
+        return [((), "give exactly one source: torch: \"module:callable\" or onnx: path/to/model.onnx")]
+    if has_torch and not params.get("inputs"):
+        return [(("inputs",), "a torch export needs the input shapes, e.g. inputs: {input: [1, 3, 224, 224]}")]
+    if has_onnx and "checkpoint" in params:
+        return [(("checkpoint",), "checkpoint goes with a torch factory, not an ONNX file")]
+    return []
+
+
+def _load_factory(spec: str, root: Path) -> object:
+    module_name, _, attr = spec.partition(":")
+    sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StageFailed(f"torch: cannot import {module_name!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise StageFailed(f"torch: {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _torch_export(ctx: StageRun, dest: Path) -> None:
+    import torch
+
+    params = ctx.params
+    model = _load_factory(params["torch"], ctx.root)()  # type: ignore[operator]
+    if not isinstance(model, torch.nn.Module):
+        raise StageFailed(f"torch: {params['torch']} returned {type(model).__name__}, not a torch.nn.Module")
+    if "checkpoint" in params:
+        state = torch.load(ctx.files["checkpoint"], map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    model.eval()
+    names = list(params["inputs"])
+    args = tuple(torch.zeros(*shape) for shape in params["inputs"].values())
+    outputs = params.get("outputs") or None
+    ctx.say(f"torch.onnx.export {params['torch']} (opset {params['opset']})")
+    with torch.no_grad():
+        try:
+            torch.onnx.export(model, args, str(dest), input_names=names, output_names=outputs,
+                              opset_version=params["opset"], dynamo=False, do_constant_folding=True)
+        except (TypeError, RuntimeError) as exc:  # the TorchScript exporter is gone or cannot trace this model
+            ctx.say(f"TorchScript exporter failed ({exc}); using the dynamo exporter")
+            program = torch.onnx.export(model, args, input_names=names, output_names=outputs,
+                                        opset_version=max(params["opset"], 18), dynamo=True)
+            program.save(str(dest), external_data=False)
+
+
+def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
+    import onnx
+
+    from qnnbuild import onnxgraph
+    from qnnbuild.qnn import ort
+
+    model = onnx.load(str(raw))
+    problems = onnxgraph.fix_input_shapes(model, ctx.params.get("inputs", {}))
+    if problems:
+        raise StageFailed("; ".join(problems))
+    renamed = onnxgraph.rename_tensors(model)
+    if renamed:
+        ctx.say(f"renamed {len(renamed)} tensors with unsafe names")
+    onnxgraph.name_nodes(model)
+    del model.metadata_props[:]
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    fixed = scratch / "fixed.onnx"
+    onnx.save(model, str(fixed))
+
+    rt = ort()
+    so = rt.SessionOptions()
+    so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(scratch / "optimized.onnx")
+    so.log_severity_level = 3
+    rt.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"])
+
+    model = onnx.load(str(scratch / "optimized.onnx"))
+    onnxgraph.name_nodes(model)
+    del model.metadata_props[:]
+    model.producer_name, model.producer_version = "qnnbuild", ""
+    del model.graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    debris = [n.name for n in model.graph.node if n.op_type in ("Constant", "Identity")]
+    if debris:
+        ctx.say(f"left in the graph: {', '.join(debris)}")
+    onnx.checker.check_model(model)
+    onnx.save(model, str(ctx.out / "model.onnx"))
+    spec = onnxgraph.io_spec(model)
+    spec["nodes"] = len(model.graph.node)
+    (ctx.out / "io.json").write_text(json.dumps(spec, indent=1) + "\n")
+    ctx.say(f"model.onnx: {len(model.graph.node)} nodes; inputs {spec['inputs']}")
+
+
+def run(ctx: StageRun) -> None:
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-export-") as tmp:
+        scratch = Path(tmp)
+        cwd = Path.cwd()
+        os.chdir(scratch)  # fixed relative names: the exporters store file names inside the model
+        try:
+            if "torch" in ctx.params:
+                _torch_export(ctx, Path("exported.onnx"))
+                raw = scratch / "exported.onnx"
+            else:
+                raw = ctx.files["onnx"]
+            _clean(ctx, raw, scratch)
+        finally:
+            os.chdir(cwd)
+
+
+KIND = StageKind(
+    name="export",
+    version=1,
+    summary="a torch factory or an ONNX file → clean fp32 model.onnx with fixed input shapes",
+    params={
+        "torch": {"type": "string", "pattern": FACTORY, "description": "\"package.module:callable\" returning "
+                  "a torch.nn.Module; the module is searched in the recipe's folder first"},
+        "checkpoint": {"type": "string", "description": "state_dict file loaded into the torch model"},
+        "onnx": {"type": "string", "description": "an ONNX file (relative to the recipe)"},
+        "inputs": {"type": "object", "additionalProperties": SHAPE, "default": {},
+                   "description": "input name → shape; fixes dynamic dimensions"},
+        "outputs": {"type": "array", "items": {"type": "string"}, "description": "output names (torch)"},
+        "opset": {"type": "integer", "minimum": 13, "maximum": 21, "default": 17},
+        "sources": {"type": "array", "items": {"type": "string"}, "default": [],
+                    "description": "files the torch factory reads (its own .py files): their digests enter the key"},
+    },
+    files=_files,
+    checks=_checks,
+    tools=("onnx", "onnxruntime", "torch", "qnnbuild"),
+    run=run,
+)

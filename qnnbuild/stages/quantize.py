@@ -1,0 +1,137 @@
+"""`quantize`: fp32 model + calibration samples → QDQ model for QNN, encodings.json, calibration.json.
+
+onnxruntime.quantization with its QNN configuration (get_qnn_qdq_config). Its calibrators keep every
+sample's intermediate tensors until the end, so memory grows with the calibration set; we feed them in
+strides of at most STRIDE samples (onnxruntime's CalibStridedMinMax hook, which merges ranges or histograms
+between strides) from a source that loads one sample at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from typing import Any
+
+from qnnbuild import calibration
+from qnnbuild.errors import StageFailed
+from qnnbuild.stages.base import Params, StageKind, StageRun
+
+STRIDE = 16
+QTYPES = ["uint8", "uint16", "int8", "int16", "int4", "uint4"]
+
+
+def _refs(params: Params) -> dict[str, str]:
+    return {"model": params["model"]}
+
+
+def _files(params: Params) -> dict[str, str]:
+    return calibration.files_of(params.get("calibration", {}), "calibration")
+
+
+def stride_for(count: int) -> int:
+    """The largest stride ≤ STRIDE dividing count (onnxruntime requires it to divide the set)."""
+    return max(d for d in range(1, min(STRIDE, count) + 1) if count % d == 0)
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol, plus the range hooks its strided calibration uses."""
+
+    def __init__(self, samples: calibration.Samples) -> None:
+        self.samples = samples
+        self.start, self.end, self.next = 0, len(samples), 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end, self.next = start_index, end_index, start_index
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self.next >= self.end:
+            return None
+        self.next += 1
+        return self.samples[self.next - 1]
+
+    def rewind(self) -> None:
+        self.next = self.start
+
+
+def run(ctx: StageRun) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    from qnnbuild import encodings
+
+    params = ctx.params
+    qtypes = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8,
+              "int16": QuantType.QInt16, "int4": QuantType.QInt4, "uint4": QuantType.QUInt4}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    model_path = ctx.inputs["model"] / "model.onnx"
+    spec = json.loads((ctx.inputs["model"] / "io.json").read_text())
+    cal = params["calibration"]
+    folder = next(iter(ctx.files.values()), None)
+    samples = calibration.Samples(cal, spec["inputs"], folder)
+    model = onnx.load(str(model_path))
+    tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
+        i.name for i in model.graph.input}
+    unknown = sorted(set(params["overrides"]) - tensors)
+    if unknown:
+        raise StageFailed(f"overrides name tensors the model does not have: {', '.join(unknown)}")
+    overrides = {name: [{"quant_type": qtypes[o["type"]], **({"symmetric": o["symmetric"]} if "symmetric" in o
+                                                              else {})}]
+                 for name, o in params["overrides"].items()}
+    stride = stride_for(len(samples))
+    ctx.say(f"calibrating on {len(samples)} {next(iter(cal))} samples, {params['method']}, strides of {stride}")
+    started = time.monotonic()
+    config = get_qnn_qdq_config(
+        str(model_path), _Reader(samples), calibrate_method=methods[params["method"]],
+        activation_type=qtypes[params["activations"]], weight_type=qtypes[params["weights"]],
+        per_channel=params["per_channel"], init_overrides=overrides or None,
+        weight_symmetric=params["symmetric"], stride=stride)
+    out = ctx.out / "model.qdq.onnx"
+    try:
+        quantize(str(model_path), str(out), config)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise StageFailed(f"onnxruntime.quantization failed: {exc}") from None
+    seconds = time.monotonic() - started
+    qdq = onnx.load(str(out))
+    encs = encodings.from_qdq(qdq)
+    (ctx.out / "encodings.json").write_text(json.dumps(encs, indent=1, sort_keys=True) + "\n")
+    ranges = {name: {"min": e[0]["min"], "max": e[0]["max"], "bitwidth": e[0]["bitwidth"]}
+              for name, e in encs["activation_encodings"].items()}
+    stats = {"samples": len(samples), "source": next(iter(cal)), "method": params["method"], "stride": stride,
+             "activation_ranges": ranges}
+    (ctx.out / "calibration.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ctx.say(f"quantized in {seconds:.2f} s; {len(ranges)} activation and {len(encs['param_encodings'])} "
+            f"parameter encodings; peak RSS {peak_mb:.0f} MB")
+
+
+KIND = StageKind(
+    name="quantize",
+    version=1,
+    summary="fp32 model + calibration data → QDQ model for QNN, QNN encodings, calibration statistics",
+    params={
+        "model": {"type": "string", "description": "the export stage to quantize"},
+        "calibration": {**calibration.SCHEMA, "default": {"synthetic": {"count": 16, "seed": 0}}},
+        "activations": {"enum": ["uint8", "uint16"], "default": "uint8"},
+        "weights": {"enum": ["uint8", "int8", "int4"], "default": "uint8"},
+        "per_channel": {"type": "boolean", "default": False},
+        "symmetric": {"type": "boolean", "default": False, "description": "symmetric weight quantization"},
+        "method": {"enum": ["minmax", "entropy", "percentile"], "default": "minmax"},
+        "overrides": {"type": "object", "default": {},
+                      "description": "tensor name → {type, symmetric}: mixed precision per tensor",
+                      "additionalProperties": {"type": "object", "additionalProperties": False,
+                                               "required": ["type"],
+                                               "properties": {"type": {"enum": QTYPES},
+                                                              "symmetric": {"type": "boolean"}}}},
+    },
+    required=("model",),
+    refs=_refs,
+    files=_files,
+    tools=("onnx", "onnxruntime"),
+    run=run,
+)
