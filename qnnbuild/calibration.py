@@ -62,7 +62,8 @@ class Samples:
         if self.kind == "synthetic":
             self.count = int(self.spec.get("count", 16))
         else:
-            assert folder is not None
+            if folder is None:
+                raise StageFailed(f"{self.kind} calibration needs a folder")
             suffixes = {".npy", ".npz"} if self.kind == "npy" else IMAGE_SUFFIXES
             self.paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes)
             if not self.paths:
@@ -119,9 +120,9 @@ class Samples:
         pixels = np.asarray(rgb.crop((left, top, left + width, top + height)), dtype=np.float32)
         if spec.get("channels", "RGB") == "BGR":
             pixels = pixels[..., ::-1]
-        pixels = pixels * float(spec.get("scale", 1 / 255))
-        pixels = (pixels - np.array(spec.get("mean", [0.485, 0.456, 0.406]), np.float32)) / np.array(
-            spec.get("std", [0.229, 0.224, 0.225]), np.float32)
+        mean = np.array(spec.get("mean", [0.485, 0.456, 0.406]), np.float32)
+        std = np.array(spec.get("std", [0.229, 0.224, 0.225]), np.float32)
+        pixels = (pixels * np.float32(spec.get("scale", 1 / 255)) - mean) / std
         if nchw:
             pixels = pixels.transpose(2, 0, 1)
         return pixels[None].astype(self.inputs[0]["dtype"])

@@ -130,7 +130,7 @@ def cmd_dag(args: argparse.Namespace) -> int:
     from qnnbuild.graph import render
     from qnnbuild.plans import load_plan
 
-    sys.stdout.write(render(load_plan(args.recipe, Path("."), cached=False), args.format))
+    sys.stdout.write(render(load_plan(args.recipe, Path(), cached=False), args.format))
     return 0
 
 

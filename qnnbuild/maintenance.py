@@ -22,7 +22,7 @@ def _recipe_name(arg: str) -> str:
     if path.is_file():
         from qnnbuild.plans import load_plan
 
-        return load_plan(arg, Path("."), cached=False).recipe
+        return load_plan(arg, Path(), cached=False).recipe
     if "/" in arg or arg.startswith("."):
         raise UsageError(f"{arg}: no such recipe file")
     return arg
@@ -51,7 +51,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     live = {entry["key"] for lock in store.all_locks().values() for entry in lock.get("instances", {}).values()}
     dropped, freed = 0, 0
     with store.exclusive():
-        for key in store.keys():
+        for key in store.entries():
             if key not in live:
                 freed += _size(store.entry(key))
                 remove_tree(store.entry(key))
@@ -71,7 +71,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         locks = {name: locks[name]}
         keys = sorted({e["key"] for e in locks[name]["instances"].values()})
     else:
-        keys = store.keys()
+        keys = store.entries()
     bad: list[str] = []
     for key in keys:
         bad.extend(store.damaged(key))

@@ -78,37 +78,44 @@ def _semantic_problems(doc: Located, root: Path) -> list[Problem]:
             problems.append(doc.problem(("targets", i), f"unknown target {target!r}; known: {', '.join(TARGETS)}"))
     edges: list[tuple[str, str]] = []
     for name, spec in stages.items():
-        if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
-            continue
-        kind = KINDS[spec["kind"]]
-        params = {k: v for k, v in spec.items() if k not in ("kind", "after")}
-        try:
-            refs = kind.refs(params)
-            files = kind.files(params)
-            checks = kind.checks(params)
-        except (TypeError, AttributeError, KeyError, ValueError):
-            continue  # the schema pass already reported why these parameters are malformed
-        for ref_path, upstream in refs.items():
-            where: YamlPath = ("stages", name, *ref_path.split("."))
-            if upstream not in stages:
-                problems.append(doc.problem(where, f"unknown stage {upstream!r}; stages: {', '.join(stages)}"))
-            else:
-                edges.append((upstream, name))
-        for i, before in enumerate(spec.get("after", []) if isinstance(spec.get("after"), list) else []):
-            if before not in stages:
-                problems.append(doc.problem(("stages", name, "after", i),
-                                            f"unknown stage {before!r}; stages: {', '.join(stages)}"))
-            else:
-                edges.append((before, name))
-        for file_path, rel in files.items():
-            if not (root / rel).exists():
-                problems.append(doc.problem(("stages", name, *file_path.split(".")),
-                                            f"file not found: {rel} (looked in {root})"))
-        problems.extend(doc.problem(("stages", name, *p), msg) for p, msg in checks)
-        if kind.fans_out and not targets:
-            problems.append(doc.problem(("stages", name, "kind"),
-                                        f"a {kind.name} stage builds per target, but the recipe lists no targets"))
+        if isinstance(spec, dict) and spec.get("kind") in KINDS:
+            problems.extend(_stage_problems(doc, root, name, spec, stages, edges, bool(targets)))
     problems.extend(_cycle_problems(doc, list(stages), edges))
+    return problems
+
+
+def _stage_problems(doc: Located, root: Path, name: str, spec: dict[str, Any], stages: dict[str, Any],
+                    edges: list[tuple[str, str]], has_targets: bool) -> list[Problem]:
+    """What one stage gets wrong beyond the schema; appends its DAG edges to `edges`."""
+    problems: list[Problem] = []
+    kind = KINDS[spec["kind"]]
+    params = {k: v for k, v in spec.items() if k not in ("kind", "after")}
+    try:
+        refs = kind.refs(params)
+        files = kind.files(params)
+        checks = kind.checks(params)
+    except (TypeError, AttributeError, KeyError, ValueError):
+        return problems  # the schema pass already reported why these parameters are malformed
+    for ref_path, upstream in refs.items():
+        where: YamlPath = ("stages", name, *ref_path.split("."))
+        if upstream not in stages:
+            problems.append(doc.problem(where, f"unknown stage {upstream!r}; stages: {', '.join(stages)}"))
+        else:
+            edges.append((upstream, name))
+    for i, before in enumerate(spec.get("after", []) if isinstance(spec.get("after"), list) else []):
+        if before not in stages:
+            problems.append(doc.problem(("stages", name, "after", i),
+                                        f"unknown stage {before!r}; stages: {', '.join(stages)}"))
+        else:
+            edges.append((before, name))
+    for file_path, rel in files.items():
+        if not (root / rel).exists():
+            problems.append(doc.problem(("stages", name, *file_path.split(".")),
+                                        f"file not found: {rel} (looked in {root})"))
+    problems.extend(doc.problem(("stages", name, *p), msg) for p, msg in checks)
+    if kind.fans_out and not has_targets:
+        problems.append(doc.problem(("stages", name, "kind"),
+                                    f"a {kind.name} stage builds per target, but the recipe lists no targets"))
     return problems
 
 

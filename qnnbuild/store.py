@@ -44,7 +44,7 @@ def write_json_atomic(path: Path, value: object) -> None:
 
 def output_files(folder: Path) -> list[Path]:
     """Files a stage produced, in a stable order, without qnnbuild's own metadata."""
-    found = []
+    found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) == folder and d == META))
         found.extend(Path(dirpath) / f for f in sorted(filenames))
@@ -108,7 +108,7 @@ class Store:
             path.rename(trash)
             remove_tree(trash)
 
-    def keys(self) -> list[str]:
+    def entries(self) -> list[str]:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
@@ -138,7 +138,7 @@ class Store:
 
     def view_is(self, view: Path, key: str) -> bool:
         try:
-            return Path(os.readlink(view)).name == key and self.has(key)
+            return view.readlink().name == key and self.has(key)
         except OSError:
             return False
 

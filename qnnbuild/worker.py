@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
         error_file.write_text(str(exc))
         print(f"stage failed: {exc}", file=sys.stderr)
         return EXIT_STAGE_FAILED
-    except Exception as exc:  # noqa: BLE001 - any crash of a stage is reported as that stage's failure
+    except Exception as exc:
         traceback.print_exc()
         error_file.write_text(f"{type(exc).__name__}: {exc}")
         return 1

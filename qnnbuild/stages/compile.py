@@ -44,7 +44,8 @@ def run(ctx: StageRun) -> None:
 
     from qnnbuild import encodings, onnxgraph, qnn
 
-    assert ctx.target is not None
+    if ctx.target is None:
+        raise StageFailed("this stage runs per target, but got none")
     options = provider_options(ctx.params, ctx.target)
     source = ctx.inputs["model"] / "model.qdq.onnx"
     ctx.say(f"finalizing the HTP graph for {ctx.target['name']} ({ctx.target['product']}, HTP v"
@@ -59,7 +60,7 @@ def run(ctx: StageRun) -> None:
             try:
                 with qnn.captured_stderr() as log:
                     qnn.htp_session("model.onnx", options, config, verbose=True)
-            except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare RuntimeErrors of several types
+            except Exception as exc:
                 causes = qnn.finalize_errors(log[0] if log else "")
                 hint = f"; QNN says: {', '.join(causes)}" if causes else ""
                 raise StageFailed(f"HTP compile for {ctx.target['name']} failed: {str(exc).strip()}{hint}") from None

@@ -23,7 +23,7 @@ SHAPE = {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integ
 
 
 def _files(params: Params) -> dict[str, str]:
-    files = {k: params[k] for k in ("onnx", "checkpoint") if k in params}
+    files: dict[str, str] = {k: params[k] for k in ("onnx", "checkpoint") if k in params}
     files.update({f"sources.{i}": s for i, s in enumerate(params.get("sources", []))})
     return files
 
@@ -75,6 +75,8 @@ def _torch_export(ctx: StageRun, dest: Path) -> None:
             ctx.say(f"TorchScript exporter failed ({exc}); using the dynamo exporter")
             program = torch.onnx.export(model, args, input_names=names, output_names=outputs,
                                         opset_version=max(params["opset"], 18), dynamo=True)
+            if program is None:
+                raise StageFailed("torch.onnx.export (dynamo) returned nothing") from exc
             program.save(str(dest), external_data=False)
 
 
@@ -117,8 +119,7 @@ def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
     onnx.checker.check_model(model)
     onnx.save(model, str(ctx.out / "model.onnx"))
     spec = onnxgraph.io_spec(model)
-    spec["nodes"] = len(model.graph.node)
-    (ctx.out / "io.json").write_text(json.dumps(spec, indent=1) + "\n")
+    (ctx.out / "io.json").write_text(json.dumps({**spec, "nodes": len(model.graph.node)}, indent=1) + "\n")
     ctx.say(f"model.onnx: {len(model.graph.node)} nodes; inputs {spec['inputs']}")
 
 

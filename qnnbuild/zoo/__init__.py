@@ -1,0 +1,1 @@
+"""Model definitions shipped with qnnbuild so recipes build without downloading weights."""
