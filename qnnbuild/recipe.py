@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 
 from qnnbuild.errors import Problem, RecipeError
-from qnnbuild.schema import fill_defaults, recipe_schema, stage_schema
+from qnnbuild.schema import NAME_MESSAGE, fill_defaults, recipe_schema, stage_schema
 from qnnbuild.stages import KINDS
 from qnnbuild.targets import TARGETS
 from qnnbuild.yamlsrc import Located, YamlPath, load_file
@@ -55,12 +55,10 @@ def _schema_problems(doc: Located) -> list[Problem]:
             for extra in sorted(set(err.instance) - set(allowed)):
                 problems.append(doc.problem((*path, extra), f"unknown key {extra!r}; allowed: {', '.join(allowed)}",
                                             key=True))
-        elif err.validator == "pattern" and err.validator_value.endswith("{0,63}$"):
-            problems.append(doc.problem(path, f"{err.instance!r} is not a valid name: use letters, digits, "
-                                        "'_' and '-' (at most 64), starting with a letter or digit"))
-        elif err.validator == "propertyNames":
-            problems.append(doc.problem((*path, err.instance), f"{err.instance!r} is not a valid stage name: use "
-                                        "letters, digits, '_' and '-', starting with a letter or digit", key=True))
+        elif "propertyNames" in err.schema_path:
+            problems.append(doc.problem((*path, err.instance), f"stage {err.instance!r} {NAME_MESSAGE}", key=True))
+        elif err.validator == "pattern" and "x-message" in err.schema:
+            problems.append(doc.problem(path, f"{err.instance!r} {err.schema['x-message']}"))
         elif err.validator == "if":
             continue
         else:

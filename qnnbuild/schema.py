@@ -14,6 +14,7 @@ from qnnbuild.stages import KINDS
 from qnnbuild.targets import TARGETS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # names become folder names: no dots, no separators
+NAME_MESSAGE = "is not a valid name: use letters, digits, '_' and '-' (at most 64), starting with a letter or digit"
 
 
 def stage_schema(kind_name: str) -> dict[str, Any]:
@@ -39,13 +40,14 @@ def recipe_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "schema_version": {"const": 1},
-            "recipe": {"type": "string", "pattern": NAME_PATTERN,
+            "recipe": {"type": "string", "pattern": NAME_PATTERN, "x-message": NAME_MESSAGE,
                        "description": "names the folder artifacts/<recipe>/"},
-            "targets": {"type": "array", "items": {"enum": sorted(TARGETS)}, "uniqueItems": True},
+            "targets": {"type": "array", "items": {"type": "string"}, "uniqueItems": True,
+                        "description": f"Snapdragon parts: {', '.join(TARGETS)}"},
             "stages": {
                 "type": "object",
                 "minProperties": 1,
-                "propertyNames": {"pattern": NAME_PATTERN},
+                "propertyNames": {"pattern": NAME_PATTERN, "x-message": NAME_MESSAGE},
                 "additionalProperties": {"$ref": "#/$defs/stage"},
             },
         },

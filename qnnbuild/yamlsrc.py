@@ -131,6 +131,8 @@ def load_text(raw: bytes, file: str) -> Located:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         reason = exc.problem or exc.context or "invalid YAML"
+        if mark and text.splitlines()[mark.line:mark.line + 1] and "\t" in text.splitlines()[mark.line]:
+            reason += " (a tab: YAML indents with spaces only)"
         raise RecipeError([Problem(file, line, col, "", f"YAML syntax: {reason}")]) from None
     except yaml.YAMLError as exc:
         raise RecipeError([Problem(file, 1, 1, "", f"YAML: {exc}")]) from None

@@ -144,7 +144,8 @@ KIND = StageKind(
     version=1,
     summary="a torch factory or an ONNX file → clean fp32 model.onnx with fixed input shapes",
     params={
-        "torch": {"type": "string", "pattern": FACTORY, "description": "\"package.module:callable\" returning "
+        "torch": {"type": "string", "pattern": FACTORY, "x-message": "is not a torch factory: write "
+                  "\"package.module:callable\"", "description": "\"package.module:callable\" returning "
                   "a torch.nn.Module; the module is searched in the recipe's folder first"},
         "checkpoint": {"type": "string", "description": "state_dict file loaded into the torch model"},
         "onnx": {"type": "string", "description": "an ONNX file (relative to the recipe)"},
