@@ -88,7 +88,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for line in bad:
         print(f"BAD  {line}")
     print(f"verified {len(keys)} store entries and {sum(len(lk.get('instances', {})) for lk in locks.values())} "
-          f"views: {'all good' if not bad else f'{len(bad)} problems'}")
+          f"views: {'all good' if not bad else f'{len(bad)} bad'}")
     return 1 if bad else 0
 
 

@@ -72,8 +72,24 @@ class Session:
         return key_of(document), document
 
     def output_digest(self, key: str) -> str | None:
+        """The entry's output digest, or None when it is missing or its files no longer match the manifest.
+
+        Checked through the stat cache, so an untouched entry costs a stat per file; a modified or truncated
+        one is moved aside and rebuilt instead of being used.
+        """
         manifest = self.store.manifest(key)
-        return None if manifest is None else str(manifest["digest"])
+        if manifest is None:
+            return None
+        entry = self.store.entry(key)
+        try:
+            with self._guard:
+                intact = all(self.stat.digest(entry / rel) == info["sha256"] for rel, info in manifest["files"].items())
+        except OSError:
+            intact = False
+        if not intact:
+            self.store.quarantine(key)
+            return None
+        return str(manifest["digest"])
 
     def view(self, inst: Instance) -> Path:
         return self.store.view(self.plan.recipe, inst.stage, inst.target)
@@ -95,7 +111,7 @@ class Session:
         """True when the key is in the store and the view shows it: doit then skips the instance."""
         key, document = self.key_for(inst, self._upstream_digests(inst))
         self.keys[inst.id] = (key, document)
-        if inst.id in self.forced or not self.store.view_is(self.view(inst), key):
+        if inst.id in self.forced or not self.store.view_is(self.view(inst), key) or self.output_digest(key) is None:
             return False
         self._record(inst, "cached", 0.0, key, document)
         return True
@@ -103,19 +119,23 @@ class Session:
     def execute(self, inst: Instance) -> Result:
         started = time.monotonic()
         key, document = self.keys.get(inst.id) or self.key_for(inst, self._upstream_digests(inst))
-        if inst.id not in self.forced and self.store.has(key):
+        if inst.id not in self.forced and self.output_digest(key) is not None:
             self.store.set_view(self.view(inst), key)
             return self._record(inst, "cached", time.monotonic() - started, key, document)
         work = self.store.new_workdir(key)
         try:
             self._run_worker(inst, work)
-            self.store.publish(work, key, document, time.monotonic() - started, replace=inst.id in self.forced)
+            manifest = self.store.publish(work, key, document, time.monotonic() - started,
+                                          replace=inst.id in self.forced)
         except StageFailed as exc:
             log = self._keep_log(inst, work)
             raise StageFailed(str(exc), log) from None
         finally:
             if work.exists():
                 remove_tree(work)
+        with self._guard:  # remember the published files' stats: later runs check them by stat only
+            for rel in manifest["files"]:
+                self.stat.digest(self.store.entry(key) / rel)
         self.store.set_view(self.view(inst), key)
         self._failure_log(inst).unlink(missing_ok=True)  # the last failure of this instance is history now
         return self._record(inst, "ran", time.monotonic() - started, key, document)

@@ -108,6 +108,13 @@ class Store:
             path.rename(trash)
             remove_tree(trash)
 
+    def quarantine(self, key: str) -> None:
+        """Move a damaged entry out of the store (kept under .store/.damaged/ for inspection)."""
+        damaged = self.root / ".damaged"
+        damaged.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.entry(key).rename(damaged / f"{key}.{uuid.uuid4().hex[:8]}")
+
     def entries(self) -> list[str]:
         if not self.root.is_dir():
             return []
