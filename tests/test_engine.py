@@ -107,7 +107,7 @@ def test_failure_publishes_nothing_and_resumes_after_the_fix(project: Path, cli:
     assert "✗ c" in err and "command exited with status 1" in err
     log = project / "artifacts/five/logs/c.log"
     assert "step failed on purpose" in log.read_text()
-    assert f"log: artifacts/five/logs/c.log" in err
+    assert "log: artifacts/five/logs/c.log" in err
     assert not (project / "artifacts/five/c").exists()
     assert list((project / "artifacts/.store/.tmp").iterdir()) == []  # nothing half-written left behind
     entries = set(os.listdir(project / "artifacts/.store"))

@@ -21,7 +21,7 @@ stages:
 """
 
 
-def plan(tmp_path: Path):  # noqa: ANN201
+def plan(tmp_path: Path):
     (tmp_path / "m.onnx").write_bytes(b"")
     return plan_of(load_recipe(write(tmp_path, "g.yaml", RECIPE)))
 
