@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -17,6 +18,21 @@ from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun
 
 FLOAT_TYPES = {0x0232: "float32", 0x0216: "float16"}  # QNN_DATATYPE_FLOAT_32 / _16
+DLC_TIMESTAMP = re.compile(rb'"timestamp": "\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"')
+FIXED_TIMESTAMP = b'"timestamp": "1980-01-01 00:00:00 UTC"'  # the zip entries' own date
+
+
+def reproducible_dlc(data: bytes) -> bytes:
+    """The DLC with its generation timestamps fixed, so equal inputs give equal bytes.
+
+    A DLC is a stored (uncompressed) zip whose metadata entries carry the wall-clock time of generation.
+    The replacement has the same length, so no offset or size in the archive moves; QNN writes CRC 0 for
+    every entry (its reader does not check them), so no checksum goes stale either.
+    """
+    fixed, count = DLC_TIMESTAMP.subn(FIXED_TIMESTAMP, data)
+    if count == 0:
+        raise StageFailed("the DLC carries no generation timestamp where one was expected; QNN's format changed")
+    return fixed
 
 
 def _refs(params: Params) -> dict[str, str]:
@@ -83,7 +99,7 @@ def run(ctx: StageRun) -> None:
             graph_json = [p for p in dumped if p.suffix == ".json" and not p.name.endswith("_tensor_log.json")]
             if len(dlc) != 1 or len(graph_json) != 1:
                 raise StageFailed(f"expected one QNN graph, QNN wrote: {', '.join(p.name for p in dumped)}")
-            shutil.copyfile(dlc[0], ctx.out / "model.dlc")
+            (ctx.out / "model.dlc").write_bytes(reproducible_dlc(dlc[0].read_bytes()))
             graph = json.loads(graph_json[0].read_text())
         finally:
             os.chdir(cwd)

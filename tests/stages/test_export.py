@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from tests.conftest import CLI, make_conv_model, write
+
+
+def test_onnx_source_is_cleaned(tmp_path: Path, cli: CLI) -> None:
+    extra = [helper.make_node("Identity", ["output"], ["out/final:0"]), helper.make_node("Relu", ["out/final:0"],
+                                                                                            ["final;1"])]
+    model = onnx.load(str(make_conv_model(tmp_path / "raw.onnx", input_name="input:0", dynamic_batch=True,
+                                          extra_nodes=extra)))
+    model.graph.output[0].name = "final;1"
+    model.metadata_props.add(key="exporter", value="tf2onnx")
+    onnx.save(model, str(tmp_path / "raw.onnx"))
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: ex
+        stages:
+          export: {kind: export, onnx: raw.onnx, inputs: {"input:0": [1, 3, 16, 16]}}
+        """)
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    out = onnx.load(str(tmp_path / "artifacts/ex/export/model.onnx"))
+    assert [n.op_type for n in out.graph.node] == ["Conv", "Relu", "Conv", "Relu"]  # Identity folded away
+    assert all(n.name for n in out.graph.node)
+    assert len({n.name for n in out.graph.node}) == len(out.graph.node)
+    names = {t for n in out.graph.node for t in [*n.input, *n.output]}
+    assert not any(c in name for name in names for c in ":;/")
+    assert len(out.metadata_props) == 0
+    spec = json.loads((tmp_path / "artifacts/ex/export/io.json").read_text())
+    assert spec["inputs"] == [{"name": "input_0", "dtype": "float32", "shape": [1, 3, 16, 16]}]
+    assert spec["outputs"][0]["name"] == "final_1"
+
+
+def test_dynamic_dims_must_be_given(tmp_path: Path, cli: CLI) -> None:
+    make_conv_model(tmp_path / "raw.onnx", dynamic_batch=True)
+    write(tmp_path, "r.yaml", "schema_version: 1\nrecipe: ex\nstages:\n  export: {kind: export, onnx: raw.onnx}\n")
+    code, _, err = cli("run", "r.yaml")
+    assert code == 1
+    assert "input 'input' has dynamic dimensions (N); give its shape under inputs: {input: [...]}" in err
+
+
+def test_torch_factory_with_batchnorm_folded(tmp_path: Path, cli: CLI) -> None:
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: tt
+        stages:
+          export: {kind: export, torch: "qnnbuild.zoo.mobilenet:tiny_convnet", inputs: {image: [1, 3, 32, 32]},
+                   outputs: [logits]}
+        """)
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    out = onnx.load(str(tmp_path / "artifacts/tt/export/model.onnx"))
+    ops = [n.op_type for n in out.graph.node]
+    assert "BatchNormalization" not in ops and "Constant" not in ops and "Identity" not in ops
+    assert ops.count("Conv") == 3
+    assert [i.name for i in out.graph.input] == ["image"] and [o.name for o in out.graph.output] == ["logits"]
+
+
+def test_torch_factory_from_the_recipe_folder_and_bad_factory(tmp_path: Path, cli: CLI) -> None:
+    write(tmp_path, "mynet.py", """\
+        import torch
+        def build():
+            return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        def not_a_module():
+            return 42
+        """)
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: own
+        stages:
+          a: {kind: export, torch: "mynet:build", inputs: {x: [1, 3, 8, 8]}, sources: [mynet.py]}
+          b: {kind: export, torch: "mynet:not_a_module", inputs: {x: [1, 3, 8, 8]}}
+        """)
+    code, _, err = cli("run", "r.yaml")
+    assert code == 1
+    assert "✓ a" in err
+    assert "torch: mynet:not_a_module returned int, not a torch.nn.Module" in err
