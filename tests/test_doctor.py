@@ -1,7 +1,9 @@
+from pathlib import Path
+
 from tests.conftest import run_process
 
 
-def test_doctor_reports_versions_and_backends(tmp_path) -> None:  # noqa: ANN001
+def test_doctor_reports_versions_and_backends(tmp_path: Path) -> None:
     proc = run_process(["doctor"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
