@@ -7,11 +7,12 @@ A source is indexable and loads one sample at a time, so memory does not grow wi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from qnnbuild.errors import StageFailed
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -77,6 +78,8 @@ class Samples:
         return self.count
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        import numpy as np
+
         if self.kind == "synthetic":
             rng = np.random.default_rng([int(self.spec.get("seed", 0)), index])
             return {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in self.inputs}
@@ -93,6 +96,8 @@ class Samples:
         return array.astype(spec["dtype"])
 
     def _npy(self, path: Path) -> dict[str, np.ndarray]:
+        import numpy as np
+
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 missing = [i["name"] for i in self.inputs if i["name"] not in z]
@@ -105,6 +110,7 @@ class Samples:
         return {spec["name"]: self._conform(spec["name"], np.load(path, allow_pickle=False), spec, path)}
 
     def _image(self, path: Path) -> np.ndarray:
+        import numpy as np
         from PIL import Image
 
         spec, shape = self.spec, self.inputs[0]["shape"]

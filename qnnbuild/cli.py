@@ -84,6 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if verdicts and all(v.fresh and v.view_current for v in verdicts):
         for result in session.accept(verdicts):  # the no-op: no doit, no YAML, no toolchain import
             console.ended(result)
+        session.stat.save()  # a touched input is re-hashed once, not on every later run
     else:
         from qnnbuild.execute import run_with_doit
 
@@ -141,12 +142,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
-    from qnnbuild import maintenance
+def _maintenance(name: str) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        from qnnbuild import maintenance
 
+        return int(getattr(maintenance, name)(args))
+
+    return command
+
+
+def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "schema": cmd_schema,
-            "clean": maintenance.cmd_clean, "gc": maintenance.cmd_gc, "verify": maintenance.cmd_verify,
-            "doctor": maintenance.cmd_doctor}
+            "clean": _maintenance("cmd_clean"), "gc": _maintenance("cmd_gc"), "verify": _maintenance("cmd_verify"),
+            "doctor": _maintenance("cmd_doctor")}
 
 
 def main(argv: list[str] | None = None) -> int:

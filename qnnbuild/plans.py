@@ -14,8 +14,8 @@ from qnnbuild import __version__
 from qnnbuild.errors import Problem, RecipeError
 from qnnbuild.graph import Plan
 from qnnbuild.hashing import sha256_json
+from qnnbuild.limits import MAX_BYTES
 from qnnbuild.store import write_json_atomic
-from qnnbuild.yamlsrc import MAX_BYTES
 
 
 def _code_stamp() -> list[object]:

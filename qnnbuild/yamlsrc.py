@@ -14,10 +14,7 @@ from typing import Any
 import yaml
 
 from qnnbuild.errors import Problem, RecipeError
-
-MAX_BYTES = 1 << 20  # a recipe is a page of text; a megabyte is already absurd
-MAX_NODES = 100_000  # after alias expansion: stops "billion laughs"
-MAX_DEPTH = 64
+from qnnbuild.limits import MAX_BYTES, MAX_DEPTH, MAX_NODES
 
 YamlPath = tuple[str | int, ...]
 

@@ -205,3 +205,13 @@ def test_damaged_store_entry_is_rebuilt_not_used(project: Path, cli: CLI) -> Non
     assert statuses(cli) == {**CACHED, "c": "ran"}
     assert (project / "artifacts/five/c/c.txt").read_text().startswith("c\nb\n")
     assert cli("verify")[0] == 0
+
+
+def test_touched_input_is_hashed_once(project: Path, cli: CLI) -> None:
+    from qnnbuild.hashing import StatCache
+
+    cli("run", "five.yaml")
+    os.utime(project / "big.bin", ns=(5, 5))
+    assert statuses(cli) == CACHED
+    cache = StatCache(project / "artifacts/.qnnbuild/statcache.json")
+    assert cache.entries[str((project / "big.bin").resolve())][1] == 5  # the new mtime is remembered

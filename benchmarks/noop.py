@@ -1,0 +1,85 @@
+"""No-op build time: qnnbuild against an equivalent doit dodo.py over the same files.
+
+A 5-stage chain of command stages reads a 50 MB input. Both tools build once; then we time
+  (1) a no-op run (nothing changed), and
+  (2) the first run after `touch`ing the 50 MB input (content unchanged: both must re-hash it once, and
+      nothing may rebuild).
+Prints medians and the ratio qnnbuild / doit (target: ≤ 1.0). Run: python benchmarks/noop.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+STEP = "import shutil, sys\nshutil.copyfile(sys.argv[1], sys.argv[2])\n"
+
+
+def setup(root: Path) -> None:
+    (root / "step.py").write_text(STEP)
+    with (root / "data.bin").open("wb") as fh:
+        fh.write(os.urandom(50 * 2**20))
+    stages = []
+    for i, name in enumerate("abcde"):
+        src = "{inputs.src}" if i == 0 else "{uses.up}/" + "abcde"[i - 1] + ".out"
+        feed = "inputs: {src: data.bin, step: step.py}" if i == 0 else \
+            f"inputs: {{step: step.py}}, uses: {{up: {'abcde'[i - 1]}}}"
+        stages.append(f"  {name}: {{kind: command, argv: [{sys.executable}, '{{inputs.step}}', '{src}', "
+                      f"'{{out.{name}.out}}'], {feed}, outputs: [{name}.out]}}")
+    (root / "r.yaml").write_text("schema_version: 1\nrecipe: bench\nstages:\n" + "\n".join(stages) + "\n")
+    (root / "dodo.py").write_text(textwrap.dedent(f"""\
+        import sys
+        DOIT_CONFIG = {{"dep_file": "doit-db", "verbosity": 0}}
+        CHAIN = "abcde"
+        def task_step():
+            for i, name in enumerate(CHAIN):
+                src = "data.bin" if i == 0 else f"doit-out/{{CHAIN[i - 1]}}.out"
+                yield {{"name": name, "file_dep": [src, "step.py"], "targets": [f"doit-out/{{name}}.out"],
+                       "actions": ["mkdir -p doit-out",
+                                   [{sys.executable!r}, "step.py", src, f"doit-out/{{name}}.out"]]}}
+        """))
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=15)
+    args = parser.parse_args()
+    qnnbuild = [sys.executable, "-m", "qnnbuild", "run", "r.yaml"]
+    doit = [sys.executable, "-m", "doit", "-f", "dodo.py"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        setup(root)
+        for cmd in (qnnbuild, doit):
+            subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+            subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+        results = {}
+        for label, touch in (("no-op", False), ("after touch of the 50 MB input", True)):
+            figures: dict[str, list[float]] = {"qnnbuild": [], "doit": []}
+            for _ in range(args.repeat):
+                for name, cmd in (("qnnbuild", qnnbuild), ("doit", doit)):
+                    if touch:
+                        os.utime(root / "data.bin")
+                    figures[name].append(timed(cmd, root))
+            results[label] = {k: statistics.median(v) for k, v in figures.items()}
+        print(f"5-stage chain, 50 MB input, median of {args.repeat} runs each")
+        for label, med in results.items():
+            ratio = med["qnnbuild"] / med["doit"]
+            print(f"{label:<32} qnnbuild {med['qnnbuild'] * 1000:7.1f} ms   doit {med['doit'] * 1000:7.1f} ms   "
+                  f"ratio {ratio:.2f} {'(target ≤ 1.0: met)' if ratio <= 1.0 else '(target ≤ 1.0: MISSED)'}")
+
+
+if __name__ == "__main__":
+    main()
