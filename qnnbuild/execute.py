@@ -90,7 +90,7 @@ def _task(session: Session, inst: Instance) -> Task:
             return TaskFailed(str(exc))
         return None
 
-    return Task(inst.id, actions=[(action, (), {})], task_dep=list(inst.deps), uptodate=[up_to_date], verbosity=0,
+    return Task(inst.id, actions=[(action, (), {})], task_dep=list(inst.deps), uptodate=[up_to_date], verbosity=2,
                 doc=f"{inst.kind} stage {inst.stage}")
 
 
@@ -103,7 +103,9 @@ class _Loader(TaskLoader2):  # type: ignore[misc]
     def setup(self, opt_values: Any) -> None: ...
 
     def load_doit_config(self) -> dict[str, Any]:
-        return {"reporter": _reporter_for(self.session, self.console), "verbosity": 0}
+        # verbosity 2: doit must not swap sys.stdout to capture actions (ours print nothing, and with the
+        # thread runner two swaps interleave and leave sys.stdout pointing at a capture buffer)
+        return {"reporter": _reporter_for(self.session, self.console), "verbosity": 2}
 
     def load_tasks(self, cmd: Any, pos_args: Any) -> list[Task]:
         return [_task(self.session, inst) for inst in self.session.plan.instances]

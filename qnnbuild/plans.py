@@ -47,9 +47,12 @@ def load_plan(recipe: str, artifacts: Path, *, cached: bool = True) -> Plan:
     digest = sha256_json([__version__, _code_stamp(), str(path.resolve()), raw.hex()])
     cache = artifacts / ".qnnbuild" / "plans" / f"{digest}.json"
     try:
-        return Plan.from_json(json.loads(cache.read_text()))
+        plan = Plan.from_json(json.loads(cache.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    else:
+        if all(Path(p).exists() for inst in plan.instances for p in inst.files.values()):
+            return plan  # else: a file vanished since; the full check names it with file:line:col
     plan = full_plan(path, recipe)
     write_json_atomic(cache, plan.to_json())
     return plan

@@ -50,7 +50,8 @@ def project(tmp_path: Path) -> Path:
 
 
 def statuses(cli: CLI, *extra: str) -> dict[str, str]:
-    code, out, _ = cli("run", "five.yaml", "--json", *extra)
+    code, out, err = cli("run", "five.yaml", "--json", *extra)
+    assert out, err
     result = json.loads(out)
     assert result["ok"] is (code == 0)
     return {s["id"]: s["status"] for s in result["stages"]}
@@ -215,3 +216,11 @@ def test_touched_input_is_hashed_once(project: Path, cli: CLI) -> None:
     assert statuses(cli) == CACHED
     cache = StatCache(project / "artifacts/.qnnbuild/statcache.json")
     assert cache.entries[str((project / "big.bin").resolve())][1] == 5  # the new mtime is remembered
+
+
+def test_input_deleted_after_a_build_is_a_located_recipe_error(project: Path, cli: CLI) -> None:
+    cli("run", "five.yaml")
+    (project / "big.bin").unlink()
+    code, _, err = cli("run", "five.yaml")
+    assert code == 2
+    assert err.startswith("five.yaml:4:") and "stages.a.inputs.src: file not found: big.bin" in err
