@@ -7,8 +7,8 @@ rebuilds. Options are validated here because the EP ignores unknown keys and bad
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,26 +50,21 @@ def run(ctx: StageRun) -> None:
     source = ctx.inputs["model"] / "model.qdq.onnx"
     ctx.say(f"finalizing the HTP graph for {ctx.target['name']} ({ctx.target['product']}, HTP v"
             f"{ctx.target['htp_arch']}), optimization level {ctx.params['optimization_level']}")
-    with tempfile.TemporaryDirectory(prefix="qnnbuild-compile-") as tmp:
-        cwd = Path.cwd()
-        os.chdir(tmp)
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-compile-") as tmp, contextlib.chdir(tmp):
+        shutil.copyfile(source, "model.onnx")
+        config = {"ep.context_enable": "1", "ep.context_file_path": "model_ctx.onnx",
+                  "ep.context_embed_mode": "0"}
         try:
-            shutil.copyfile(source, "model.onnx")
-            config = {"ep.context_enable": "1", "ep.context_file_path": "model_ctx.onnx",
-                      "ep.context_embed_mode": "0"}
-            try:
-                with qnn.captured_stderr() as log:
-                    qnn.htp_session("model.onnx", options, config, verbose=True)
-            except Exception as exc:
-                causes = qnn.finalize_errors(log[0] if log else "")
-                hint = f"; QNN says: {', '.join(causes)}" if causes else ""
-                raise StageFailed(f"HTP compile for {ctx.target['name']} failed: {str(exc).strip()}{hint}") from None
-            for name in ("model_ctx.onnx", "model_ctx_qnn.bin"):
-                if not Path(name).is_file():
-                    raise StageFailed(f"QNN did not write {name}")
-                shutil.move(name, ctx.out / name)
-        finally:
-            os.chdir(cwd)
+            with qnn.captured_stderr() as log:
+                qnn.htp_session("model.onnx", options, config, verbose=True)
+        except Exception as exc:
+            causes = qnn.finalize_errors(log[0] if log else "")
+            hint = f"; QNN says: {', '.join(causes)}" if causes else ""
+            raise StageFailed(f"HTP compile for {ctx.target['name']} failed: {str(exc).strip()}{hint}") from None
+        for name in ("model_ctx.onnx", "model_ctx_qnn.bin"):
+            if not Path(name).is_file():
+                raise StageFailed(f"QNN did not write {name}")
+            shutil.move(name, ctx.out / name)
     qdq = onnx.load(str(source))
     info = {"target": ctx.target, "provider_options": options, **onnxgraph.io_spec(qdq),
             "io_quantization": encodings.io_quantization(qdq)}

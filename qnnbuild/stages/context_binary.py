@@ -6,10 +6,9 @@ published, so a deliverable that QNN cannot load never leaves the build.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shutil
-from pathlib import Path
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun
@@ -52,18 +51,15 @@ def run(ctx: StageRun) -> None:
             "inputs": [entry(v) for v in info["inputs"]], "outputs": [entry(v) for v in info["outputs"]]}
     (ctx.out / "io_spec.json").write_text(json.dumps(spec, indent=1) + "\n")
 
-    cwd = Path.cwd()
-    os.chdir(ctx.out)
     try:
-        session = qnn.htp_session(f"{stem}.onnx", {})
-        feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
-                 for i in session.get_inputs()}
-        outputs = session.run(None, feeds)
+        with contextlib.chdir(ctx.out):  # the EPContext model names its binary relative to itself
+            session = qnn.htp_session(f"{stem}.onnx", {})
+            feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+                     for i in session.get_inputs()}
+            outputs = session.run(None, feeds)
     except Exception as exc:
         raise StageFailed(f"the context binary for {ctx.target['name']} does not load/run on the HTP emulator: "
                           f"{str(exc).strip()}") from None
-    finally:
-        os.chdir(cwd)
     ctx.say(f"{stem}.bin loads and runs on the HTP emulator; outputs {[list(o.shape) for o in outputs]}")
 
 

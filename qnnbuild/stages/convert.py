@@ -5,8 +5,8 @@ refused nodes, their op types and QNN's reasons.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -79,30 +79,25 @@ def run(ctx: StageRun) -> None:
     from qnnbuild import qnn
 
     source = ctx.inputs["model"] / "model.qdq.onnx"
-    with tempfile.TemporaryDirectory(prefix="qnnbuild-convert-") as tmp:
-        cwd = Path.cwd()
-        os.chdir(tmp)
-        try:
-            shutil.copyfile(source, "model.onnx")  # a fixed relative name: QNN hashes the path into names
-            refused, on_qnn = _refused("model.onnx")
-            if refused:
-                (ctx.out / "op_report.json").write_text(json.dumps({"refused": refused}, indent=1) + "\n")
-                listing = "; ".join(f"{r['name']} ({r['op_type']}): {r['reason']}" for r in refused)
-                raise StageFailed(f"QNN cannot take {len(refused)} node(s): {listing}")
-            Path("dump").mkdir()
-            qnn.htp_session("model.onnx", {
-                "dump_qnn_ir_dlc": "1", "dump_qnn_ir_dlc_dir": "dump",
-                "qnn_ir_backend_path": str(qnn.library_dir() / "libQnnIr.so"),
-                "dump_json_qnn_graph": "1", "json_qnn_graph_dir": "dump"})
-            dumped = sorted(Path("dump").iterdir())
-            dlc = [p for p in dumped if p.suffix == ".dlc"]
-            graph_json = [p for p in dumped if p.suffix == ".json" and not p.name.endswith("_tensor_log.json")]
-            if len(dlc) != 1 or len(graph_json) != 1:
-                raise StageFailed(f"expected one QNN graph, QNN wrote: {', '.join(p.name for p in dumped)}")
-            (ctx.out / "model.dlc").write_bytes(reproducible_dlc(dlc[0].read_bytes()))
-            graph = json.loads(graph_json[0].read_text())
-        finally:
-            os.chdir(cwd)
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-convert-") as tmp, contextlib.chdir(tmp):
+        shutil.copyfile(source, "model.onnx")  # a fixed relative name: QNN hashes the path into names
+        refused, on_qnn = _refused("model.onnx")
+        if refused:
+            (ctx.out / "op_report.json").write_text(json.dumps({"refused": refused}, indent=1) + "\n")
+            listing = "; ".join(f"{r['name']} ({r['op_type']}): {r['reason']}" for r in refused)
+            raise StageFailed(f"QNN cannot take {len(refused)} node(s): {listing}")
+        Path("dump").mkdir()
+        qnn.htp_session("model.onnx", {
+            "dump_qnn_ir_dlc": "1", "dump_qnn_ir_dlc_dir": "dump",
+            "qnn_ir_backend_path": str(qnn.library_dir() / "libQnnIr.so"),
+            "dump_json_qnn_graph": "1", "json_qnn_graph_dir": "dump"})
+        dumped = sorted(Path("dump").iterdir())
+        dlc = [p for p in dumped if p.suffix == ".dlc"]
+        graph_json = [p for p in dumped if p.suffix == ".json" and not p.name.endswith("_tensor_log.json")]
+        if len(dlc) != 1 or len(graph_json) != 1:
+            raise StageFailed(f"expected one QNN graph, QNN wrote: {', '.join(p.name for p in dumped)}")
+        (ctx.out / "model.dlc").write_bytes(reproducible_dlc(dlc[0].read_bytes()))
+        graph = json.loads(graph_json[0].read_text())
     (ctx.out / "model_net.json").write_text(json.dumps(graph, indent=1, sort_keys=True) + "\n")
     report = {"onnx_nodes_on_qnn": on_qnn, "refused": [], **op_report(graph)}
     (ctx.out / "op_report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -8,9 +8,9 @@ the inputs: fixed file names, no metadata, no timestamps.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -124,19 +124,15 @@ def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
 
 
 def run(ctx: StageRun) -> None:
-    with tempfile.TemporaryDirectory(prefix="qnnbuild-export-") as tmp:
+    # fixed relative names in a scratch folder: the exporters store file names inside the model
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-export-") as tmp, contextlib.chdir(tmp):
         scratch = Path(tmp)
-        cwd = Path.cwd()
-        os.chdir(scratch)  # fixed relative names: the exporters store file names inside the model
-        try:
-            if "torch" in ctx.params:
-                _torch_export(ctx, Path("exported.onnx"))
-                raw = scratch / "exported.onnx"
-            else:
-                raw = ctx.files["onnx"]
-            _clean(ctx, raw, scratch)
-        finally:
-            os.chdir(cwd)
+        if "torch" in ctx.params:
+            _torch_export(ctx, Path("exported.onnx"))
+            raw = scratch / "exported.onnx"
+        else:
+            raw = ctx.files["onnx"]
+        _clean(ctx, raw, scratch)
 
 
 KIND = StageKind(
