@@ -1,8 +1,21 @@
 """qnnbuild: declarative, incremental and reproducible builds of neural networks for Qualcomm NPUs."""
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
 
 
-def load(recipe: str, target: str, artifacts: str = "artifacts") -> object:
-    """Kept importable without onnxruntime; the runtime API lands with the validate/infer issue."""
-    raise NotImplementedError("qnnbuild.load arrives with the infer issue")
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qnnbuild.runtime import Deployed
+
+
+def load(recipe: str, target: str, artifacts: str = "artifacts") -> Deployed:
+    """A built target of `recipe`, ready to `run({input: array})` on the HTP emulator.
+
+    Imported lazily so `import qnnbuild` (and a no-op build) never loads onnxruntime.
+    """
+    from qnnbuild.runtime import load as _load
+
+    return _load(recipe, target, artifacts)

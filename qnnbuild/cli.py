@@ -56,6 +56,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="only this recipe's current outputs")
     _add_common(p, recipe=False)
 
+    p = sub.add_parser("infer", help="run a built target on the HTP emulator")
+    _add_common(p)
+    p.add_argument("--target", required=True, help="Snapdragon part, e.g. SM8650")
+    p.add_argument("--input", action="append", required=True, metavar="[NAME=]FILE.npy",
+                   help="an input array (.npy); NAME= may be left out for a single-input model")
+    p.add_argument("-o", "--output", help="write the outputs to this .npz file")
+
     p = sub.add_parser("schema", help="print the recipe JSON Schema")
     _add_common(p, recipe=False, artifacts=False)
 
@@ -142,6 +149,36 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from qnnbuild.runtime import load
+
+    deployed = load(args.recipe, args.target, args.artifacts)
+    feeds = {}
+    for item in args.input:
+        name, _, file = item.rpartition("=")
+        if not name:
+            if len(deployed.inputs) != 1:
+                raise UsageError(f"the model has inputs {', '.join(deployed.inputs)}: write --input NAME=FILE.npy")
+            name = next(iter(deployed.inputs))
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--input {item}: cannot read {file}: {exc}") from None
+    outputs = deployed.run(feeds)
+    for name, value in outputs.items():
+        line = f"{name}: shape {list(value.shape)} {value.dtype}, min {value.min():.4g}, max {value.max():.4g}"
+        if value.ndim == 2 and value.shape[0] == 1 and value.shape[1] >= 2:
+            top = np.argsort(value[0])[::-1][:5]
+            line += "; top-5 " + ", ".join(f"{int(i)} ({value[0, i]:.3f})" for i in top)
+        print(line)
+    if args.output:
+        np.savez(args.output, **outputs)  # type: ignore[arg-type]
+        print(f"wrote {args.output}")
+    return 0
+
+
 def _maintenance(name: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         from qnnbuild import maintenance
@@ -152,7 +189,7 @@ def _maintenance(name: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
-    return {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "schema": cmd_schema,
+    return {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "schema": cmd_schema, "infer": cmd_infer,
             "clean": _maintenance("cmd_clean"), "gc": _maintenance("cmd_gc"), "verify": _maintenance("cmd_verify"),
             "doctor": _maintenance("cmd_doctor")}
 

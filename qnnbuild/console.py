@@ -51,7 +51,8 @@ class Console:
                 now = time.monotonic()
                 busy = [(i, now - t) for i, t in self.running.items()]
             for inst_id, elapsed in busy:
-                self.say(f"  … {inst_id:<30} still running, {elapsed:.0f} s")
+                if elapsed >= self.pulse_seconds:
+                        self.say(f"  … {inst_id:<30} still running, {elapsed:.0f} s")
 
     def close(self) -> None:
         self._stop.set()

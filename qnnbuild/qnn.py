@@ -53,7 +53,7 @@ def htp_session(model: str | bytes, provider: dict[str, str], config: dict[str, 
     """An InferenceSession on the QNN HTP backend (emulated on x86)."""
     rt = ort()
     so = rt.SessionOptions()
-    so.log_severity_level = 0 if verbose else 2
+    so.log_severity_level = 0 if verbose else 3
     if not fallback:
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     for key, value in (config or {}).items():
@@ -95,6 +95,20 @@ def captured_stderr() -> Iterator[list[str]]:
             text.append(tmp.read().decode("utf-8", "replace"))
             sys.stderr.write(text[0])
             sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """libQnnHtp prints to fd 1 when it loads; keep a command's stdout for its own output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def refusal_reasons(log: str) -> dict[str, str]:

@@ -51,7 +51,7 @@ def test_missing_required_and_schema_version(tmp_path: Path) -> None:
 def test_unknown_kind(tmp_path: Path) -> None:
     assert problems(tmp_path, "  c: {kind: frobnicate}\n") == [
         "r.yaml:5:13: stages.c.kind: 'frobnicate' is not one of ['command', 'compile', 'context-binary', "
-        "'convert', 'export', 'quantize']"]
+        "'convert', 'export', 'layer-error', 'profile', 'quantize', 'validate']"]
 
 
 def test_unknown_stage_reference(tmp_path: Path) -> None:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from qnnbuild.stages import command, compile, context_binary, convert, export, quantize
+from qnnbuild.stages import (
+    command,
+    compile,
+    context_binary,
+    convert,
+    export,
+    layer_error,
+    profile,
+    quantize,
+    validate,
+)
 from qnnbuild.stages.base import StageKind
 
 KINDS: dict[str, StageKind] = {k.name: k for k in (
@@ -11,5 +21,8 @@ KINDS: dict[str, StageKind] = {k.name: k for k in (
     convert.KIND,
     compile.KIND,
     context_binary.KIND,
+    validate.KIND,
+    layer_error.KIND,
+    profile.KIND,
     command.KIND,
 )}

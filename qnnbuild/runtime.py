@@ -1,0 +1,87 @@
+"""Run a built context binary on the HTP emulator: `qnnbuild.load(recipe, target).run({...})`.
+
+What the seed's QNNInference class promised: the caller passes and gets float arrays; if the deliverable
+takes or returns quantized tensors, this module quantizes and dequantizes with the scale/offset recorded in
+io_spec.json (QNN's convention: real = (q + offset) · scale).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qnnbuild.errors import UsageError
+
+INTEGER = {"tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(int8)": np.int8,
+           "tensor(int16)": np.int16}
+
+
+class Deployed:
+    """One target's deliverable, loaded on the HTP emulator."""
+
+    def __init__(self, folder: Path) -> None:
+        from qnnbuild import qnn
+
+        self.folder = folder
+        self.spec = json.loads((folder / "io_spec.json").read_text())
+        with contextlib.chdir(folder), qnn.stdout_to_stderr():
+            self.session = qnn.htp_session(self.spec["epcontext_model"], {})
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.quant = {v["name"]: v.get("quantization") for v in self.spec["inputs"] + self.spec["outputs"]}
+
+    def _feed(self, name: str, value: Any) -> np.ndarray:
+        if name not in self.inputs:
+            raise UsageError(f"the model has no input {name!r}; inputs: {', '.join(self.inputs)}")
+        meta = self.inputs[name]
+        array = np.asarray(value)
+        shape = list(meta.shape)
+        if list(array.shape) == shape[1:] and shape and shape[0] == 1:
+            array = array[None]
+        if list(array.shape) != shape:
+            raise UsageError(f"input {name!r}: shape {list(array.shape)}, the model wants {shape}")
+        kind = INTEGER.get(meta.type)
+        if kind is None:
+            return array.astype(np.float32)
+        q = self.quant[name] or {}
+        info = np.iinfo(kind)  # type: ignore[type-var]
+        scaled = np.round(array / q["scale"]) - q["offset"]
+        return np.asarray(np.clip(scaled, info.min, info.max).astype(kind))
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Outputs by name, as float32, for inputs by name (a missing leading batch dimension is added)."""
+        missing = sorted(set(self.inputs) - set(feeds))
+        if missing:
+            raise UsageError(f"missing input(s): {', '.join(missing)}")
+        names = [o.name for o in self.session.get_outputs()]
+        values = self.session.run(names, {n: self._feed(n, v) for n, v in feeds.items()})
+        out = {}
+        for name, value in zip(names, values, strict=True):
+            q = self.quant.get(name)
+            real = (value.astype(np.float32) + q["offset"]) * q["scale"] if np.issubdtype(value.dtype, np.integer) \
+                and q else value
+            out[name] = np.asarray(real, dtype=np.float32)
+        return out
+
+
+def deliverable(recipe: str, target: str, artifacts: str | Path = "artifacts") -> Path:
+    """The folder of the current context-binary output of `recipe` for `target`."""
+    from qnnbuild.plans import load_plan
+    from qnnbuild.store import Store
+
+    plan = load_plan(recipe, Path(artifacts))
+    found = [i for i in plan.instances if i.kind == "context-binary" and i.target == target]
+    if not found:
+        targets = sorted({i.target for i in plan.instances if i.kind == "context-binary" and i.target})
+        raise UsageError(f"{recipe}: no context-binary for target {target!r}; built targets: {', '.join(targets)}")
+    folder = Store(Path(artifacts)).view(plan.recipe, found[0].stage, target)
+    if not (folder / "io_spec.json").is_file():
+        raise UsageError(f"{folder} is not built yet: run `qnnbuild run {recipe}` first")
+    return folder
+
+
+def load(recipe: str, target: str, artifacts: str | Path = "artifacts") -> Deployed:
+    return Deployed(deliverable(recipe, target, artifacts))
