@@ -63,6 +63,10 @@ def parser() -> argparse.ArgumentParser:
                    help="an input array (.npy); NAME= may be left out for a single-input model")
     p.add_argument("-o", "--output", help="write the outputs to this .npz file")
 
+    p = sub.add_parser("report", help="write an HTML report of the last build")
+    _add_common(p)
+    p.add_argument("-o", "--output", help="HTML file (default: artifacts/<recipe>/report.html)")
+
     p = sub.add_parser("schema", help="print the recipe JSON Schema")
     _add_common(p, recipe=False, artifacts=False)
 
@@ -179,6 +183,19 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from qnnbuild.plans import load_plan
+    from qnnbuild.report import build
+
+    artifacts = Path(args.artifacts)
+    plan = load_plan(args.recipe, artifacts)
+    out = Path(args.output) if args.output else artifacts / plan.recipe / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(build(plan, artifacts))
+    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
+    return 0
+
+
 def _maintenance(name: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         from qnnbuild import maintenance
@@ -190,6 +207,7 @@ def _maintenance(name: str) -> Callable[[argparse.Namespace], int]:
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "schema": cmd_schema, "infer": cmd_infer,
+            "report": cmd_report,
             "clean": _maintenance("cmd_clean"), "gc": _maintenance("cmd_gc"), "verify": _maintenance("cmd_verify"),
             "doctor": _maintenance("cmd_doctor")}
 

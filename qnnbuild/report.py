@@ -1,0 +1,204 @@
+"""`qnnbuild report RECIPE`: one self-contained HTML page about the last build.
+
+The DAG, each stage's state, time and key, the op report, the accuracy table, plots of per-layer error and
+of the cycle profile (matplotlib, embedded as PNG data), and the tool versions. Everything is read from the
+artifacts folder; nothing is rebuilt. No external resources, so it opens anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.graph import Instance, Plan
+from qnnbuild.session import Session
+from qnnbuild.status import Verdict
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d232a}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #d8dee4}
+table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{padding:.3rem .6rem;border-bottom:1px solid #eaeef2;
+text-align:left;vertical-align:top}th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+code{font:12px ui-monospace,monospace;background:#f6f8fa;padding:.1rem .3rem;border-radius:3px}
+.fresh{color:#1a7f37;font-weight:600}.stale{color:#bc4c00;font-weight:600}.fail{color:#cf222e;font-weight:600}
+img{max-width:100%;border:1px solid #eaeef2;border-radius:4px}.muted{color:#57606a}
+"""
+
+
+# Marks the page once every image has decoded: a browser (or a test driving one) can tell a broken image.
+SELF_CHECK = ("<script>addEventListener('load',()=>{const i=[...document.images];"
+              "document.body.dataset.images=i.length+' '+i.filter(x=>x.complete&&x.naturalWidth>0).length})</script>")
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def dag_figure(plan: Plan, state: dict[str, str]) -> str:
+    plt = _pyplot()
+    pos: dict[str, tuple[float, float]] = {}
+    for x, gen in enumerate(plan.generations):
+        for y, inst_id in enumerate(gen):
+            pos[inst_id] = (x * 2.6, -(y - (len(gen) - 1) / 2) * 0.9)
+    width = max(6.0, 2.2 * len(plan.generations))
+    height = max(2.5, 0.8 * max(len(g) for g in plan.generations))
+    fig, ax = plt.subplots(figsize=(width, height))
+    colors = {"fresh": "#dafbe1", "stale": "#fff1e5"}
+    for inst in plan.instances:
+        for dep in inst.deps:
+            dashed = dep in inst.after
+            ax.annotate("", xy=pos[inst.id], xytext=pos[dep], arrowprops={
+                "arrowstyle": "->", "color": "#57606a", "linestyle": "--" if dashed else "-",
+                "shrinkA": 38, "shrinkB": 38})
+    for inst in plan.instances:
+        px, py = pos[inst.id]
+        label = inst.id if inst.kind == inst.stage else f"{inst.id}\n{inst.kind}"
+        ax.text(px, py, label, ha="center", va="center", fontsize=8,
+                bbox={"boxstyle": "round,pad=0.4", "fc": colors.get(state.get(inst.id, ""), "#f6f8fa"),
+                      "ec": "#57606a"})
+    xs, ys = [p[0] for p in pos.values()], [p[1] for p in pos.values()]
+    ax.set_xlim(min(xs) - 1.3, max(xs) + 1.3)
+    ax.set_ylim(min(ys) - 0.7, max(ys) + 0.7)
+    ax.axis("off")
+    src = _png(fig)
+    plt.close(fig)
+    return src
+
+
+def bar_figure(labels: list[str], values: list[float], xlabel: str, title: str) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, max(2.0, 0.28 * len(labels) + 0.8)))
+    ax.barh(range(len(labels)), values, color="#0969da")
+    ax.set_yticks(range(len(labels)), [lbl if len(lbl) <= 48 else "…" + lbl[-47:] for lbl in labels], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    src = _png(fig)
+    plt.close(fig)
+    return src
+
+
+def _read(folder: Path, name: str) -> Any:
+    try:
+        return json.loads((folder / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None = None) -> str:
+    numeric = numeric or set()
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td{' class=num' if i in numeric else ''}>{cell}</td>"
+                                    for i, cell in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(alt: str, src: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="{src}">'
+
+
+def _stages(plan: Plan, session: Session, verdicts: dict[str, Verdict]) -> list[str]:
+    e = html.escape
+    state = {k: "fresh" if v.fresh else "stale" for k, v in verdicts.items()}
+    rows = []
+    for inst in plan.instances:
+        v = verdicts[inst.id]
+        manifest = session.store.manifest(v.key) if v.key and v.fresh else None
+        mark = state[inst.id]
+        rows.append([f"<code>{e(inst.id)}</code>", e(inst.kind), f"<span class={mark}>{mark}</span>",
+                     e("; ".join(v.reasons)), f"{manifest['seconds']:.2f} s" if manifest else "–",
+                     f"<code>{e(v.key[:16])}</code>" if v.key else "–"])
+    return ["<h2>Stage graph</h2>", _img("stage graph", dag_figure(plan, state)), "<h2>Stages</h2>",
+            _table(["instance", "kind", "state", "why", "build time", "key"], rows, {4})]
+
+
+def _op_report(inst: Instance, folder: Path) -> list[str]:
+    report = _read(folder, "op_report.json")
+    if not report:
+        return []
+    hist = ", ".join(f"{html.escape(k)} ×{n}" for k, n in report["histogram"].items())
+    row = [report["ops"], hist, len(report["transposes"]), len(report["float_ops"]), len(report["refused"])]
+    return [f"<h2>QNN op report ({html.escape(inst.id)})</h2>",
+            _table(["QNN ops", "by type", "transposes", "float ops", "refused"], [row], {0, 2, 3, 4})]
+
+
+def _accuracy(found: list[tuple[Instance, Path]]) -> list[str]:
+    e = html.escape
+    rows = []
+    for inst, folder in found:
+        metrics = _read(folder, "metrics.json")
+        for name, fig in (metrics or {}).get("outputs", {}).items():
+            top = f"{fig['top1_agreement']:.0%} / {fig['top5_agreement']:.0%}" if "top1_agreement" in fig else "–"
+            verdict = "<span class=fresh>pass</span>" if metrics["passed"] else "<span class=fail>fail</span>"
+            rows.append([e(str(inst.target)), f"<code>{e(name)}</code>", f"{fig['sqnr_db']:.2f} dB",
+                         f"{fig['cosine']:.5f}", f"{fig['max_abs_error']:.4g}", top, fig["samples"], verdict])
+    if not rows:
+        return []
+    headers = ["target", "output", "SQNR", "cosine", "max abs error", "top-1 / top-5", "samples", "thresholds"]
+    return ["<h2>Accuracy (HTP emulator vs fp32 on CPU)</h2>", _table(headers, rows, {2, 3, 4, 6})]
+
+
+def _layers(inst: Instance, folder: Path) -> list[str]:
+    layers = _read(folder, "layers.json")
+    if not layers or not layers["activations"]:
+        return []
+    worst = layers["activations"][:20]
+    plot = bar_figure([r["tensor"] for r in worst], [r["lost_db"] for r in worst], "SQNR lost by the layer (dB)",
+                      "Layers that lose the most accuracy")
+    return [f"<h2>Per-layer quantization error ({html.escape(inst.id)})</h2>", _img("per-layer error", plot),
+            "<p>Suggested 16-bit overrides for the quantize stage: <code>"
+            f"{html.escape(json.dumps(layers['suggested_overrides']))}</code></p>"]
+
+
+def _profile(inst: Instance, folder: Path) -> list[str]:
+    profile = _read(folder, "profile.json")
+    if not profile:
+        return []
+    ops = profile["ops"][:15]
+    lat = profile["emulator_latency_ms"]
+    plot = bar_figure([o["op"] for o in ops], [o["cycles_mean"] for o in ops], "cycles (mean)", "Slowest ops")
+    return [f"<h2>Cycle profile ({html.escape(inst.id)}, HTP emulator)</h2>",
+            f"<p>{profile['total_cycles_mean']:,.0f} cycles per inference; emulator latency mean {lat['mean']:.2f} ms,"
+            f" p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms, p99 {lat['p99']:.2f} ms over {profile['runs']} runs."
+            f" <span class=muted>{html.escape(profile['note'])}.</span></p>", _img("cycle profile", plot)]
+
+
+def build(plan: Plan, artifacts: Path) -> str:
+    """The report's HTML."""
+    session = Session(plan, artifacts)
+    verdicts = {v.id: v for v in session.assess()}
+    e = html.escape
+    parts = [f"<h1>qnnbuild report: {e(plan.recipe)}</h1>",
+             f"<p class=muted>recipe <code>{e(plan.recipe_file)}</code> · artifacts <code>{e(str(artifacts))}</code>"
+             "</p>", *_stages(plan, session, verdicts)]
+    by_kind: dict[str, list[tuple[Instance, Path]]] = {}
+    for inst in plan.instances:
+        by_kind.setdefault(inst.kind, []).append((inst, session.view(inst)))
+    for inst, folder in by_kind.get("convert", []):
+        parts += _op_report(inst, folder)
+    parts += _accuracy(by_kind.get("validate", []))
+    for inst, folder in by_kind.get("layer-error", []):
+        parts += _layers(inst, folder)
+    for inst, folder in by_kind.get("profile", []):
+        parts += _profile(inst, folder)
+    lock = session.store.read_lock(plan.recipe)
+    tools = {**lock.get("tools", {}), **lock.get("platform", {})}
+    if tools:
+        parts += ["<h2>Tools</h2>", _table(["tool", "version"], [[e(k), e(str(v))] for k, v in sorted(tools.items())])]
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>qnnbuild: {e(plan.recipe)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}{SELF_CHECK}</body></html>\n")
