@@ -106,6 +106,26 @@ class _TooBig(Exception):
         super().__init__(message)
 
 
+OPENERS = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+           yaml.BlockMappingStartToken)
+CLOSERS = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+
+
+def _check_depth(text: str, file: str) -> None:
+    """Refuse deep nesting before composing: libyaml's composer recurses in C and crashes the process on a
+    few hundred thousand nested brackets, which no Python recursion limit catches. Scanning is iterative."""
+    depth = 0
+    for token in yaml.scan(text, Loader=_Loader):
+        if isinstance(token, OPENERS):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = token.start_mark
+                raise RecipeError([Problem(file, mark.line + 1, mark.column + 1, "",
+                                           f"nesting deeper than {MAX_DEPTH} levels")])
+        elif isinstance(token, CLOSERS):
+            depth -= 1
+
+
 def load_text(raw: bytes, file: str) -> Located:
     """Parse one YAML document; every fault becomes a located Problem inside a RecipeError."""
     if len(raw) > MAX_BYTES:
@@ -120,6 +140,7 @@ def load_text(raw: bytes, file: str) -> Located:
         raise RecipeError([Problem(file, 1, 1, "", "binary data, not a YAML recipe")])
     builder = _Builder(file)
     try:
+        _check_depth(text, file)
         node = yaml.compose(text, Loader=_Loader)
         if node is None:
             raise RecipeError([Problem(file, 1, 1, "", "the file is empty")])
