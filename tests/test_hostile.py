@@ -67,9 +67,9 @@ def mutations() -> st.SearchStrategy[bytes]:
 
     def apply(edits: list[tuple[int, int, bytes]]) -> bytes:
         out = base
-        for pos, cut, insert in edits:
-            pos = min(pos, len(out))
-            out = out[:pos] + insert + out[pos + cut:]
+        for where, cut, insert in edits:
+            at = min(where, len(out))
+            out = out[:at] + insert + out[at + cut:]
         return out
 
     structural = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=12),
