@@ -101,6 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         selected = [i.id for i in plan.instances if i.stage in args.only] if args.only else []
         with session.store.exclusive():
+            swept = session.store.sweep()
+            if swept:
+                console.say(f"removed {swept} unfinished work folder(s) left by an interrupted run")
             run_with_doit(session, console, selected, args.jobs)
             session.write_lock()
     console.close()

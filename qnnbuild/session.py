@@ -5,6 +5,7 @@ Shared by `run` (through doit), `status` and the no-op fast path, so all three a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
+from qnnbuild.faults import checkpoint
 from qnnbuild.graph import Instance, Plan
 from qnnbuild.hashing import StatCache
 from qnnbuild.keys import environment, key_document, key_of, tool_versions
@@ -25,6 +27,24 @@ from qnnbuild.stages.base import StageRun
 from qnnbuild.status import Verdict, assess
 from qnnbuild.store import Store, remove_tree
 from qnnbuild.targets import TARGETS
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, resolved in the parent: the child between fork and exec must not import or lock."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: receive SIGKILL when qnnbuild dies, so no orphan keeps building."""
+    prctl = _prctl()  # already cached by the parent (see _run_worker)
+    if prctl is not None:
+        prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 
 
 @dataclass
@@ -126,7 +146,7 @@ class Session:
         try:
             self._run_worker(inst, work)
             manifest = self.store.publish(work, key, document, time.monotonic() - started,
-                                          replace=inst.id in self.forced)
+                                          replace=inst.id in self.forced, instance=inst.id)
         except StageFailed as exc:
             log = self._keep_log(inst, work)
             raise StageFailed(str(exc), log) from None
@@ -137,6 +157,7 @@ class Session:
             for rel in manifest["files"]:
                 self.stat.digest(self.store.entry(key) / rel)
         self.store.set_view(self.view(inst), key)
+        checkpoint("view:switched", inst.id)
         self._failure_log(inst).unlink(missing_ok=True)  # the last failure of this instance is history now
         return self._record(inst, "ran", time.monotonic() - started, key, document)
 
@@ -152,9 +173,11 @@ class Session:
         request = meta / "request.json"
         request.write_text(json.dumps({"kind": inst.kind, "run": run.to_json()}))
         env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
+        _prctl()
         with (meta / "stage.log").open("wb") as log:
             proc = subprocess.run([sys.executable, "-m", "qnnbuild.worker", str(request)], stdin=subprocess.DEVNULL,
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env, check=False)
+                                  stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env, check=False,
+                                  preexec_fn=_die_with_parent)
         request.unlink()
         if proc.returncode != 0:
             error = meta / "error.txt"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed, StoreError
+from qnnbuild.faults import checkpoint
 from qnnbuild.hashing import sha256_file, sha256_json
 
 META = ".qnnbuild"
@@ -76,7 +77,7 @@ class Store:
         return work
 
     def publish(self, work: Path, key: str, document: dict[str, Any], seconds: float, *,
-                replace: bool = False) -> dict[str, Any]:
+                replace: bool = False, instance: str = "") -> dict[str, Any]:
         """Describe `work` in a manifest and rename it to the entry for `key`; returns the manifest."""
         files: dict[str, dict[str, Any]] = {}
         for path in output_files(work):
@@ -91,6 +92,7 @@ class Store:
         write_json_atomic(work / META / "manifest.json", manifest)
         for path in output_files(work):
             path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        checkpoint("publish:manifest", instance)
         target = self.entry(key)
         if replace and target.exists():
             self._discard(target)
@@ -100,7 +102,20 @@ class Store:
             if not self.has(key):
                 raise
             self._discard(work)  # someone published the same key first; theirs is as good as ours
+        checkpoint("publish:renamed", instance)
         return manifest
+
+    def sweep(self) -> int:
+        """Remove work folders of runs that died (SIGKILL, power loss); their pid is in the name."""
+        swept = 0
+        tmp = self.root / ".tmp"
+        for work in sorted(tmp.iterdir()) if tmp.is_dir() else []:
+            parts = work.name.split(".")
+            pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+            if pid is None or not _alive(pid):
+                remove_tree(work)
+                swept += 1
+        return swept
 
     def _discard(self, path: Path) -> None:
         trash = self.root / ".tmp" / f"trash.{uuid.uuid4().hex}"
@@ -201,6 +216,16 @@ class Store:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_tree(path: Path) -> None:
