@@ -63,3 +63,19 @@ def test_kill_during_publish(tmp_path: Path, clean_build: dict[str, str], point:
                             capture_output=True, text=True, check=False)
     assert killed.returncode == -signal.SIGKILL
     rebuild_matches(folder, clean_build)
+
+
+def test_two_concurrent_runs_both_succeed(tmp_path: Path, clean_build: dict[str, str]) -> None:
+    folder = project(tmp_path / "p")
+    procs = [subprocess.Popen([sys.executable, "-m", "qnnbuild", "run", "tiny.yaml", "--json"], cwd=folder,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    import json
+
+    statuses = [{s["id"]: s["status"] for s in json.loads(out)["stages"]} for out, _ in results]
+    # the work was done once: each instance ran in exactly one of the two runs
+    for inst in statuses[0]:
+        assert sorted([statuses[0][inst], statuses[1][inst]]) == ["cached", "ran"], statuses
+    assert digests(folder) == clean_build
+    assert run_process(["verify"], folder).returncode == 0
