@@ -52,9 +52,16 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gc", help="drop store entries that no lock file references")
     _add_common(p, recipe=False)
 
-    p = sub.add_parser("verify", help="re-hash the store and the current outputs")
+    p = sub.add_parser("verify", help="re-hash the store and the current outputs, or rebuild and compare")
     p.add_argument("recipe", nargs="?", help="only this recipe's current outputs")
+    p.add_argument("--rebuild", action="store_true", help="rebuild RECIPE from scratch in a temporary store and "
+                   "compare every output digest with its lock file")
+    p.add_argument("-j", "--jobs", type=int, default=1)
     _add_common(p, recipe=False)
+
+    p = sub.add_parser("release", help="a reproducible tar.gz of every target's deliverable")
+    _add_common(p)
+    p.add_argument("-o", "--output", required=True, help="the bundle to write (.tar.gz)")
 
     p = sub.add_parser("infer", help="run a built target on the HTP emulator")
     _add_common(p)
@@ -199,6 +206,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    from qnnbuild.plans import load_plan
+    from qnnbuild.release import cmd_release as release
+
+    return release(load_plan(args.recipe, Path(args.artifacts)), Path(args.artifacts), Path(args.output))
+
+
 def _maintenance(name: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         from qnnbuild import maintenance
@@ -210,7 +224,7 @@ def _maintenance(name: str) -> Callable[[argparse.Namespace], int]:
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "schema": cmd_schema, "infer": cmd_infer,
-            "report": cmd_report,
+            "report": cmd_report, "release": cmd_release,
             "clean": _maintenance("cmd_clean"), "gc": _maintenance("cmd_gc"), "verify": _maintenance("cmd_verify"),
             "doctor": _maintenance("cmd_doctor")}
 

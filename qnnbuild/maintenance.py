@@ -62,6 +62,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.rebuild:
+        if not args.recipe:
+            raise UsageError("verify --rebuild needs a recipe file")
+        from qnnbuild.plans import load_plan
+        from qnnbuild.release import verify_rebuild
+
+        return verify_rebuild(load_plan(args.recipe, Path(args.artifacts)), Path(args.artifacts), args.jobs)
     store = Store(Path(args.artifacts))
     locks = store.all_locks()
     if args.recipe:

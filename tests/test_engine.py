@@ -224,3 +224,18 @@ def test_input_deleted_after_a_build_is_a_located_recipe_error(project: Path, cl
     code, _, err = cli("run", "five.yaml")
     assert code == 2
     assert err.startswith("five.yaml:4:") and "stages.a.inputs.src: file not found: big.bin" in err
+
+
+def test_output_modified_through_the_view_is_reported_and_rebuilt(project: Path, cli: CLI) -> None:
+    cli("run", "five.yaml")
+    view_file = project / "artifacts/five/b/b.txt"
+    view_file.resolve().chmod(0o644)
+    with view_file.open("a") as fh:
+        fh.write("appended by hand")
+    code, out, _ = cli("verify")
+    assert code == 1
+    assert any(line.startswith("BAD  ") and line.endswith("/b.txt (content differs from manifest)")
+               for line in out.splitlines())
+    assert statuses(cli) == {**CACHED, "b": "ran"}
+    assert "appended by hand" not in view_file.read_text()
+    assert cli("verify")[0] == 0

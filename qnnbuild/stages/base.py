@@ -75,7 +75,7 @@ class StageKind:
     - `checks(params)`: semantic checks the schema cannot express, as (parameter path, message);
     - `fans_out`: runs once per target even when nothing upstream does (compile);
     - `tools`: distributions whose versions change its output (they enter the key);
-    - `isolated`: run in a fresh process (QNN state leaks within a process and writes to fd 1).
+    - `reproducible`: equal inputs give equal bytes (False for measurements with timings).
     """
 
     name: str
@@ -89,5 +89,5 @@ class StageKind:
     checks: Callable[[Params], list[tuple[tuple[str | int, ...], str]]] = no_checks
     fans_out: bool = False
     tools: tuple[str, ...] = ()
-    isolated: bool = True
+    reproducible: bool = True  # False: outputs carry timings, so `verify --rebuild` cannot compare them
     extra_schema: dict[str, Any] = field(default_factory=dict)

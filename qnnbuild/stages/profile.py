@@ -130,5 +130,6 @@ KIND = StageKind(
     required=("context",),
     refs=_refs,
     tools=("onnxruntime", "onnxruntime-qnn"),
+    reproducible=False,
     run=run,
 )
