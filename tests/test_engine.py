@@ -239,3 +239,12 @@ def test_output_modified_through_the_view_is_reported_and_rebuilt(project: Path,
     assert statuses(cli) == {**CACHED, "b": "ran"}
     assert "appended by hand" not in view_file.read_text()
     assert cli("verify")[0] == 0
+
+
+def test_symlinked_declared_output_fails_the_stage(project: Path, cli: CLI) -> None:
+    write(project, "five.yaml", "schema_version: 1\nrecipe: five\nstages:\n"
+          "  s: {kind: command, argv: [ln, -s, /etc/hostname, out.txt], outputs: [out.txt]}\n")
+    code, _, err = cli("run", "five.yaml")
+    assert code == 1
+    assert "declared outputs must be regular files, not symlinks: out.txt" in err
+    assert not (project / "artifacts/five/s").exists()

@@ -75,6 +75,9 @@ def run(ctx: StageRun) -> None:
     if result.returncode != 0:
         raise StageFailed(f"command exited with status {result.returncode}: {' '.join(argv)}")
     declared = {str(PurePosixPath(o)) for o in ctx.params["outputs"]}
+    links = sorted(o for o in declared if (ctx.out / o).is_symlink())
+    if links:
+        raise StageFailed(f"declared outputs must be regular files, not symlinks: {', '.join(links)}")
     missing = sorted(o for o in declared if not (ctx.out / o).is_file())
     if missing:
         raise StageFailed(f"command did not write its declared outputs: {', '.join(missing)}")
