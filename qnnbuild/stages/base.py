@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.errors import StageFailed
+
 Params = dict[str, Any]
 
 
@@ -48,6 +50,12 @@ class StageRun:
                    files={k: Path(v) for k, v in raw["files"].items()}, out=Path(raw["out"]),
                    target=raw["target"], root=Path(raw["root"]))
 
+    def require_target(self) -> dict[str, Any]:
+        """The target of a per-target stage (the engine always gives one; this only narrows the type)."""
+        if self.target is None:
+            raise StageFailed(f"{self.instance} runs per target, but got none")
+        return self.target
+
     def say(self, message: str) -> None:
         """A progress line for the stage log (stdout/stderr of a stage go to its log file)."""
         print(f"[{self.instance}] {message}", file=sys.stderr, flush=True)
@@ -55,6 +63,14 @@ class StageRun:
 
 def no_refs(params: Params) -> dict[str, str]:
     return {}
+
+
+def refs_of(*names: str) -> Callable[[Params], dict[str, str]]:
+    """The common case: these parameters each name one upstream stage (absent ones are optional)."""
+    def refs(params: Params) -> dict[str, str]:
+        return {name: params[name] for name in names if name in params}
+
+    return refs
 
 
 def no_files(params: Params) -> dict[str, str]:

@@ -14,14 +14,11 @@ import tempfile
 from pathlib import Path
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import Params, StageKind, StageRun
+from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
 
 PERFORMANCE_MODES = ["default", "burst", "balanced", "high_performance", "sustained_high_performance",
                      "power_saver", "low_power_saver", "high_power_saver", "low_balanced", "extreme_power_saver"]
 
-
-def _refs(params: Params) -> dict[str, str]:
-    return {"model": params["model"]}
 
 
 def provider_options(params: Params, target: dict[str, int | str]) -> dict[str, str]:
@@ -44,12 +41,11 @@ def run(ctx: StageRun) -> None:
 
     from qnnbuild import encodings, onnxgraph, qnn
 
-    if ctx.target is None:
-        raise StageFailed("this stage runs per target, but got none")
-    options = provider_options(ctx.params, ctx.target)
+    target = ctx.require_target()
+    options = provider_options(ctx.params, target)
     source = ctx.inputs["model"] / "model.qdq.onnx"
-    ctx.say(f"finalizing the HTP graph for {ctx.target['name']} ({ctx.target['product']}, HTP v"
-            f"{ctx.target['htp_arch']}), optimization level {ctx.params['optimization_level']}")
+    ctx.say(f"finalizing the HTP graph for {target['name']} ({target['product']}, HTP v"
+            f"{target['htp_arch']}), optimization level {ctx.params['optimization_level']}")
     with tempfile.TemporaryDirectory(prefix="qnnbuild-compile-") as tmp, contextlib.chdir(tmp):
         shutil.copyfile(source, "model.onnx")
         config = {"ep.context_enable": "1", "ep.context_file_path": "model_ctx.onnx",
@@ -60,13 +56,13 @@ def run(ctx: StageRun) -> None:
         except Exception as exc:
             causes = qnn.finalize_errors(log[0] if log else "")
             hint = f"; QNN says: {', '.join(causes)}" if causes else ""
-            raise StageFailed(f"HTP compile for {ctx.target['name']} failed: {str(exc).strip()}{hint}") from None
+            raise StageFailed(f"HTP compile for {target['name']} failed: {str(exc).strip()}{hint}") from None
         for name in ("model_ctx.onnx", "model_ctx_qnn.bin"):
             if not Path(name).is_file():
                 raise StageFailed(f"QNN did not write {name}")
             shutil.move(name, ctx.out / name)
     qdq = onnx.load(str(source))
-    info = {"target": ctx.target, "provider_options": options, **onnxgraph.io_spec(qdq),
+    info = {"target": target, "provider_options": options, **onnxgraph.io_spec(qdq),
             "io_quantization": encodings.io_quantization(qdq)}
     (ctx.out / "compile.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     size = (ctx.out / "model_ctx_qnn.bin").stat().st_size
@@ -86,7 +82,7 @@ KIND = StageKind(
         "performance_mode": {"enum": PERFORMANCE_MODES, "default": "default"},
     },
     required=("model",),
-    refs=_refs,
+    refs=refs_of("model"),
     fans_out=True,
     tools=("onnx", "onnxruntime", "onnxruntime-qnn"),
     run=run,

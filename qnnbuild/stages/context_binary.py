@@ -11,11 +11,7 @@ import json
 import shutil
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import Params, StageKind, StageRun
-
-
-def _refs(params: Params) -> dict[str, str]:
-    return {"compiled": params["compiled"]}
+from qnnbuild.stages.base import StageKind, StageRun, refs_of
 
 
 def run(ctx: StageRun) -> None:
@@ -24,10 +20,9 @@ def run(ctx: StageRun) -> None:
 
     from qnnbuild import qnn
 
-    if ctx.target is None:
-        raise StageFailed("this stage runs per target, but got none")
+    target = ctx.require_target()
     compiled = ctx.inputs["compiled"]
-    stem = f"{ctx.recipe}_{ctx.target['name']}"
+    stem = f"{ctx.recipe}_{target['name']}"
     model = onnx.load(str(compiled / "model_ctx.onnx"))
     nodes = [n for n in model.graph.node if n.op_type == "EPContext"]
     if len(nodes) != 1:
@@ -58,7 +53,7 @@ def run(ctx: StageRun) -> None:
                      for i in session.get_inputs()}
             outputs = session.run(None, feeds)
     except Exception as exc:
-        raise StageFailed(f"the context binary for {ctx.target['name']} does not load/run on the HTP emulator: "
+        raise StageFailed(f"the context binary for {target['name']} does not load/run on the HTP emulator: "
                           f"{str(exc).strip()}") from None
     ctx.say(f"{stem}.bin loads and runs on the HTP emulator; outputs {[list(o.shape) for o in outputs]}")
 
@@ -69,7 +64,7 @@ KIND = StageKind(
     summary="compile output → the per-target deliverable folder (EPContext model, context binary, io_spec.json)",
     params={"compiled": {"type": "string", "description": "the compile stage"}},
     required=("compiled",),
-    refs=_refs,
+    refs=refs_of("compiled"),
     tools=("onnx", "onnxruntime", "onnxruntime-qnn"),
     run=run,
 )

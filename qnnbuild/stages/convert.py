@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import Params, StageKind, StageRun
+from qnnbuild.stages.base import StageKind, StageRun, refs_of
 
 FLOAT_TYPES = {0x0232: "float32", 0x0216: "float16"}  # QNN_DATATYPE_FLOAT_32 / _16
 DLC_TIMESTAMP = re.compile(rb'"timestamp": "\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"')
@@ -34,9 +34,6 @@ def reproducible_dlc(data: bytes) -> bytes:
         raise StageFailed("the DLC carries no generation timestamp where one was expected; QNN's format changed")
     return fixed
 
-
-def _refs(params: Params) -> dict[str, str]:
-    return {"model": params["model"]}
 
 
 def _refused(model: str) -> tuple[list[dict[str, str]], int]:
@@ -111,7 +108,7 @@ KIND = StageKind(
     summary="QDQ model → QNN graph (DLC + JSON, by QNN's IR backend) and an op report",
     params={"model": {"type": "string", "description": "the quantize stage whose model to convert"}},
     required=("model",),
-    refs=_refs,
+    refs=refs_of("model"),
     tools=("onnxruntime", "onnxruntime-qnn"),
     run=run,
 )

@@ -14,13 +14,10 @@ import math
 from typing import Any
 
 from qnnbuild import calibration
-from qnnbuild.stages.base import Params, StageKind, StageRun
+from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
 
 HELD_OUT = {"synthetic": {"count": 4, "seed": 1000}}
 
-
-def _refs(params: Params) -> dict[str, str]:
-    return {"model": params["model"], "reference": params["reference"]}
 
 
 def _files(params: Params) -> dict[str, str]:
@@ -152,7 +149,7 @@ KIND = StageKind(
                              "description": "only suggest layers that lose at least this much SQNR"},
     },
     required=("model", "reference"),
-    refs=_refs,
+    refs=refs_of("model", "reference"),
     files=_files,
     tools=("onnx", "onnxruntime", "numpy"),
     run=run,

@@ -20,17 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import Params, StageKind, StageRun
+from qnnbuild.stages.base import StageKind, StageRun, refs_of
 
 OP = re.compile(r"^(?P<name>.+?):OpId_\d+ \(cycles\)$")
 TOKEN = re.compile(r"_token_\d+$")
 
-
-def _refs(params: Params) -> dict[str, str]:
-    refs = {"context": params["context"]}
-    if "model" in params:
-        refs["model"] = params["model"]
-    return refs
 
 
 def parse_profile(text: str) -> list[dict[str, Any]]:
@@ -64,8 +58,7 @@ def run(ctx: StageRun) -> None:
 
     from qnnbuild import qnn
 
-    if ctx.target is None:
-        raise StageFailed("this stage runs per target, but got none")
+    target = ctx.require_target()
     context_dir = ctx.inputs["context"]
     model = next(p.name for p in context_dir.glob("*.onnx"))
     spec = json.loads((context_dir / "io_spec.json").read_text())
@@ -101,7 +94,7 @@ def run(ctx: StageRun) -> None:
     ops.sort(key=lambda o: -o["cycles_mean"])
     latency = {"mean": statistics.fmean(wall), "p50": percentile(wall, 0.5), "p95": percentile(wall, 0.95),
                "p99": percentile(wall, 0.99), "min": min(wall), "max": max(wall)}
-    report = {"target": ctx.target["name"], "runs": runs, "warmup": warmup,
+    report = {"target": target["name"], "runs": runs, "warmup": warmup,
               "note": "HTP emulator figures: cycles from the emulated HTP, milliseconds of this x86 host",
               "total_cycles_mean": round(total, 1), "emulator_latency_ms": {k: round(v, 3) for k, v in latency.items()},
               "qnn_execute_us_mean": round(statistics.fmean(r.get("execute_us", 0) for r in profiled), 1),
@@ -111,7 +104,7 @@ def run(ctx: StageRun) -> None:
         writer = csv.writer(fh)
         writer.writerow(["op", "onnx_node", "cycles_mean", "cycles_min", "share"])
         writer.writerows([o["op"], o["onnx_node"] or "", o["cycles_mean"], o["cycles_min"], o["share"]] for o in ops)
-    ctx.say(f"{ctx.target['name']} (emulator): {total:,.0f} cycles/inference; latency mean {latency['mean']:.2f} ms, "
+    ctx.say(f"{target['name']} (emulator): {total:,.0f} cycles/inference; latency mean {latency['mean']:.2f} ms, "
             f"p50 {latency['p50']:.2f}, p95 {latency['p95']:.2f}, p99 {latency['p99']:.2f} over {runs} runs; "
             f"slowest: {', '.join(report['slowest'])}")
 
@@ -128,7 +121,7 @@ KIND = StageKind(
         "top": {"type": "integer", "minimum": 1, "default": 5, "description": "how many slowest ops to name"},
     },
     required=("context",),
-    refs=_refs,
+    refs=refs_of("context", "model"),
     tools=("onnxruntime", "onnxruntime-qnn"),
     reproducible=False,
     run=run,

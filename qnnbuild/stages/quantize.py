@@ -15,14 +15,11 @@ from typing import Any
 
 from qnnbuild import calibration
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import Params, StageKind, StageRun
+from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
 
 STRIDE = 16
 QTYPES = ["uint8", "uint16", "int8", "int16", "int4", "uint4"]
 
-
-def _refs(params: Params) -> dict[str, str]:
-    return {"model": params["model"]}
 
 
 def _files(params: Params) -> dict[str, str]:
@@ -130,7 +127,7 @@ KIND = StageKind(
                                                               "symmetric": {"type": "boolean"}}}},
     },
     required=("model",),
-    refs=_refs,
+    refs=refs_of("model"),
     files=_files,
     tools=("onnx", "onnxruntime"),
     run=run,

@@ -14,13 +14,10 @@ from typing import Any
 
 from qnnbuild import calibration
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import Params, StageKind, StageRun
+from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
 
 HELD_OUT = {"synthetic": {"count": 8, "seed": 1000}}
 
-
-def _refs(params: Params) -> dict[str, str]:
-    return {"context": params["context"], "reference": params["reference"]}
 
 
 def _files(params: Params) -> dict[str, str]:
@@ -44,8 +41,7 @@ def verdicts(metrics: dict[str, dict[str, Any]], params: Params) -> list[str]:
 def run(ctx: StageRun) -> None:
     from qnnbuild import metrics, qnn
 
-    if ctx.target is None:
-        raise StageFailed("this stage runs per target, but got none")
+    target = ctx.require_target()
     spec = json.loads((ctx.inputs["reference"] / "io.json").read_text())
     samples = calibration.Samples(ctx.params["data"], spec["inputs"], next(iter(ctx.files.values()), None))
     context_dir = ctx.inputs["context"]
@@ -65,7 +61,7 @@ def run(ctx: StageRun) -> None:
     per_sample = (time.monotonic() - started) / max(1, len(samples))
     figures = {n: metrics.compare(refs[n], gots[n]) for n in names}
     thresholds = {k: ctx.params.get(k) for k in ("min_sqnr_db", "min_cosine", "min_top1_agreement")}
-    report = {"target": ctx.target["name"], "samples": len(samples), "source": next(iter(ctx.params["data"])),
+    report = {"target": target["name"], "samples": len(samples), "source": next(iter(ctx.params["data"])),
               "outputs": figures, "thresholds": {k: v for k, v in thresholds.items() if v is not None}}
     misses = verdicts(figures, ctx.params)
     report["passed"] = not misses
@@ -76,7 +72,7 @@ def run(ctx: StageRun) -> None:
         ctx.say(f"{name}: SQNR {fig['sqnr_db']:.2f} dB, cosine {fig['cosine']:.5f}, max abs error "
                 f"{fig['max_abs_error']:.4g}{extra} ({len(samples)} samples, {per_sample:.2f} s/sample, emulator)")
     if misses:
-        raise StageFailed(f"accuracy on {ctx.target['name']} below the recipe's thresholds: " + "; ".join(misses))
+        raise StageFailed(f"accuracy on {target['name']} below the recipe's thresholds: " + "; ".join(misses))
 
 
 KIND = StageKind(
@@ -93,7 +89,7 @@ KIND = StageKind(
         "min_top1_agreement": {"type": "number", "minimum": 0, "maximum": 1},
     },
     required=("context", "reference"),
-    refs=_refs,
+    refs=refs_of("context", "reference"),
     files=_files,
     tools=("onnxruntime", "onnxruntime-qnn", "numpy"),
     run=run,
