@@ -9,11 +9,8 @@ they are not device latencies.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import re
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +26,9 @@ TOKEN = re.compile(r"_token_\d+$")
 
 def parse_profile(text: str) -> list[dict[str, Any]]:
     """QNN's profile CSV → one dict per execution: total cycles, per-op cycles, QNN execute time (µs)."""
+    import csv
+    import io
+
     runs: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     for row in csv.DictReader(io.StringIO(text)):
@@ -53,6 +53,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(ctx: StageRun) -> None:
+    import csv
+    import statistics
+
     import numpy as np
     import onnx
 
