@@ -14,6 +14,8 @@ from qnnbuild.errors import StageFailed
 if TYPE_CHECKING:
     import numpy as np
 
+    from qnnbuild.stages.base import StageRun
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 SCHEMA: dict[str, Any] = {
@@ -50,6 +52,20 @@ def files_of(calibration: dict[str, Any], prefix: str) -> dict[str, str]:
         if kind in calibration:
             return {f"{prefix}.{kind}.dir": calibration[kind]["dir"]}
     return {}
+
+
+def samples_for(ctx: StageRun, param: str, model_folder: Path) -> Samples:
+    """The samples a stage's `param` (calibration/data) describes, shaped for the model's inputs (its io.json).
+    The folder a spec reads is the stage's only file input."""
+    import json
+
+    spec = json.loads((model_folder / "io.json").read_text())
+    return Samples(ctx.params[param], spec["inputs"], next(iter(ctx.files.values()), None))
+
+
+def with_batch(array: np.ndarray, shape: list[int]) -> np.ndarray:
+    """`array` with the leading batch dimension of 1 added when only that is missing."""
+    return array[None] if list(array.shape) == list(shape[1:]) and shape and shape[0] == 1 else array
 
 
 class Samples:
@@ -89,8 +105,7 @@ class Samples:
 
     def _conform(self, name: str, array: np.ndarray, spec: dict[str, Any], source: Path) -> np.ndarray:
         shape = list(spec["shape"])
-        if list(array.shape) == shape[1:] and shape[0] == 1:
-            array = array[None]
+        array = with_batch(array, shape)
         if list(array.shape) != shape:
             raise StageFailed(f"{source}: {name} has shape {list(array.shape)}, the model wants {shape}")
         return array.astype(spec["dtype"])

@@ -166,6 +166,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from qnnbuild.metrics import is_classifier
     from qnnbuild.runtime import load
 
     deployed = load(args.recipe, args.target, args.artifacts)
@@ -183,7 +184,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     outputs = deployed.run(feeds)
     for name, value in outputs.items():
         line = f"{name}: shape {list(value.shape)} {value.dtype}, min {value.min():.4g}, max {value.max():.4g}"
-        if value.ndim == 2 and value.shape[0] == 1 and value.shape[1] >= 2:
+        if is_classifier(value.shape):
             top = np.argsort(value[0])[::-1][:5]
             line += "; top-5 " + ", ".join(f"{int(i)} ({value[0, i]:.3f})" for i in top)
         print(line)

@@ -70,6 +70,16 @@ def htp_session(model: str | bytes, provider: dict[str, str], config: dict[str, 
     return session
 
 
+def deliverable_session(folder: Path, provider: dict[str, str] | None = None) -> Any:
+    """A session on a context-binary folder: its EPContext model (named in io_spec.json) refers to the binary
+    by a path relative to itself, so it is opened from inside the folder."""
+    import json
+
+    model = json.loads((folder / "io_spec.json").read_text())["epcontext_model"]
+    with contextlib.chdir(folder):
+        return htp_session(model, provider or {})
+
+
 def cpu_session(model: str | bytes) -> Any:
     rt = ort()
     so = rt.SessionOptions()

@@ -7,13 +7,13 @@ io_spec.json (QNN's convention: real = (q + offset) · scale).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from qnnbuild.calibration import with_batch
 from qnnbuild.errors import UsageError
 
 INTEGER = {"tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(int8)": np.int8,
@@ -28,8 +28,8 @@ class Deployed:
 
         self.folder = folder
         self.spec = json.loads((folder / "io_spec.json").read_text())
-        with contextlib.chdir(folder), qnn.stdout_to_stderr():
-            self.session = qnn.htp_session(self.spec["epcontext_model"], {})
+        with qnn.stdout_to_stderr():
+            self.session = qnn.deliverable_session(folder)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.quant = {v["name"]: v.get("quantization") for v in self.spec["inputs"] + self.spec["outputs"]}
 
@@ -39,8 +39,7 @@ class Deployed:
         meta = self.inputs[name]
         array = np.asarray(value)
         shape = list(meta.shape)
-        if list(array.shape) == shape[1:] and shape and shape[0] == 1:
-            array = array[None]
+        array = with_batch(array, shape)
         if list(array.shape) != shape:
             raise UsageError(f"input {name!r}: shape {list(array.shape)}, the model wants {shape}")
         kind = INTEGER.get(meta.type)

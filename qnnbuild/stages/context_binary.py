@@ -6,7 +6,6 @@ published, so a deliverable that QNN cannot load never leaves the build.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 
@@ -47,11 +46,10 @@ def run(ctx: StageRun) -> None:
     (ctx.out / "io_spec.json").write_text(json.dumps(spec, indent=1) + "\n")
 
     try:
-        with contextlib.chdir(ctx.out):  # the EPContext model names its binary relative to itself
-            session = qnn.htp_session(f"{stem}.onnx", {})
-            feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
-                     for i in session.get_inputs()}
-            outputs = session.run(None, feeds)
+        session = qnn.deliverable_session(ctx.out)
+        feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+                 for i in session.get_inputs()}
+        outputs = session.run(None, feeds)
     except Exception as exc:
         raise StageFailed(f"the context binary for {target['name']} does not load/run on the HTP emulator: "
                           f"{str(exc).strip()}") from None

@@ -76,15 +76,13 @@ def pair_activations(fp32: Any, qdq: Any) -> tuple[dict[str, str], dict[str, lis
     return pairs, producers
 
 
-BITS = {2: 8, 3: 8, 4: 16, 5: 16, 21: 4, 22: 4, 6: 32}
-
-
 def weight_errors(fp32: Any, qdq: Any) -> list[dict[str, Any]]:
     """SQNR of every quantized weight: fp32 initializer against its dequantized value."""
     import numpy as np
     from onnx import numpy_helper
 
     from qnnbuild import metrics
+    from qnnbuild.encodings import BITS
 
     inits = {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer}
     qinits = {i.name: i for i in qdq.graph.initializer}
@@ -101,7 +99,7 @@ def weight_errors(fp32: Any, qdq: Any) -> list[dict[str, Any]]:
             shape[next((a.i for a in node.attribute if a.name == "axis"), 1)] = -1
             scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.ndim else zp
         rows.append({"tensor": name, "sqnr_db": round(metrics.sqnr_db(inits[name], (q - zp) * scale), 3),
-                     "bits": BITS.get(qinits[node.input[0]].data_type)})
+                     "bits": BITS.get(qinits[node.input[0]].data_type, (None,))[0]})
     return sorted(rows, key=lambda w: (w["sqnr_db"], w["tensor"]))
 
 
@@ -114,8 +112,7 @@ def run(ctx: StageRun) -> None:
     fp32 = onnx.load(str(ctx.inputs["reference"] / "model.onnx"))
     qdq = onnx.load(str(ctx.inputs["model"] / "model.qdq.onnx"))
     pairs, producers = pair_activations(fp32, qdq)
-    spec = json.loads((ctx.inputs["reference"] / "io.json").read_text())
-    samples = calibration.Samples(ctx.params["data"], spec["inputs"], next(iter(ctx.files.values()), None))
+    samples = calibration.samples_for(ctx, "data", ctx.inputs["reference"])
     fp32_names, qdq_names = list(pairs), [pairs[t] for t in pairs]
     ref_sess = qnn.cpu_session(_with_outputs(fp32, fp32_names))
     qdq_sess = qnn.cpu_session(_with_outputs(qdq, qdq_names))

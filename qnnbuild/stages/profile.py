@@ -8,7 +8,6 @@ they are not device latencies.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import tempfile
@@ -63,15 +62,14 @@ def run(ctx: StageRun) -> None:
 
     target = ctx.require_target()
     context_dir = ctx.inputs["context"]
-    model = next(p.name for p in context_dir.glob("*.onnx"))
     spec = json.loads((context_dir / "io_spec.json").read_text())
     onnx_names = {n.name for n in onnx.load(str(ctx.inputs["model"] / "model.qdq.onnx")).graph.node} \
         if "model" in ctx.inputs else set()
     runs, warmup = ctx.params["runs"], ctx.params["warmup"]
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = Path(tmp) / "profile.csv"
-        with contextlib.chdir(context_dir):
-            session = qnn.htp_session(model, {"profiling_level": "detailed", "profiling_file_path": str(csv_path)})
+        session = qnn.deliverable_session(context_dir, {"profiling_level": "detailed",
+                                                        "profiling_file_path": str(csv_path)})
         rng = np.random.default_rng(0)
         feed = {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in spec["inputs"]}
         wall = []

@@ -67,10 +67,8 @@ def run(ctx: StageRun) -> None:
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     model_path = ctx.inputs["model"] / "model.onnx"
-    spec = json.loads((ctx.inputs["model"] / "io.json").read_text())
     cal = params["calibration"]
-    folder = next(iter(ctx.files.values()), None)
-    samples = calibration.Samples(cal, spec["inputs"], folder)
+    samples = calibration.samples_for(ctx, "calibration", ctx.inputs["model"])
     model = onnx.load(str(model_path))
     tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
         i.name for i in model.graph.input}

@@ -7,7 +7,6 @@ default does not use, so validation is not scored on the data the ranges were fi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from typing import Any
@@ -42,13 +41,9 @@ def run(ctx: StageRun) -> None:
     from qnnbuild import metrics, qnn
 
     target = ctx.require_target()
-    spec = json.loads((ctx.inputs["reference"] / "io.json").read_text())
-    samples = calibration.Samples(ctx.params["data"], spec["inputs"], next(iter(ctx.files.values()), None))
-    context_dir = ctx.inputs["context"]
-    model = next(p.name for p in context_dir.glob("*.onnx"))
+    samples = calibration.samples_for(ctx, "data", ctx.inputs["reference"])
     reference = qnn.cpu_session(str(ctx.inputs["reference"] / "model.onnx"))
-    with contextlib.chdir(context_dir):
-        npu = qnn.htp_session(model, {})
+    npu = qnn.deliverable_session(ctx.inputs["context"])
     names = [o.name for o in reference.get_outputs()]
     refs: dict[str, list[Any]] = {n: [] for n in names}
     gots: dict[str, list[Any]] = {n: [] for n in names}
