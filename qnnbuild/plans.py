@@ -32,18 +32,18 @@ def _read(path: Path, shown: str) -> bytes:
         raise RecipeError([Problem(shown, 1, 1, "", f"cannot read recipe: {exc.strerror}")]) from None
 
 
-def full_plan(path: Path, shown: str) -> Plan:
+def full_plan(path: Path, shown: str, raw: bytes) -> Plan:
     from qnnbuild.graph import plan_of
     from qnnbuild.recipe import load_recipe
 
-    return plan_of(load_recipe(path, shown))
+    return plan_of(load_recipe(path, shown, raw))
 
 
 def load_plan(recipe: str, artifacts: Path, *, cached: bool = True) -> Plan:
     path = Path(recipe)
     raw = _read(path, recipe)
     if not cached:
-        return full_plan(path, recipe)
+        return full_plan(path, recipe, raw)
     digest = sha256_json([__version__, _code_stamp(), str(path.resolve()), raw.hex()])
     cache = artifacts / ".qnnbuild" / "plans" / f"{digest}.json"
     try:
@@ -53,6 +53,6 @@ def load_plan(recipe: str, artifacts: Path, *, cached: bool = True) -> Plan:
     else:
         if all(Path(p).exists() for inst in plan.instances for p in inst.files.values()):
             return plan  # else: a file vanished since; the full check names it with file:line:col
-    plan = full_plan(path, recipe)
+    plan = full_plan(path, recipe, raw)
     write_json_atomic(cache, plan.to_json())
     return plan

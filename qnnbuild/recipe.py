@@ -17,7 +17,7 @@ from qnnbuild.errors import Problem, RecipeError
 from qnnbuild.schema import NAME_MESSAGE, fill_defaults, recipe_schema, stage_schema
 from qnnbuild.stages import KINDS
 from qnnbuild.targets import TARGETS
-from qnnbuild.yamlsrc import Located, YamlPath, load_file
+from qnnbuild.yamlsrc import Located, YamlPath, load_file, load_text
 
 
 @dataclass(frozen=True)
@@ -145,11 +145,12 @@ def _build(doc: Located, path: Path) -> Recipe:
                   stages=stages)
 
 
-def load_recipe(path: Path, shown: str | None = None) -> Recipe:
-    """Load and check a recipe; raises RecipeError carrying every problem found."""
+def load_recipe(path: Path, shown: str | None = None, raw: bytes | None = None) -> Recipe:
+    """Load and check a recipe (its bytes, when the caller has read them already); raises RecipeError carrying
+    every problem found."""
     shown = shown if shown is not None else str(path)
     path = path.resolve()
-    doc = load_file(path, shown)
+    doc = load_file(path, shown) if raw is None else load_text(raw, shown)
     if not isinstance(doc.data, dict):
         raise RecipeError([doc.problem((), "a recipe is a mapping with schema_version, recipe and stages")])
     problems = _schema_problems(doc)
