@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from qnnbuild.runtime import Deployed
+    from qnnbuild.commands.infer import Deployed
 
 
 def load(recipe: str, target: str, artifacts: str = "artifacts") -> Deployed:
@@ -16,6 +16,6 @@ def load(recipe: str, target: str, artifacts: str = "artifacts") -> Deployed:
 
     Imported lazily so `import qnnbuild` (and a no-op build) never loads onnxruntime.
     """
-    from qnnbuild.runtime import load as _load
+    from qnnbuild.commands.infer import load as _load
 
     return _load(recipe, target, artifacts)

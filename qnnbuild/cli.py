@@ -84,8 +84,8 @@ def parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from qnnbuild.console import Console
-    from qnnbuild.plans import load_plan
-    from qnnbuild.session import Session
+    from qnnbuild.engine.plans import load_plan
+    from qnnbuild.engine.session import Session
 
     started = time.monotonic()
     artifacts = Path(args.artifacts)
@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.ended(result)
         session.stat.save()  # a touched input is re-hashed once, not on every later run
     else:
-        from qnnbuild.execute import run_with_doit
+        from qnnbuild.engine.execute import run_with_doit
 
         selected = [i.id for i in plan.instances if i.stage in args.only] if args.only else []
         with session.store.exclusive():
@@ -125,8 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from qnnbuild.plans import load_plan
-    from qnnbuild.session import Session
+    from qnnbuild.engine.plans import load_plan
+    from qnnbuild.engine.session import Session
 
     plan = load_plan(args.recipe, Path(args.artifacts))
     session = Session(plan, Path(args.artifacts))
@@ -149,15 +149,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dag(args: argparse.Namespace) -> int:
-    from qnnbuild.graph import render
-    from qnnbuild.plans import load_plan
+    from qnnbuild.engine.graph import render
+    from qnnbuild.engine.plans import load_plan
 
     sys.stdout.write(render(load_plan(args.recipe, Path(), cached=False), args.format))
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from qnnbuild.schema import recipe_schema
+    from qnnbuild.engine.schema import recipe_schema
 
     print(json.dumps(recipe_schema(), indent=2))
     return 0
@@ -166,8 +166,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from qnnbuild.metrics import is_classifier
-    from qnnbuild.runtime import load
+    from qnnbuild.commands.infer import load
+    from qnnbuild.toolchain.metrics import is_classifier
 
     deployed = load(args.recipe, args.target, args.artifacts)
     feeds = {}
@@ -195,8 +195,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from qnnbuild.plans import load_plan
-    from qnnbuild.report import build
+    from qnnbuild.commands.report import build
+    from qnnbuild.engine.plans import load_plan
 
     artifacts = Path(args.artifacts)
     plan = load_plan(args.recipe, artifacts)
@@ -208,15 +208,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from qnnbuild.plans import load_plan
-    from qnnbuild.release import cmd_release as release
+    from qnnbuild.commands.release import cmd_release as release
+    from qnnbuild.engine.plans import load_plan
 
     return release(load_plan(args.recipe, Path(args.artifacts)), Path(args.artifacts), Path(args.output))
 
 
 def _maintenance(name: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        from qnnbuild import maintenance
+        from qnnbuild.commands import maintenance
 
         return int(getattr(maintenance, name)(args))
 

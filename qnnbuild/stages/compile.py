@@ -39,7 +39,7 @@ def provider_options(params: Params, target: dict[str, int | str]) -> dict[str, 
 def run(ctx: StageRun) -> None:
     import onnx
 
-    from qnnbuild import encodings, onnxgraph, qnn
+    from qnnbuild.toolchain import encodings, onnxgraph, qnn
 
     target = ctx.require_target()
     options = provider_options(ctx.params, target)

@@ -38,7 +38,7 @@ def reproducible_dlc(data: bytes) -> bytes:
 
 def _refused(model: str) -> tuple[list[dict[str, str]], int]:
     """Nodes QNN would leave to the CPU (with fallback allowed, so we can list them all) and the QNN count."""
-    from qnnbuild import qnn
+    from qnnbuild.toolchain import qnn
 
     with qnn.captured_stderr() as log:
         session = qnn.htp_session(model, {}, {"session.record_ep_graph_assignment_info": "1"}, fallback=True,
@@ -73,7 +73,7 @@ def op_report(graph: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(ctx: StageRun) -> None:
-    from qnnbuild import qnn
+    from qnnbuild.toolchain import qnn
 
     source = ctx.inputs["model"] / "model.qdq.onnx"
     with tempfile.TemporaryDirectory(prefix="qnnbuild-convert-") as tmp, contextlib.chdir(tmp):

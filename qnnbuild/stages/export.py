@@ -83,8 +83,8 @@ def _torch_export(ctx: StageRun, dest: Path) -> None:
 def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
     import onnx
 
-    from qnnbuild import onnxgraph
-    from qnnbuild.qnn import ort
+    from qnnbuild.toolchain import onnxgraph
+    from qnnbuild.toolchain.qnn import ort
 
     model = onnx.load(str(raw))
     problems = onnxgraph.fix_input_shapes(model, ctx.params.get("inputs", {}))

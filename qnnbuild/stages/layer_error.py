@@ -13,8 +13,8 @@ import json
 import math
 from typing import Any
 
-from qnnbuild import calibration
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
+from qnnbuild.toolchain import calibration
 
 HELD_OUT = {"synthetic": {"count": 4, "seed": 1000}}
 
@@ -81,8 +81,8 @@ def weight_errors(fp32: Any, qdq: Any) -> list[dict[str, Any]]:
     import numpy as np
     from onnx import numpy_helper
 
-    from qnnbuild import metrics
-    from qnnbuild.encodings import BITS
+    from qnnbuild.toolchain import metrics
+    from qnnbuild.toolchain.encodings import BITS
 
     inits = {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer}
     qinits = {i.name: i for i in qdq.graph.initializer}
@@ -107,12 +107,12 @@ def run(ctx: StageRun) -> None:
     import numpy as np
     import onnx
 
-    from qnnbuild import metrics, qnn
+    from qnnbuild.toolchain import metrics, qnn
 
     fp32 = onnx.load(str(ctx.inputs["reference"] / "model.onnx"))
     qdq = onnx.load(str(ctx.inputs["model"] / "model.qdq.onnx"))
     pairs, producers = pair_activations(fp32, qdq)
-    samples = calibration.samples_for(ctx, "data", ctx.inputs["reference"])
+    samples = calibration.samples_for(ctx.params["data"], ctx.files, ctx.inputs["reference"])
     fp32_names, qdq_names = list(pairs), [pairs[t] for t in pairs]
     ref_sess = qnn.cpu_session(_with_outputs(fp32, fp32_names))
     qdq_sess = qnn.cpu_session(_with_outputs(qdq, qdq_names))

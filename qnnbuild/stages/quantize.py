@@ -13,9 +13,9 @@ import resource
 import time
 from typing import Any
 
-from qnnbuild import calibration
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
+from qnnbuild.toolchain import calibration
 
 STRIDE = 16
 QTYPES = ["uint8", "uint16", "int8", "int16", "int4", "uint4"]
@@ -59,7 +59,7 @@ def run(ctx: StageRun) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-    from qnnbuild import encodings
+    from qnnbuild.toolchain import encodings
 
     params = ctx.params
     qtypes = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8,
@@ -68,7 +68,7 @@ def run(ctx: StageRun) -> None:
                "percentile": CalibrationMethod.Percentile}
     model_path = ctx.inputs["model"] / "model.onnx"
     cal = params["calibration"]
-    samples = calibration.samples_for(ctx, "calibration", ctx.inputs["model"])
+    samples = calibration.samples_for(ctx.params["calibration"], ctx.files, ctx.inputs["model"])
     model = onnx.load(str(model_path))
     tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
         i.name for i in model.graph.input}

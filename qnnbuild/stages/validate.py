@@ -11,9 +11,9 @@ import json
 import time
 from typing import Any
 
-from qnnbuild import calibration
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
+from qnnbuild.toolchain import calibration
 
 HELD_OUT = {"synthetic": {"count": 8, "seed": 1000}}
 
@@ -38,10 +38,10 @@ def verdicts(metrics: dict[str, dict[str, Any]], params: Params) -> list[str]:
 
 
 def run(ctx: StageRun) -> None:
-    from qnnbuild import metrics, qnn
+    from qnnbuild.toolchain import metrics, qnn
 
     target = ctx.require_target()
-    samples = calibration.samples_for(ctx, "data", ctx.inputs["reference"])
+    samples = calibration.samples_for(ctx.params["data"], ctx.files, ctx.inputs["reference"])
     reference = qnn.cpu_session(str(ctx.inputs["reference"] / "model.onnx"))
     npu = qnn.deliverable_session(ctx.inputs["context"])
     names = [o.name for o in reference.get_outputs()]

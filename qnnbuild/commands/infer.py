@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from qnnbuild.calibration import with_batch
 from qnnbuild.errors import UsageError
+from qnnbuild.toolchain.calibration import with_batch
 
 INTEGER = {"tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(int8)": np.int8,
            "tensor(int16)": np.int16}
@@ -24,7 +24,7 @@ class Deployed:
     """One target's deliverable, loaded on the HTP emulator."""
 
     def __init__(self, folder: Path) -> None:
-        from qnnbuild import qnn
+        from qnnbuild.toolchain import qnn
 
         self.folder = folder
         self.spec = json.loads((folder / "io_spec.json").read_text())
@@ -68,8 +68,8 @@ class Deployed:
 
 def deliverable(recipe: str, target: str, artifacts: str | Path = "artifacts") -> Path:
     """The folder of the current context-binary output of `recipe` for `target`."""
-    from qnnbuild.plans import load_plan
-    from qnnbuild.store import Store
+    from qnnbuild.engine.plans import load_plan
+    from qnnbuild.engine.store import Store
 
     plan = load_plan(recipe, Path(artifacts))
     found = [i for i in plan.instances if i.kind == "context-binary" and i.target == target]

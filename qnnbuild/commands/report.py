@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qnnbuild.graph import Instance, Plan
-from qnnbuild.session import Session
-from qnnbuild.status import Verdict
+from qnnbuild.engine.graph import Instance, Plan
+from qnnbuild.engine.session import Session
+from qnnbuild.engine.status import Verdict
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d232a}

@@ -209,7 +209,7 @@ def test_damaged_store_entry_is_rebuilt_not_used(project: Path, cli: CLI) -> Non
 
 
 def test_touched_input_is_hashed_once(project: Path, cli: CLI) -> None:
-    from qnnbuild.hashing import StatCache
+    from qnnbuild.engine.hashing import StatCache
 
     cli("run", "five.yaml")
     os.utime(project / "big.bin", ns=(5, 5))

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from qnnbuild.engine.store import Store, remove_tree
 from qnnbuild.errors import UsageError
-from qnnbuild.store import Store, remove_tree
 
 
 def _size(path: Path) -> int:
@@ -20,7 +20,7 @@ def _recipe_name(arg: str) -> str:
     """A recipe is named by its file (read its `recipe:`) or by the name itself."""
     path = Path(arg)
     if path.is_file():
-        from qnnbuild.plans import load_plan
+        from qnnbuild.engine.plans import load_plan
 
         return load_plan(arg, Path(), cached=False).recipe
     if "/" in arg or arg.startswith("."):
@@ -65,8 +65,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.rebuild:
         if not args.recipe:
             raise UsageError("verify --rebuild needs a recipe file")
-        from qnnbuild.plans import load_plan
-        from qnnbuild.release import verify_rebuild
+        from qnnbuild.commands.release import verify_rebuild
+        from qnnbuild.engine.plans import load_plan
 
         return verify_rebuild(load_plan(args.recipe, Path(args.artifacts)), Path(args.artifacts), args.jobs)
     store = Store(Path(args.artifacts))
@@ -101,7 +101,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Runs the probe in a child process: libQnnHtp writes to fd 1 when it loads."""
-    proc = subprocess.run([sys.executable, "-m", "qnnbuild.doctor"], capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-m", "qnnbuild.commands.doctor"], capture_output=True, text=True,
+                          check=False)
     try:
         report = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -11,15 +11,15 @@ import json
 from pathlib import Path
 
 from qnnbuild import __version__
+from qnnbuild.engine.graph import Plan
+from qnnbuild.engine.hashing import sha256_json
+from qnnbuild.engine.limits import MAX_BYTES
+from qnnbuild.engine.store import write_json_atomic
 from qnnbuild.errors import Problem, RecipeError
-from qnnbuild.graph import Plan
-from qnnbuild.hashing import sha256_json
-from qnnbuild.limits import MAX_BYTES
-from qnnbuild.store import write_json_atomic
 
 
 def _code_stamp() -> list[object]:
-    package = Path(__file__).parent
+    package = Path(__file__).parent.parent
     return [[p.relative_to(package).as_posix(), p.stat().st_mtime_ns, p.stat().st_size]
             for p in sorted(package.rglob("*.py"))]
 
@@ -33,8 +33,8 @@ def _read(path: Path, shown: str) -> bytes:
 
 
 def full_plan(path: Path, shown: str, raw: bytes) -> Plan:
-    from qnnbuild.graph import plan_of
-    from qnnbuild.recipe import load_recipe
+    from qnnbuild.engine.graph import plan_of
+    from qnnbuild.engine.recipe import load_recipe
 
     return plan_of(load_recipe(path, shown, raw))
 

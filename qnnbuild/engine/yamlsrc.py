@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
+from qnnbuild.engine.limits import MAX_BYTES, MAX_DEPTH, MAX_NODES
 from qnnbuild.errors import Problem, RecipeError
-from qnnbuild.limits import MAX_BYTES, MAX_DEPTH, MAX_NODES
 
 YamlPath = tuple[str | int, ...]
 

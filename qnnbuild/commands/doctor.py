@@ -1,4 +1,4 @@
-"""`python -m qnnbuild.doctor`: probe the toolchain and print one JSON line (run by `qnnbuild doctor` in a
+"""`python -m qnnbuild.commands.doctor`: probe the toolchain and print one JSON line (run by `qnnbuild doctor` in a
 child process, because libQnnHtp writes to file descriptor 1 when it loads)."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def probe() -> dict[str, Any]:
                                                            else ""))
     backends: dict[str, tuple[bool, str]] = {}
     try:
-        from qnnbuild import qnn
+        from qnnbuild.toolchain import qnn
 
         versions["qnn_sdk"] = qnn.versions()["qnn_sdk"]
         libs = {p.name for p in qnn.library_dir().iterdir()}

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from qnnbuild.graph import Instance, Plan
-from qnnbuild.keys import explain
+from qnnbuild.engine.graph import Instance, Plan
+from qnnbuild.engine.keys import explain
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.engine.faults import checkpoint
+from qnnbuild.engine.graph import Instance, Plan
+from qnnbuild.engine.hashing import StatCache
+from qnnbuild.engine.keys import environment, key_document, key_of, tool_versions
+from qnnbuild.engine.status import Verdict, assess
+from qnnbuild.engine.store import Store, remove_tree
 from qnnbuild.errors import StageFailed
-from qnnbuild.faults import checkpoint
-from qnnbuild.graph import Instance, Plan
-from qnnbuild.hashing import StatCache
-from qnnbuild.keys import environment, key_document, key_of, tool_versions
 from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun
-from qnnbuild.status import Verdict, assess
-from qnnbuild.store import Store, remove_tree
-from qnnbuild.targets import TARGETS
+from qnnbuild.toolchain.targets import TARGETS
 
 
 @functools.cache
@@ -175,9 +175,9 @@ class Session:
         env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
         _prctl()
         with (meta / "stage.log").open("wb") as log:
-            proc = subprocess.run([sys.executable, "-m", "qnnbuild.worker", str(request)], stdin=subprocess.DEVNULL,
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env, check=False,
-                                  preexec_fn=_die_with_parent)
+            proc = subprocess.run([sys.executable, "-m", "qnnbuild.engine.worker", str(request)],
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env,
+                                  check=False, preexec_fn=_die_with_parent)
         request.unlink()
         if proc.returncode != 0:
             error = meta / "error.txt"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from qnnbuild.engine.recipe import load_recipe
 from qnnbuild.errors import RecipeError
-from qnnbuild.recipe import load_recipe
 from tests.conftest import CLI, write
 
 HEAD = "schema_version: 1\nrecipe: r\ntargets: [SM8650]\nstages:\n"

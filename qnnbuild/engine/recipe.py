@@ -13,11 +13,11 @@ from typing import Any
 
 import jsonschema
 
+from qnnbuild.engine.schema import NAME_MESSAGE, fill_defaults, recipe_schema, stage_schema
+from qnnbuild.engine.yamlsrc import Located, YamlPath, load_file, load_text
 from qnnbuild.errors import Problem, RecipeError
-from qnnbuild.schema import NAME_MESSAGE, fill_defaults, recipe_schema, stage_schema
 from qnnbuild.stages import KINDS
-from qnnbuild.targets import TARGETS
-from qnnbuild.yamlsrc import Located, YamlPath, load_file, load_text
+from qnnbuild.toolchain.targets import TARGETS
 
 
 @dataclass(frozen=True)

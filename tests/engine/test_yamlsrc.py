@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from qnnbuild.engine.yamlsrc import load_text
 from qnnbuild.errors import RecipeError
-from qnnbuild.yamlsrc import load_text
 
 
 def messages(raw: bytes) -> list[str]:

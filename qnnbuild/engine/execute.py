@@ -17,9 +17,9 @@ from doit.exceptions import BaseFail, TaskFailed, UnmetDependency
 from doit.task import Task
 
 from qnnbuild.console import Console
+from qnnbuild.engine.graph import Instance
+from qnnbuild.engine.session import Session
 from qnnbuild.errors import StageFailed
-from qnnbuild.graph import Instance
-from qnnbuild.session import Session
 
 
 def _reporter_for(session: Session, console: Console) -> type:

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.engine.faults import checkpoint
+from qnnbuild.engine.hashing import sha256_file, sha256_json
 from qnnbuild.errors import StageFailed, StoreError
-from qnnbuild.faults import checkpoint
-from qnnbuild.hashing import sha256_file, sha256_json
 
 META = ".qnnbuild"
 LOCK_SCHEMA_VERSION = 1

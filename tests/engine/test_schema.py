@@ -1,10 +1,10 @@
 import json
 from pathlib import Path
 
-from qnnbuild.schema import fill_defaults, recipe_schema
+from qnnbuild.engine.schema import fill_defaults, recipe_schema
 from qnnbuild.stages import KINDS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_published_schema_is_in_sync_with_the_stage_kinds() -> None:

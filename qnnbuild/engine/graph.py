@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from qnnbuild.stages import KINDS
 
 if TYPE_CHECKING:
-    from qnnbuild.recipe import Recipe
+    from qnnbuild.engine.recipe import Recipe
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,6 @@ from qnnbuild.errors import StageFailed
 if TYPE_CHECKING:
     import numpy as np
 
-    from qnnbuild.stages.base import StageRun
-
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 SCHEMA: dict[str, Any] = {
@@ -54,13 +52,13 @@ def files_of(calibration: dict[str, Any], prefix: str) -> dict[str, str]:
     return {}
 
 
-def samples_for(ctx: StageRun, param: str, model_folder: Path) -> Samples:
-    """The samples a stage's `param` (calibration/data) describes, shaped for the model's inputs (its io.json).
-    The folder a spec reads is the stage's only file input."""
+def samples_for(spec: dict[str, Any], files: dict[str, Path], model_folder: Path) -> Samples:
+    """The samples a stage's calibration/data `spec` describes, shaped for the model's inputs (its io.json).
+    The folder a spec reads is the stage's only file input, so it is the first of `files`."""
     import json
 
-    spec = json.loads((model_folder / "io.json").read_text())
-    return Samples(ctx.params[param], spec["inputs"], next(iter(ctx.files.values()), None))
+    io = json.loads((model_folder / "io.json").read_text())
+    return Samples(spec, io["inputs"], next(iter(files.values()), None))
 
 
 def with_batch(array: np.ndarray, shape: list[int]) -> np.ndarray:

@@ -14,8 +14,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qnnbuild.engine.recipe import load_recipe
 from qnnbuild.errors import RecipeError
-from qnnbuild.recipe import load_recipe
 from tests.conftest import TINY_RECIPE
 
 BOMB = "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] +

@@ -13,7 +13,7 @@ from functools import cache
 from typing import Any
 
 from qnnbuild import __version__
-from qnnbuild.hashing import sha256_json
+from qnnbuild.engine.hashing import sha256_json
 
 
 @cache

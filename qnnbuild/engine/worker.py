@@ -1,4 +1,4 @@
-"""Runs one stage instance in a fresh process: `python -m qnnbuild.worker REQUEST.json`.
+"""Runs one stage instance in a fresh process: `python -m qnnbuild.engine.worker REQUEST.json`.
 
 Why a process per stage: QNN state leaks within a process (a second context generation differs by a few
 kB; soc_model changes later sessions' numerics), libQnnHtp writes to file descriptor 1, and a crash in

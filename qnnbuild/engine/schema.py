@@ -11,7 +11,7 @@ import copy
 from typing import Any
 
 from qnnbuild.stages import KINDS
-from qnnbuild.targets import TARGETS
+from qnnbuild.toolchain.targets import TARGETS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # names become folder names: no dots, no separators
 NAME_MESSAGE = "is not a valid name: use letters, digits, '_' and '-' (at most 64), starting with a letter or digit"

@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.engine.graph import Plan
+from qnnbuild.engine.hashing import sha256_file
+from qnnbuild.engine.session import Session
 from qnnbuild.errors import QnnbuildError, UsageError
-from qnnbuild.graph import Plan
-from qnnbuild.hashing import sha256_file
-from qnnbuild.session import Session
 from qnnbuild.stages import KINDS
 
 
@@ -90,7 +90,7 @@ def cmd_release(plan: Plan, artifacts: Path, out: Path) -> int:
 def verify_rebuild(plan: Plan, artifacts: Path, jobs: int) -> int:
     """Rebuild everything from scratch in a temporary store; compare every output digest with the lock."""
     from qnnbuild.console import Console
-    from qnnbuild.execute import run_with_doit
+    from qnnbuild.engine.execute import run_with_doit
 
     locked = Session(plan, artifacts).store.read_lock(plan.recipe).get("instances", {})
     if not locked:
