@@ -48,6 +48,7 @@ class Plan:
     recipe_file: str  # absolute
     instances: tuple[Instance, ...]  # topological order
     generations: tuple[tuple[str, ...], ...]  # instances that may run side by side
+    targets: tuple[str, ...] = ()  # the recipe's targets (for kinds that judge a model against all of them)
 
     def by_id(self) -> dict[str, Instance]:
         return {i.id: i for i in self.instances}
@@ -73,12 +74,12 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "recipe_file": self.recipe_file,
                 "instances": [i.to_json() for i in self.instances],
-                "generations": [list(g) for g in self.generations]}
+                "generations": [list(g) for g in self.generations], "targets": list(self.targets)}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Plan:
         return cls(raw["recipe"], raw["recipe_file"], tuple(Instance.from_json(i) for i in raw["instances"]),
-                   tuple(tuple(g) for g in raw["generations"]))
+                   tuple(tuple(g) for g in raw["generations"]), tuple(raw.get("targets", ())))
 
 
 def instance_id(stage: str, target: str | None) -> str:
@@ -129,7 +130,8 @@ def plan_of(recipe: Recipe) -> Plan:
     graph = build_graph(recipe)
     order = list(nx.lexicographical_topological_sort(graph))
     generations = tuple(tuple(sorted(g)) for g in nx.topological_generations(graph))
-    return Plan(recipe.name, str(recipe.path), tuple(graph.nodes[n]["instance"] for n in order), generations)
+    return Plan(recipe.name, str(recipe.path), tuple(graph.nodes[n]["instance"] for n in order), generations,
+                recipe.targets)
 
 
 def render(plan: Plan, fmt: str) -> str:

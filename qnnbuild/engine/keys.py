@@ -62,7 +62,8 @@ def _short(value: Any) -> str:
 
 def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human reasons a key changed, most specific first: `parameter activations: 'uint8' → 'uint16'`."""
-    words = {"params": "parameter", "inputs": "input", "files": "input file", "tools": "tool", "target": "target"}
+    words = {"params": "parameter", "inputs": "input", "files": "input file", "discovered": "input file",
+             "tools": "tool", "target": "target"}
     reasons = []
     if old.get("kind") != new.get("kind"):
         reasons.append(f"kind {old.get('kind')} → {new.get('kind')}")
@@ -72,7 +73,7 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         before, after = _flat(old.get(section) or {}), _flat(new.get(section) or {})
         for name in sorted(set(before) | set(after)):
             if before.get(name) != after.get(name):
-                if section in ("inputs", "files"):
+                if section in ("inputs", "files", "discovered"):
                     reasons.append(f"{word} {name} changed")
                 else:
                     reasons.append(f"{word} {name}: {_short(before.get(name, '(unset)'))} → "

@@ -83,13 +83,42 @@ class Session:
 
     # --- keys --------------------------------------------------------------------------------------------
     def key_for(self, inst: Instance, upstream: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        """The instance's key: its declared inputs, plus (for kinds that discover what they read) the files an
+        earlier run of the same declared key reported, digested through the stat cache with no import."""
+        declared = self.declared_document(inst, upstream)
+        if not KINDS[inst.kind].discovers:
+            return key_of(declared), declared
+        variants = self.store.discovered(key_of(declared))
+        candidates = [self._with_discovered(declared, files) for files in variants]
+        for key, document in candidates:
+            if self.store.has(key):
+                return key, document
+        return candidates[0] if candidates else (key_of(declared), declared)
+
+    def declared_document(self, inst: Instance, upstream: dict[str, str]) -> dict[str, Any]:
         kind = KINDS[inst.kind]
         with self._guard:
             files = {name: self.stat.digest(Path(path)) for name, path in sorted(inst.files.items())}
-        target = TARGETS[inst.target].as_dict() if inst.target else None
-        document = key_document(inst.kind, kind.version, inst.params, target, upstream, files,
-                                tool_versions(kind.tools))
+        target: Any = TARGETS[inst.target].as_dict() if inst.target else None
+        if kind.all_targets:
+            target = [TARGETS[t].as_dict() for t in self.plan.targets]
+        return key_document(inst.kind, kind.version, inst.params, target, upstream, files, tool_versions(kind.tools))
+
+    def _with_discovered(self, declared: dict[str, Any], files: list[str]) -> tuple[str, dict[str, Any]]:
+        """`files` are relative to the recipe's folder (keys stay equal across checkouts of one layout)."""
+        digests = {}
+        for rel in files:
+            try:
+                with self._guard:
+                    digests[rel] = self.stat.digest(self.root / rel)
+            except OSError:
+                digests[rel] = "missing"
+        document = {**declared, "discovered": digests}
         return key_of(document), document
+
+    @property
+    def root(self) -> Path:
+        return Path(self.plan.recipe_file).parent
 
     def output_digest(self, key: str) -> str | None:
         """The entry's output digest, or None when it is missing or its files no longer match the manifest.
@@ -145,6 +174,7 @@ class Session:
         work = self.store.new_workdir(key)
         try:
             self._run_worker(inst, work)
+            key, document = self._rekey(work, document)
             manifest = self.store.publish(work, key, document, time.monotonic() - started,
                                           replace=inst.id in self.forced, instance=inst.id)
         except StageFailed as exc:
@@ -161,14 +191,26 @@ class Session:
         self._failure_log(inst).unlink(missing_ok=True)  # the last failure of this instance is history now
         return self._record(inst, "ran", time.monotonic() - started, key, document)
 
+    def _rekey(self, work: Path, document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """After a run: the key from the declared inputs and the files the stage reported reading."""
+        report = work / ".qnnbuild" / "discovered.json"
+        if not report.is_file():
+            return key_of(document), document
+        declared = {k: v for k, v in document.items() if k != "discovered"}
+        files = sorted(os.path.relpath(p, self.root) for p in json.loads(report.read_text()))
+        report.unlink()
+        self.store.remember_discovered(key_of(declared), files)
+        return self._with_discovered(declared, files)
+
     def _run_worker(self, inst: Instance, work: Path) -> None:
         work = work.resolve()
         run = StageRun(recipe=self.plan.recipe, stage=inst.stage, instance=inst.id, params=inst.params,
                        inputs={name: self.store.entry(str(self.results[up].key)).resolve()
                                for name, up in inst.inputs.items()},
                        files={name: Path(p) for name, p in inst.files.items()}, out=work,
-                       target=TARGETS[inst.target].as_dict() if inst.target else None,
-                       root=Path(self.plan.recipe_file).parent)
+                       target=TARGETS[inst.target].as_dict() if inst.target else None, root=self.root,
+                       targets=[TARGETS[t].as_dict() for t in self.plan.targets] if KINDS[inst.kind].all_targets
+                       else [])
         meta = work / ".qnnbuild"
         request = meta / "request.json"
         request.write_text(json.dumps({"kind": inst.kind, "run": run.to_json()}))

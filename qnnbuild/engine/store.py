@@ -30,6 +30,7 @@ from qnnbuild.errors import StageFailed, StoreError
 
 META = ".qnnbuild"
 LOCK_SCHEMA_VERSION = 1
+MAX_VARIANTS = 8  # import lists remembered per declared key
 
 
 def write_json_atomic(path: Path, value: object) -> None:
@@ -152,6 +153,20 @@ class Store:
                 bad.append(f"{entry / rel} (content differs from manifest)")
         bad.extend(f"{entry / rel} (not in manifest)" for rel in sorted(set(present) - set(listed)))
         return bad
+
+    # --- discovered inputs (a depfile per declared key) -----------------------------------------------------
+    def discovered(self, declared_key: str) -> list[list[str]]:
+        """The sets of files that runs of `declared_key` reported reading, most recent first."""
+        try:
+            raw = json.loads((self.root / ".deps" / f"{declared_key}.json").read_text())
+        except (OSError, ValueError):
+            return []
+        return [list(v) for v in raw] if isinstance(raw, list) else []
+
+    def remember_discovered(self, declared_key: str, files: list[str]) -> None:
+        """Put `files` first among the variants of `declared_key` (a reverted import list stays a cache hit)."""
+        variants = [files, *(v for v in self.discovered(declared_key) if v != files)][:MAX_VARIANTS]
+        write_json_atomic(self.root / ".deps" / f"{declared_key}.json", variants)
 
     # --- views ----------------------------------------------------------------------------------------------
     def view(self, recipe: str, stage: str, target: str | None) -> Path:

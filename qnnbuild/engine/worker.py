@@ -26,6 +26,9 @@ def main(argv: list[str]) -> int:
     error_file = request.with_name("error.txt")
     try:
         KINDS[raw["kind"]].run(ctx)
+        if ctx.reads:
+            reads = sorted({str(p.resolve()) for p in ctx.reads})
+            request.with_name("discovered.json").write_text(json.dumps(reads))
     except StageFailed as exc:
         error_file.write_text(str(exc))
         print(f"stage failed: {exc}", file=sys.stderr)

@@ -36,25 +36,32 @@ class StageRun:
     out: Path
     target: dict[str, Any] | None = None
     root: Path = Path()  # the recipe's folder: where a torch factory's own modules live
+    targets: list[dict[str, Any]] = field(default_factory=list)  # every recipe target (kinds with all_targets)
+    reads: list[Path] = field(default_factory=list)  # files the stage discovered it read (see `read`)
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "stage": self.stage, "instance": self.instance, "params": self.params,
                 "inputs": {k: str(v) for k, v in self.inputs.items()},
                 "files": {k: str(v) for k, v in self.files.items()}, "out": str(self.out),
-                "target": self.target, "root": str(self.root)}
+                "target": self.target, "root": str(self.root), "targets": self.targets}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> StageRun:
         return cls(recipe=raw["recipe"], stage=raw["stage"], instance=raw["instance"], params=raw["params"],
                    inputs={k: Path(v) for k, v in raw["inputs"].items()},
                    files={k: Path(v) for k, v in raw["files"].items()}, out=Path(raw["out"]),
-                   target=raw["target"], root=Path(raw["root"]))
+                   target=raw["target"], root=Path(raw["root"]), targets=raw.get("targets", []))
 
     def require_target(self) -> dict[str, Any]:
         """The target of a per-target stage (the engine always gives one; this only narrows the type)."""
         if self.target is None:
             raise StageFailed(f"{self.instance} runs per target, but got none")
         return self.target
+
+    def read(self, paths: list[Path]) -> None:
+        """Record files the stage read that the recipe did not declare (a depfile, as compilers write): the
+        engine stores their digests with the entry and rebuilds when one of them changes."""
+        self.reads.extend(paths)
 
     def say(self, message: str) -> None:
         """A progress line for the stage log (stdout/stderr of a stage go to its log file)."""
@@ -91,7 +98,9 @@ class StageKind:
     - `checks(params)`: semantic checks the schema cannot express, as (parameter path, message);
     - `fans_out`: runs once per target even when nothing upstream does (compile);
     - `tools`: distributions whose versions change its output (they enter the key);
-    - `reproducible`: equal inputs give equal bytes (False for measurements with timings).
+    - `reproducible`: equal inputs give equal bytes (False for measurements with timings);
+    - `discovers`: the stage reports files it read (`StageRun.read`), which then enter its key;
+    - `all_targets`: the stage runs once but judges the model against every recipe target (convert).
     """
 
     name: str
@@ -106,4 +115,6 @@ class StageKind:
     fans_out: bool = False
     tools: tuple[str, ...] = ()
     reproducible: bool = True  # False: outputs carry timings, so `verify --rebuild` cannot compare them
+    discovers: bool = False
+    all_targets: bool = False
     extra_schema: dict[str, Any] = field(default_factory=dict)

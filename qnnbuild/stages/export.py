@@ -39,6 +39,33 @@ def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
     return []
 
 
+def _installed_roots() -> tuple[Path, ...]:
+    """Where installed distributions and the standard library live: their versions, not their files, are
+    what a key holds (the `tools` of a stage)."""
+    import site
+    import sysconfig
+
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths.update(site.getsitepackages())
+    paths.add(site.getusersitepackages())
+    return tuple(Path(p).resolve() for p in paths)
+
+
+def own_module_files(before: set[str]) -> list[Path]:
+    """Source files of the modules imported since `before` that live outside the installed distributions: the
+    factory's own module and the helpers it imports (from the recipe's folder or an editable checkout)."""
+    installed = _installed_roots()
+    found = []
+    for name in sorted(set(sys.modules) - before):
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if not file:
+            continue
+        path = Path(file).resolve()
+        if path.is_file() and not any(path.is_relative_to(root) for root in installed):
+            found.append(path)
+    return found
+
+
 def _load_factory(spec: str, root: Path) -> object:
     module_name, _, attr = spec.partition(":")
     sys.path.insert(0, str(root))
@@ -56,6 +83,7 @@ def _torch_export(ctx: StageRun, dest: Path) -> None:
     import torch
 
     params = ctx.params
+    before = set(sys.modules)
     model = _load_factory(params["torch"], ctx.root)()  # type: ignore[operator]
     if not isinstance(model, torch.nn.Module):
         raise StageFailed(f"torch: {params['torch']} returned {type(model).__name__}, not a torch.nn.Module")
@@ -78,6 +106,7 @@ def _torch_export(ctx: StageRun, dest: Path) -> None:
             if program is None:
                 raise StageFailed("torch.onnx.export (dynamo) returned nothing") from exc
             program.save(str(dest), external_data=False)
+    ctx.read(own_module_files(before))  # after the export: a factory may import lazily when called
 
 
 def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
@@ -155,5 +184,6 @@ KIND = StageKind(
     files=_files,
     checks=_checks,
     tools=("onnx", "onnxruntime", "torch", "qnnbuild"),
+    discovers=True,
     run=run,
 )

@@ -81,3 +81,68 @@ def test_torch_factory_from_the_recipe_folder_and_bad_factory(tmp_path: Path, cl
     assert code == 1
     assert "✓ a" in err
     assert "torch: mynet:not_a_module returned int, not a torch.nn.Module" in err
+
+
+def _run_json(cli: CLI, recipe: str) -> dict[str, str]:
+    code, out, err = cli("run", recipe, "--json")
+    assert code == 0, err
+    return {s["id"]: s["status"] for s in json.loads(out)["stages"]}
+
+
+def test_imported_modules_are_discovered_inputs(tmp_path: Path, cli: CLI) -> None:
+    """The factory's module and a helper it imports are keyed without `sources:`; an unrelated file is not."""
+    write(tmp_path, "blocks.py", """\
+        import torch
+        def block(channels):
+            return torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3), torch.nn.ReLU())
+        """)
+    write(tmp_path, "factory.py", """\
+        from blocks import block
+        def build():
+            return block(4)
+        """)
+    write(tmp_path, "notes.py", "X = 1\n")
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: disc
+        stages:
+          export: {kind: export, torch: "factory:build", inputs: {x: [1, 3, 8, 8]}}
+        """)
+    assert _run_json(cli, "r.yaml") == {"export": "ran"}
+    assert _run_json(cli, "r.yaml") == {"export": "cached"}
+
+    def channels() -> int:
+        model = onnx.load(str(tmp_path / "artifacts/disc/export/model.onnx"))
+        return int(model.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+
+    assert channels() == 4
+    write(tmp_path, "factory.py", "from blocks import block\ndef build():\n    return block(6)\n")
+    _, out, _ = cli("status", "r.yaml")
+    assert "input file factory.py changed" in out
+    assert _run_json(cli, "r.yaml") == {"export": "ran"}
+    assert channels() == 6
+
+    write(tmp_path, "blocks.py", """\
+        import torch
+        def block(channels):
+            return torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3), torch.nn.ReLU6())
+        """)
+    _, out, _ = cli("status", "r.yaml")
+    assert "input file blocks.py changed" in out and "factory.py" not in out
+    assert _run_json(cli, "r.yaml") == {"export": "ran"}
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "artifacts/disc/export/model.onnx")).graph.node]
+    assert "Clip" in ops
+
+    write(tmp_path, "notes.py", "X = 2\n")  # in the folder, never imported
+    assert _run_json(cli, "r.yaml") == {"export": "cached"}
+
+    write(tmp_path, "factory.py", "from blocks import block\ndef build():\n    return block(4)\n")  # a revert
+    write(tmp_path, "blocks.py", """\
+        import torch
+        def block(channels):
+            return torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3), torch.nn.ReLU())
+        """)
+    assert _run_json(cli, "r.yaml") == {"export": "cached"}  # the first build's entry, found again
+    assert channels() == 4
+    lock = json.loads((tmp_path / "artifacts/disc/qnnbuild.lock").read_text())
+    assert sorted(lock["instances"]["export"]["document"]["discovered"]) == ["blocks.py", "factory.py"]
