@@ -230,6 +230,23 @@ def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
             "doctor": _maintenance("cmd_doctor")}
 
 
+MAX_SHOWN_PROBLEMS = 50  # a generated recipe with 20,000 faults must not print megabytes
+
+
+def _report_problems(exc: RecipeError, *, json_out: bool) -> None:
+    """The first problems on stderr, then how many more; `--json` carries every one of them on stdout."""
+    n = len(exc.problems)
+    for problem in exc.problems[:MAX_SHOWN_PROBLEMS]:
+        print(problem, file=sys.stderr)
+    if n > MAX_SHOWN_PROBLEMS:
+        print(f"... and {n - MAX_SHOWN_PROBLEMS} more problems", file=sys.stderr)
+    print(f"qnnbuild: {n} problem{'s' if n != 1 else ''} in the recipe", file=sys.stderr)
+    if json_out:
+        problems = [{"file": p.file, "line": p.line, "column": p.column, "path": p.path, "message": p.message}
+                    for p in exc.problems]
+        print(json.dumps({"ok": False, "error": "recipe", "problems": problems}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -238,10 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if isinstance(exc, RecipeError):
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
-            n = len(exc.problems)
-            print(f"qnnbuild: {n} problem{'s' if n != 1 else ''} in the recipe", file=sys.stderr)
+            _report_problems(exc, json_out=bool(getattr(args, "json", False)))
         else:
             print(f"qnnbuild: {exc}", file=sys.stderr)
         return exc.exit_status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,21 @@ def test_debug_shows_the_traceback(tmp_path: Path, cli: CLI) -> None:
     write(tmp_path, "r.yaml", HEAD + "  q: {kind: quantize, model: x}\n")
     with pytest.raises(RecipeError):
         cli("run", "r.yaml", "--debug")
+
+
+def test_thousands_of_problems_print_a_bounded_list(tmp_path: Path, cli: CLI) -> None:
+    stages = "".join(f"  s{i}: {{kind: export, onnx: missing{i}.onnx, bogus: 1}}\n" for i in range(10000))
+    write(tmp_path, "big.yaml", f"schema_version: 1\nrecipe: big\nstages:\n{stages}")
+    code, out, err = cli("run", "big.yaml")
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 52
+    assert lines[50] == "... and 19950 more problems"
+    assert lines[51] == "qnnbuild: 20000 problems in the recipe"
+    assert len(err) < 10_000
+    code, out, err = cli("run", "big.yaml", "--json")
+    assert code == 2
+    problems = json.loads(out)["problems"]
+    assert len(problems) == 20000
+    assert problems[0]["file"] == "big.yaml" and problems[0]["line"] == 4
+    assert {p["path"] for p in problems if p["line"] == 4} == {"stages.s0.bogus", "stages.s0.onnx"}
