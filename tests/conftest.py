@@ -39,6 +39,22 @@ def make_conv_model(path: Path, *, seed: int = 0, input_name: str = "input", dyn
     return path
 
 
+def make_lstm_model(path: Path, *, seq: int = 16, features: int = 8, hidden: int = 16) -> Path:
+    """One LSTM and a ReLU: HTP finalize refuses the LSTM for SM8350 (v68) and builds it for SM8650 (v75)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, features)) * 0.3).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, hidden)) * 0.3).astype(np.float32), "R"),
+             numpy_helper.from_array(np.zeros((1, 8 * hidden), np.float32), "B")]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y"], hidden_size=hidden, name="lstm1"),
+             helper.make_node("Relu", ["y"], ["out"], name="relu1")]
+    graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, 1, features])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [seq, 1, 1, hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
 TINY_RECIPE = """\
 schema_version: 1
 recipe: tiny

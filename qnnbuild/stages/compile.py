@@ -51,12 +51,12 @@ def run(ctx: StageRun) -> None:
         config = {"ep.context_enable": "1", "ep.context_file_path": "model_ctx.onnx",
                   "ep.context_embed_mode": "0"}
         try:
-            with qnn.captured_stderr() as log:
-                qnn.htp_session("model.onnx", options, config, verbose=True)
+            qnn.htp_session("model.onnx", options, config, verbose=True)
         except Exception as exc:
-            causes = qnn.finalize_errors(log[0] if log else "")
-            hint = f"; QNN says: {', '.join(causes)}" if causes else ""
-            raise StageFailed(f"HTP compile for {target['name']} failed: {str(exc).strip()}{hint}") from None
+            types = {n.name: n.op_type for n in onnx.load("model.onnx", load_external_data=False).graph.node}
+            refused = qnn.finalize_failures(qnn.failure_log("model.onnx", options), types)
+            why = qnn.describe(refused) if refused else str(exc).strip()
+            raise StageFailed(f"HTP compile for {target['name']} failed: {why}") from None
         for name in ("model_ctx.onnx", "model_ctx_qnn.bin"):
             if not Path(name).is_file():
                 raise StageFailed(f"QNN did not write {name}")

@@ -1,6 +1,7 @@
 """`convert`: QDQ model → the QNN graph, written by QNN's own IR backend: model.dlc, model_net.json and an
-op report. This is where a model QNN cannot take fails, early and cheaply (no HTP finalize), with the
-refused nodes, their op types and QNN's reasons.
+op report. This is where a model QNN cannot take fails, early, with the refused nodes, their op types, QNN's
+reasons and the target that refused them: the model is judged against every target of the recipe (a node
+QNN's default HTP refuses may build for SM8650), by the cheapest HTP finalize for each.
 """
 
 from __future__ import annotations
@@ -36,13 +37,31 @@ def reproducible_dlc(data: bytes) -> bytes:
 
 
 
-def _refused(model: str) -> tuple[list[dict[str, str]], int]:
-    """Nodes QNN would leave to the CPU (with fallback allowed, so we can list them all) and the QNN count."""
+def target_options(target: dict[str, Any] | None) -> dict[str, str]:
+    """Ask QNN about this part; finalization mode 1 is the cheapest finalize (op creation does not depend on
+    it), so the check costs a fraction of a compile. No target: QNN's default HTP."""
+    if target is None:
+        return {}
+    return {"soc_model": str(target["soc_model"]), "htp_arch": str(target["htp_arch"]),
+            "htp_graph_finalization_optimization_mode": "1"}
+
+
+def _refused(model: str, target: dict[str, Any] | None) -> tuple[list[dict[str, str]], int]:
+    """Nodes QNN would leave to the CPU for `target` (fallback allowed, so we can list them all), or the nodes
+    HTP finalize could not create, with QNN's reasons; and the number of nodes QNN took."""
+    import onnx
+
     from qnnbuild.toolchain import qnn
 
-    with qnn.captured_stderr() as log:
-        session = qnn.htp_session(model, {}, {"session.record_ep_graph_assignment_info": "1"}, fallback=True,
-                                  verbose=True)
+    options = target_options(target)
+    try:
+        with qnn.captured_stderr() as log:
+            session = qnn.htp_session(model, options, {"session.record_ep_graph_assignment_info": "1"},
+                                      fallback=True, verbose=True)
+    except Exception as exc:
+        types = {n.name: n.op_type for n in onnx.load(model, load_external_data=False).graph.node}
+        refused = qnn.finalize_failures(qnn.failure_log(model, options, fallback=True), types)
+        return refused or [{"name": "?", "op_type": "?", "reason": str(exc).strip()}], 0
     reasons = qnn.refusal_reasons(log[0])
     refused, on_qnn = [], 0
     for subgraph in session.get_provider_graph_assignment_info():
@@ -53,6 +72,29 @@ def _refused(model: str) -> tuple[list[dict[str, str]], int]:
         refused += [{"name": n.name, "op_type": n.op_type, "reason": reasons.get(n.name, "not supported by QNN")}
                     for n in nodes]
     return refused, on_qnn
+
+
+def judge(model: str, targets: list[dict[str, Any]], say: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Every recipe target's verdict: refused nodes (each naming its target) and nodes on QNN per target."""
+    refused: list[dict[str, Any]] = []
+    on_qnn: dict[str, int] = {}
+    asked: list[dict[str, Any] | None] = [*targets] or [None]
+    for target in asked:
+        name = target["name"] if target else "default HTP"
+        nodes, on_qnn[name] = _refused(model, target)
+        say(f"{name}: {on_qnn[name]} nodes on QNN, {len(nodes)} refused")
+        refused += [{**node, "target": name} for node in nodes]
+    return refused, on_qnn
+
+
+def _refusal_message(refused: list[dict[str, Any]]) -> str:
+    from qnnbuild.toolchain import qnn
+
+    by_target: dict[str, list[dict[str, str]]] = {}
+    for node in refused:
+        by_target.setdefault(node["target"], []).append(node)
+    parts = [f"for {target}: {len(nodes)} node(s): {qnn.describe(nodes)}" for target, nodes in by_target.items()]
+    return "QNN cannot take the model " + "; ".join(parts)
 
 
 def op_report(graph: dict[str, Any]) -> dict[str, Any]:
@@ -78,11 +120,10 @@ def run(ctx: StageRun) -> None:
     source = ctx.inputs["model"] / "model.qdq.onnx"
     with tempfile.TemporaryDirectory(prefix="qnnbuild-convert-") as tmp, contextlib.chdir(tmp):
         shutil.copyfile(source, "model.onnx")  # a fixed relative name: QNN hashes the path into names
-        refused, on_qnn = _refused("model.onnx")
+        refused, on_qnn = judge("model.onnx", ctx.targets, ctx.say)
         if refused:
             (ctx.out / "op_report.json").write_text(json.dumps({"refused": refused}, indent=1) + "\n")
-            listing = "; ".join(f"{r['name']} ({r['op_type']}): {r['reason']}" for r in refused)
-            raise StageFailed(f"QNN cannot take {len(refused)} node(s): {listing}")
+            raise StageFailed(_refusal_message(refused))
         Path("dump").mkdir()
         qnn.htp_session("model.onnx", {
             "dump_qnn_ir_dlc": "1", "dump_qnn_ir_dlc_dir": "dump",
@@ -96,7 +137,7 @@ def run(ctx: StageRun) -> None:
         (ctx.out / "model.dlc").write_bytes(reproducible_dlc(dlc[0].read_bytes()))
         graph = json.loads(graph_json[0].read_text())
     (ctx.out / "model_net.json").write_text(json.dumps(graph, indent=1, sort_keys=True) + "\n")
-    report = {"onnx_nodes_on_qnn": on_qnn, "refused": [], **op_report(graph)}
+    report = {"onnx_nodes_on_qnn": on_qnn, "refused": [], "targets": sorted(on_qnn), **op_report(graph)}
     (ctx.out / "op_report.json").write_text(json.dumps(report, indent=1) + "\n")
     ctx.say(f"QNN graph: {report['ops']} ops {report['histogram']}; {len(report['transposes'])} transposes, "
             f"{len(report['float_ops'])} float ops")
@@ -104,11 +145,12 @@ def run(ctx: StageRun) -> None:
 
 KIND = StageKind(
     name="convert",
-    version=1,
+    version=2,
     summary="QDQ model → QNN graph (DLC + JSON, by QNN's IR backend) and an op report",
     params={"model": {"type": "string", "description": "the quantize stage whose model to convert"}},
     required=("model",),
     refs=refs_of("model"),
-    tools=("onnxruntime", "onnxruntime-qnn"),
+    tools=("onnx", "onnxruntime", "onnxruntime-qnn"),
+    all_targets=True,
     run=run,
 )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 _registered = False
+VERBOSE_ENV = "QNNBUILD_QNN_VERBOSE"  # set: QNN's own log is on (it follows the logger level at registration)
 
 
 def ort() -> Any:
@@ -28,7 +29,9 @@ def ort() -> Any:
     if not _registered:
         import onnxruntime_qnn
 
-        onnxruntime.set_default_logger_severity(3)
+        # QNN's log follows onnxruntime's *default* logger level as it is when the plugin registers, not the
+        # session's: quiet by default, verbose only in the child that explains a failure (see failure_log)
+        onnxruntime.set_default_logger_severity(0 if os.environ.get(VERBOSE_ENV) else 3)
         onnxruntime.register_execution_provider_library("QNNExecutionProvider", onnxruntime_qnn.get_library_path())
         _registered = True
     return onnxruntime
@@ -129,8 +132,63 @@ def refusal_reasons(log: str) -> dict[str, str]:
     return reasons
 
 
-def finalize_errors(log: str) -> list[str]:
-    """The ops HTP graph finalize could not create (it reports a misleading MEM_ALLOC 1002 otherwise)."""
-    found = re.findall(r"could not create op:?\s*(\S+)", log)
-    found += re.findall(r"(Failed to (?:finalize|validate|add)[^\n]*)", log)
-    return list(dict.fromkeys(found))
+def failure_log(model: str, provider: dict[str, str], *, fallback: bool = False) -> str:
+    """QNN's own log of opening `model` once more, in a child process whose QNN log is verbose.
+
+    QNN's reasons (`could not create op: q::QNN_LSTM_FAIL` behind a bare `QNN_COMMON_ERROR_MEM_ALLOC 1002`)
+    only reach the log when onnxruntime's default logger is verbose as the plugin registers, which in this
+    process it was not; so the failing attempt is repeated where it is. No context is written there.
+    """
+    import json
+    import subprocess
+
+    env = {**os.environ, VERBOSE_ENV: "1"}
+    request = json.dumps({"model": str(Path(model).resolve()), "provider": provider, "fallback": fallback})
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-explain-") as tmp:
+        proc = subprocess.run([sys.executable, "-m", "qnnbuild.toolchain.qnn", request], cwd=tmp, env=env,
+                              capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+    return proc.stderr
+
+
+def finalize_failures(log: str, node_types: dict[str, str]) -> list[dict[str, str]]:
+    """What HTP finalize refused, per ONNX node: `[{name, op_type, reason}]` from QNN's verbose log.
+
+    QNN names its nodes after the ONNX node they came from (`LSTM_79_cell0_forward` from `LSTM_79`): the
+    longest ONNX node name prefixing a QNN name is the node. QNN lists every node of the failed partition;
+    when the op it could not create names an ONNX op type (`q::QNN_LSTM_FAIL`), the nodes of that type are
+    the ones at fault.
+    """
+    qnn_ops = list(dict.fromkeys(re.findall(r"could not create op: (\S+)", log)))
+    reason = f"could not create op {', '.join(qnn_ops)}" if qnn_ops else "HTP finalize failed"
+    nodes: dict[str, dict[str, str]] = {}
+    for qnn_name, what in re.findall(r'<E> "([^"]+)" generated: ([^\n]+)', log):
+        owners = [n for n in node_types if qnn_name.startswith(n)]
+        name = max(owners, key=len) if owners else qnn_name
+        detail = reason if "could not create op" in what else what.strip()
+        nodes.setdefault(name, {"name": name, "op_type": node_types.get(name, "?"), "reason": detail})
+    named = [n for n in nodes.values() if any(n["op_type"].upper() in op.upper() for op in qnn_ops)]
+    if named or nodes:
+        return named or list(nodes.values())
+    errors = list(dict.fromkeys(re.findall(r"::ERROR:([^\n]+)", log)))[:3]
+    return [{"name": "?", "op_type": "?", "reason": "; ".join(errors)}] if errors else []
+
+
+def describe(refused: list[dict[str, str]]) -> str:
+    return "; ".join(f"{r['name']} ({r['op_type']}): {r['reason']}" for r in refused)
+
+
+def _explain_main(request: str) -> int:
+    """Child of `failure_log`: open the session once with QNN's log verbose; the log goes to stderr."""
+    import json
+
+    raw = json.loads(request)
+    try:
+        htp_session(raw["model"], raw["provider"], fallback=raw["fallback"], verbose=True)
+    except Exception as exc:  # the failure is what we came for
+        print(f"session failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_explain_main(sys.argv[1]))
