@@ -1,7 +1,8 @@
 """`export`: a torch factory or an ONNX file → a clean fp32 `model.onnx` with fixed shapes, plus `io.json`.
 
-Clean means what QNN and the quantizer need: every input shape concrete, every node named, tensor names
-without ':', ';' or '/', constants folded and Identity/Constant debris and BatchNorm folded away
+Clean means what QNN and the quantizer need: every input shape concrete, every node named, graph inputs and
+outputs without ':', ';' or '/', every other tensor renamed to a short fixed-width name (`names.json` maps them
+back to the source's names), constants folded and Identity/Constant debris and BatchNorm folded away
 (onnxruntime's basic graph optimizations, written offline), shapes inferred. Output bytes depend only on
 the inputs: fixed file names, no metadata, no timestamps.
 """
@@ -138,6 +139,9 @@ def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
 
     model = onnx.load(str(scratch / "optimized.onnx"))
     onnxgraph.name_nodes(model)
+    source = {new: old for old, new in renamed.items()}
+    short = onnxgraph.short_names(model)
+    names = {new: source.get(old, old) for new, old in short.items()}
     del model.metadata_props[:]
     model.producer_name, model.producer_version = "qnnbuild", ""
     del model.graph.value_info[:]
@@ -148,7 +152,12 @@ def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
     onnx.checker.check_model(model)
     onnx.save(model, str(ctx.out / "model.onnx"))
     spec = onnxgraph.io_spec(model)
+    for value in [*spec["inputs"], *spec["outputs"]]:
+        if value["name"] in source:
+            value["source_name"] = source[value["name"]]
     (ctx.out / "io.json").write_text(json.dumps({**spec, "nodes": len(model.graph.node)}, indent=1) + "\n")
+    # short tensor name → the name in the source model: reports and `overrides:` speak the user's names
+    (ctx.out / "names.json").write_text(json.dumps(names, indent=1, sort_keys=True) + "\n")
     ctx.say(f"model.onnx: {len(model.graph.node)} nodes; inputs {spec['inputs']}")
 
 
@@ -166,7 +175,7 @@ def run(ctx: StageRun) -> None:
 
 KIND = StageKind(
     name="export",
-    version=1,
+    version=2,
     summary="a torch factory or an ONNX file → clean fp32 model.onnx with fixed input shapes",
     params={
         "torch": {"type": "string", "pattern": FACTORY, "x-message": "is not a torch factory: write "

@@ -107,7 +107,7 @@ def run(ctx: StageRun) -> None:
     import numpy as np
     import onnx
 
-    from qnnbuild.toolchain import metrics, qnn
+    from qnnbuild.toolchain import metrics, onnxgraph, qnn
 
     fp32 = onnx.load(str(ctx.inputs["reference"] / "model.onnx"))
     qdq = onnx.load(str(ctx.inputs["model"] / "model.qdq.onnx"))
@@ -123,9 +123,12 @@ def run(ctx: StageRun) -> None:
         for t, r, g in zip(fp32_names, ref_sess.run(fp32_names, feed), qdq_sess.run(qdq_names, feed), strict=True):
             refs[t].append(r)
             gots[t].append(g)
-    layers = rank({t: metrics.sqnr_db(np.stack(refs[t]), np.stack(gots[t])) for t in pairs}, producers)
+    source = onnxgraph.source_names(ctx.inputs["reference"])  # report the user's tensor names
+    layers = rank({source.get(t, t): metrics.sqnr_db(np.stack(refs[t]), np.stack(gots[t])) for t in pairs},
+                  {source.get(t, t): [source.get(i, i) for i in ins] for t, ins in producers.items()})
+    weights = [{**w, "tensor": source.get(w["tensor"], w["tensor"])} for w in weight_errors(fp32, qdq)]
     worst = [r for r in layers if r["lost_db"] >= ctx.params["suggest_above_db"]][: ctx.params["suggest"]]
-    report = {"samples": len(samples), "activations": layers, "weights": weight_errors(fp32, qdq),
+    report = {"samples": len(samples), "activations": layers, "weights": weights,
               "suggested_overrides": {r["tensor"]: {"type": "uint16"} for r in worst}}
     (ctx.out / "layers.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     for row in layers[:5]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
@@ -54,12 +55,24 @@ class _Reader:
         self.next = self.start
 
 
+def _check_loads(path: Path) -> None:
+    """onnxruntime's quantizer can write a model that does not load (QNN_NOTES: a renamed shared bias colliding
+    with an activation); fail here, naming onnxruntime's reason, rather than at convert."""
+    from qnnbuild.toolchain import qnn
+
+    try:
+        qnn.cpu_session(str(path))
+    except Exception as exc:
+        raise StageFailed(f"onnxruntime.quantization wrote a QDQ model that does not load: {str(exc).strip()}"
+                          ) from None
+
+
 def run(ctx: StageRun) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-    from qnnbuild.toolchain import encodings
+    from qnnbuild.toolchain import encodings, onnxgraph
 
     params = ctx.params
     qtypes = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8,
@@ -70,14 +83,16 @@ def run(ctx: StageRun) -> None:
     cal = params["calibration"]
     samples = calibration.samples_for(ctx.params["calibration"], ctx.files, ctx.inputs["model"])
     model = onnx.load(str(model_path))
+    source = onnxgraph.source_names(ctx.inputs["model"])
     tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
         i.name for i in model.graph.input}
-    unknown = sorted(set(params["overrides"]) - tensors)
+    short = {old: new for new, old in source.items()}
+    unknown = sorted(n for n in params["overrides"] if n not in tensors and n not in short)
     if unknown:
         raise StageFailed(f"overrides name tensors the model does not have: {', '.join(unknown)}")
-    overrides = {name: [{"quant_type": qtypes[o["type"]], **({"symmetric": o["symmetric"]} if "symmetric" in o
-                                                              else {})}]
-                 for name, o in params["overrides"].items()}
+    overrides = {(name if name in tensors else short[name]): [
+        {"quant_type": qtypes[o["type"]], **({"symmetric": o["symmetric"]} if "symmetric" in o else {})}]
+        for name, o in params["overrides"].items()}
     stride = stride_for(len(samples))
     ctx.say(f"calibrating on {len(samples)} {next(iter(cal))} samples, {params['method']}, strides of {stride}")
     started = time.monotonic()
@@ -92,8 +107,10 @@ def run(ctx: StageRun) -> None:
     except (ValueError, RuntimeError, KeyError) as exc:
         raise StageFailed(f"onnxruntime.quantization failed: {exc}") from None
     seconds = time.monotonic() - started
+    _check_loads(out)
     qdq = onnx.load(str(out))
-    encs = encodings.from_qdq(qdq)
+    encs = {section: {source.get(k, k): v for k, v in table.items()} if isinstance(table, dict) else table
+            for section, table in encodings.from_qdq(qdq).items()}
     (ctx.out / "encodings.json").write_text(json.dumps(encs, indent=1, sort_keys=True) + "\n")
     ranges = {name: {"min": e[0]["min"], "max": e[0]["max"], "bitwidth": e[0]["bitwidth"]}
               for name, e in encs["activation_encodings"].items()}
@@ -107,7 +124,7 @@ def run(ctx: StageRun) -> None:
 
 KIND = StageKind(
     name="quantize",
-    version=1,
+    version=2,
     summary="fp32 model + calibration data → QDQ model for QNN, QNN encodings, calibration statistics",
     params={
         "model": {"type": "string", "description": "the export stage to quantize"},

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -63,6 +65,61 @@ def rename_tensors(model: Any) -> dict[str, str]:
         for item in coll:
             item.name = mapping.get(item.name, item.name)
     return mapping
+
+
+def _graphs(graph: Any) -> list[Any]:
+    """`graph` and every subgraph under it (If/Loop/Scan bodies): tensor names are unique across all."""
+    found = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.HasField("g") else list(attr.graphs)
+            for sub in subs:
+                found += _graphs(sub)
+    return found
+
+
+def short_names(model: Any) -> dict[str, str]:
+    """Rename every tensor but the graph's inputs and outputs to `t` + a fixed-width number; returns new → old.
+
+    Why: onnxruntime's quantizer names a copy of a shared initializer `<name><N>` and checks only initializer
+    names, so with TF-style names a copy can become an existing activation (`conv1d_25` + `2` = `conv1d_252`)
+    and the QDQ model it writes is invalid. Names of one length cannot be turned into one another by a suffix.
+    """
+    graphs = _graphs(model.graph)
+    keep = {v.name for v in [*model.graph.input, *model.graph.output]}
+    names: list[str] = []
+    for g in graphs:
+        names += [i.name for i in g.initializer] + [i.name for i in g.input] + [o.name for o in g.output]
+        for node in g.node:
+            names += [*node.input, *node.output]
+    ordered = [n for n in dict.fromkeys(names) if n and n not in keep]
+    prefix = "t"
+    while any(k.startswith(prefix) for k in keep):
+        prefix += "t"
+    width = len(str(len(ordered)))
+    mapping = {old: f"{prefix}{i:0{width}d}" for i, old in enumerate(ordered)}
+
+    def fix(seq: Any) -> None:
+        for i, n in enumerate(seq):
+            if n in mapping:
+                seq[i] = mapping[n]
+
+    for g in graphs:
+        for node in g.node:
+            fix(node.input)
+            fix(node.output)
+        for coll in (g.input, g.output, g.value_info, g.initializer):
+            for item in coll:
+                item.name = mapping.get(item.name, item.name)
+    return {new: old for old, new in mapping.items()}
+
+
+def source_names(export_folder: Path) -> dict[str, str]:
+    """short tensor name → the source model's name, from an export's names.json (empty for older exports)."""
+    try:
+        return dict(json.loads((export_folder / "names.json").read_text()))
+    except OSError:
+        return {}
 
 
 def name_nodes(model: Any) -> None:

@@ -33,8 +33,9 @@ def test_onnx_source_is_cleaned(tmp_path: Path, cli: CLI) -> None:
     assert not any(c in name for name in names for c in ":;/")
     assert len(out.metadata_props) == 0
     spec = json.loads((tmp_path / "artifacts/ex/export/io.json").read_text())
-    assert spec["inputs"] == [{"name": "input_0", "dtype": "float32", "shape": [1, 3, 16, 16]}]
-    assert spec["outputs"][0]["name"] == "final_1"
+    assert spec["inputs"] == [{"name": "input_0", "dtype": "float32", "shape": [1, 3, 16, 16],
+                               "source_name": "input:0"}]
+    assert spec["outputs"][0]["name"] == "final_1" and spec["outputs"][0]["source_name"] == "final;1"
 
 
 def test_dynamic_dims_must_be_given(tmp_path: Path, cli: CLI) -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from qnnbuild.stages.quantize import stride_for
-from tests.conftest import CLI, make_conv_model, write
+from tests.conftest import CLI, TINY_RECIPE, make_conv_model, write
 
 
 def recipe(tmp_path: Path, quantize: str) -> None:
@@ -86,3 +86,56 @@ def test_unknown_override_tensor_fails_the_stage(tmp_path: Path, cli: CLI) -> No
 
 def test_stride_divides_the_sample_count() -> None:
     assert [stride_for(n) for n in (1, 4, 16, 17, 512, 30)] == [1, 4, 16, 1, 16, 15]
+
+
+def make_tf_style_model(path: Path) -> Path:
+    """A shared bias named like tf2onnx does, beside an activation that the quantizer's copy of it would be named
+    (`..._25` + `1`): onnxruntime writes an invalid QDQ model unless export renames the tensors."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "model/conv_a/w;1"),
+             numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "model/conv_b/w;1"),
+             numpy_helper.from_array(np.full(4, 0.1, np.float32), "model/conv1d_25"),
+             numpy_helper.from_array((rng.standard_normal((4, 4, 1, 1)) * 0.3).astype(np.float32), "model/conv_c/w")]
+    nodes = [helper.make_node("Conv", ["input:0", "model/conv_a/w;1", "model/conv1d_25"], ["model/conv1d_251"],
+                              pads=[1, 1, 1, 1], name="model/conv_a"),
+             helper.make_node("Conv", ["input:0", "model/conv_b/w;1", "model/conv1d_25"], ["model/conv1d_253"],
+                              pads=[1, 1, 1, 1], name="model/conv_b"),
+             helper.make_node("Conv", ["model/conv1d_251", "model/conv_c/w"], ["model/conv1d_2"], name="model/conv_c"),
+             helper.make_node("Concat", ["model/conv1d_2", "model/conv1d_253"], ["Identity:0"], axis=1, name="cat")]
+    graph = helper.make_graph(nodes, "tf", [helper.make_tensor_value_info("input:0", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("Identity:0", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def test_tf_style_names_build_end_to_end(tmp_path: Path, cli: CLI) -> None:
+    make_tf_style_model(tmp_path / "model.onnx")
+    write(tmp_path, "tiny.yaml", TINY_RECIPE.replace("convert:", "layers:   {kind: layer-error, model: quantize, "
+                                                     "reference: export, suggest_above_db: 0}\n  convert:"))
+    code, _, err = cli("run", "tiny.yaml")
+    assert code == 0, err
+    names = json.loads((tmp_path / "artifacts/tiny/export/names.json").read_text())
+    assert names and len({len(n) for n in names}) == 1  # one length: no suffix turns one into another
+    assert "model/conv1d_25" in names.values() and "model/conv1d_251" in names.values()
+    spec = json.loads((tmp_path / "artifacts/tiny/export/io.json").read_text())
+    assert spec["inputs"][0]["source_name"] == "input:0" and spec["outputs"][0]["source_name"] == "Identity:0"
+    layers = json.loads((tmp_path / "artifacts/tiny/layers/layers.json").read_text())
+    assert {a["tensor"] for a in layers["activations"]} >= {"model/conv1d_251", "model/conv1d_253"}
+    # overrides may use the source's names, as the layer report prints them
+    suggested = layers["suggested_overrides"]
+    assert suggested and all("/" in t for t in suggested)
+    assert (tmp_path / "artifacts/tiny/context/SM8650").is_dir()
+
+
+def test_a_qdq_model_that_does_not_load_fails_quantize(tmp_path: Path) -> None:
+    from qnnbuild.errors import StageFailed
+    from qnnbuild.stages.quantize import _check_loads
+
+    bad = onnx.load(str(make_conv_model(tmp_path / "m.onnx")))
+    bad.graph.node[1].input[0] = "no_such_tensor"
+    onnx.save(bad, str(tmp_path / "bad.onnx"))
+    with pytest.raises(StageFailed, match=r"^onnxruntime.quantization wrote a QDQ model that does not load: .*"
+                                          r"no_such_tensor"):
+        _check_loads(tmp_path / "bad.onnx")
