@@ -47,7 +47,9 @@ def run(ctx: StageRun) -> None:
 
     try:
         session = qnn.deliverable_session(ctx.out)
-        feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+        dtypes = {"tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
+                  "tensor(float16)": np.float16}  # float32 otherwise
+        feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtypes.get(i.type, np.float32))
                  for i in session.get_inputs()}
         outputs = session.run(None, feeds)
     except Exception as exc:

@@ -137,7 +137,9 @@ def run(ctx: StageRun) -> None:
         (ctx.out / "model.dlc").write_bytes(reproducible_dlc(dlc[0].read_bytes()))
         graph = json.loads(graph_json[0].read_text())
     (ctx.out / "model_net.json").write_text(json.dumps(graph, indent=1, sort_keys=True) + "\n")
-    report = {"onnx_nodes_on_qnn": on_qnn, "refused": [], "targets": sorted(on_qnn), **op_report(graph)}
+    rewrites = ctx.inputs["model"] / "rewrites.json"
+    report = {"onnx_nodes_on_qnn": on_qnn, "refused": [], "targets": sorted(on_qnn),
+              "rewrites": json.loads(rewrites.read_text()) if rewrites.is_file() else [], **op_report(graph)}
     (ctx.out / "op_report.json").write_text(json.dumps(report, indent=1) + "\n")
     ctx.say(f"QNN graph: {report['ops']} ops {report['histogram']}; {len(report['transposes'])} transposes, "
             f"{len(report['float_ops'])} float ops")

@@ -113,7 +113,7 @@ def _torch_export(ctx: StageRun, dest: Path) -> None:
 def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
     import onnx
 
-    from qnnbuild.toolchain import onnxgraph
+    from qnnbuild.toolchain import onnxgraph, rewrites
     from qnnbuild.toolchain.qnn import ort
 
     model = onnx.load(str(raw))
@@ -124,6 +124,7 @@ def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
     if renamed:
         ctx.say(f"renamed {len(renamed)} tensors with unsafe names")
     onnxgraph.name_nodes(model)
+    applied = rewrites.before_folding(model)
     del model.metadata_props[:]
     model.doc_string = ""
     model.graph.doc_string = ""
@@ -137,7 +138,10 @@ def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
     so.log_severity_level = 3
     rt.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"])
 
-    model = onnx.load(str(scratch / "optimized.onnx"))
+    model, fused = rewrites.after_folding(onnx.load(str(scratch / "optimized.onnx")))
+    applied += fused
+    for step in applied:
+        ctx.say(f"rewrite {step['rewrite']}: {', '.join(step['nodes'][:8])}")
     onnxgraph.name_nodes(model)
     source = {new: old for old, new in renamed.items()}
     short = onnxgraph.short_names(model)
@@ -156,6 +160,7 @@ def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
         if value["name"] in source:
             value["source_name"] = source[value["name"]]
     (ctx.out / "io.json").write_text(json.dumps({**spec, "nodes": len(model.graph.node)}, indent=1) + "\n")
+    (ctx.out / "rewrites.json").write_text(json.dumps(applied, indent=1) + "\n")
     # short tensor name → the name in the source model: reports and `overrides:` speak the user's names
     (ctx.out / "names.json").write_text(json.dumps(names, indent=1, sort_keys=True) + "\n")
     ctx.say(f"model.onnx: {len(model.graph.node)} nodes; inputs {spec['inputs']}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,8 @@ def run(ctx: StageRun) -> None:
     qdq = onnx.load(str(out))
     encs = {section: {source.get(k, k): v for k, v in table.items()} if isinstance(table, dict) else table
             for section, table in encodings.from_qdq(qdq).items()}
+    if (ctx.inputs["model"] / "rewrites.json").is_file():  # carried forward for convert's op report
+        shutil.copyfile(ctx.inputs["model"] / "rewrites.json", ctx.out / "rewrites.json")
     (ctx.out / "encodings.json").write_text(json.dumps(encs, indent=1, sort_keys=True) + "\n")
     ranges = {name: {"min": e[0]["min"], "max": e[0]["max"], "bitwidth": e[0]["bitwidth"]}
               for name, e in encs["activation_encodings"].items()}

@@ -1,0 +1,97 @@
+"""Well-known rewrites that fit real models to QNN, applied at the recipe's fixed input shapes before quantizing.
+
+Each returns the names of the nodes it changed, so export can say what was changed (rewrites.json, and the op
+report after it). None changes what the model computes:
+- Constant nodes become initializers: Paddle exports keep Resize's scales/roi as Constant nodes, which the
+  quantizer then quantizes (scales [1, 1, 2, 2] come back as [0.996, 0.996, 2, 2]);
+- a Clip whose min or max is computed (`ReduceMax - 80` in a mel spectrogram) becomes Max / Min, which HTP takes;
+- onnxruntime's own `qnn_preprocess_model` fuses the Erf sequence into Gelu (and LayerNorm, ...); it raises on
+  a model that carries metadata, so metadata is cleared first;
+- constant folding at the fixed shapes (onnxruntime's basic optimizations, run by export afterwards) removes
+  shape-computing subgraphs such as Range.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def constants_to_initializers(model: Any) -> list[str]:
+    from onnx import numpy_helper
+
+    graph = model.graph
+    changed = []
+    for node in list(graph.node):
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type != "Constant" or "value" not in attrs or len(node.output) != 1:
+            continue
+        tensor = numpy_helper.to_array(attrs["value"].t)
+        graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
+        graph.node.remove(node)
+        changed.append(node.name or node.output[0])
+    return changed
+
+
+def computed_clip_bounds(model: Any) -> list[str]:
+    """Clip(x, min, max) with a min or max computed at run time → Max(x, min) / Min(·, max)."""
+    from onnx import helper
+
+    graph = model.graph
+    constant = {i.name for i in graph.initializer}
+    changed = []
+    for index, node in enumerate(list(graph.node)):
+        bounds = list(node.input[1:]) + [""] * (3 - len(node.input))
+        if node.op_type != "Clip" or all(b == "" or b in constant for b in bounds[:2]):
+            continue
+        low, high = bounds[0], bounds[1]
+        current, replacement = node.input[0], []
+        for op, bound in (("Max", low), ("Min", high)):
+            if bound:
+                out = f"{node.output[0]}_{op.lower()}" if (op == "Max" and high) else node.output[0]
+                replacement.append(helper.make_node(op, [current, bound], [out], name=f"{node.name}_{op.lower()}"))
+                current = out
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        for offset, new in enumerate(replacement):
+            graph.node.insert(position + offset, new)
+        changed.append(node.name or f"Clip_{index}")
+    return changed
+
+
+def qnn_preprocess(model: Any) -> tuple[Any, list[str]]:
+    """onnxruntime's QNN pre-processing (Erf → Gelu and other fusions); the fused op types, or nothing."""
+    import onnx
+    from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
+
+    del model.metadata_props[:]  # qnn_preprocess_model raises a TypeError on models that carry metadata
+    before = {n.op_type for n in model.graph.node}
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-preprocess-") as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(model, str(src))
+        if not qnn_preprocess_model(str(src), str(dst)):
+            return model, []
+        fused = onnx.load(str(dst))
+    added = sorted({n.op_type for n in fused.graph.node} - before)
+    return fused, [f"fused into {op}" for op in added] or ["qnn_preprocess_model"]
+
+
+def before_folding(model: Any) -> list[dict[str, Any]]:
+    """The graph rewrites, in place, before onnxruntime folds constants at the fixed shapes."""
+    applied = []
+    for name, rewrite in (("constant-to-initializer", constants_to_initializers),
+                          ("clip-computed-bounds", computed_clip_bounds)):
+        nodes = rewrite(model)
+        if nodes:
+            applied.append({"rewrite": name, "nodes": nodes})
+    return applied
+
+
+def after_folding(model: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """onnxruntime's QNN pre-processing, on the folded model (before folding, the quantizer later fails on
+    what onnxruntime's optimizer makes of the fused ops); only where there is an Erf to fuse."""
+    if not any(n.op_type == "Erf" for n in model.graph.node):
+        return model, []
+    model, fused = qnn_preprocess(model)
+    return model, [{"rewrite": "qnn-preprocess", "nodes": fused}] if fused else []
