@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if verdicts and all(v.fresh and v.view_current for v in verdicts):
         for result in session.accept(verdicts):  # the no-op: no doit, no YAML, no toolchain import
             console.ended(result)
-        session.stat.save()  # a touched input is re-hashed once, not on every later run
+        session.save_caches()  # a touched input is re-hashed once, not on every later run
     else:
         from qnnbuild.engine.execute import run_with_doit
 
@@ -139,7 +139,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append({"id": v.id, "stage": inst.stage, "target": inst.target,
                      "status": "fresh" if v.fresh else "stale", "reason": "; ".join(v.reasons),
                      "key": v.key, "outputs": [str(view / r) for r in (manifest or {}).get("files", {})]})
-    session.stat.save()
+    session.save_caches()
     if args.json:
         print(json.dumps({"recipe": plan.recipe, "stages": rows}, indent=1))
     else:

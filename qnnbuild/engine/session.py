@@ -20,7 +20,7 @@ from typing import Any
 from qnnbuild.engine.faults import checkpoint
 from qnnbuild.engine.graph import Instance, Plan
 from qnnbuild.engine.hashing import StatCache
-from qnnbuild.engine.keys import environment, key_document, key_of, tool_versions
+from qnnbuild.engine.keys import VersionCache, environment, key_document, key_of, tool_versions
 from qnnbuild.engine.status import Verdict, assess
 from qnnbuild.engine.store import Store, remove_tree
 from qnnbuild.errors import StageFailed
@@ -75,6 +75,7 @@ class Session:
         self.artifacts = artifacts
         self.store = Store(artifacts)
         self.stat = StatCache(artifacts / ".qnnbuild" / "statcache.json")
+        self.versions = VersionCache(artifacts / ".qnnbuild" / "versions.json")
         self.forced = forced
         self.locked: dict[str, Any] = self.store.read_lock(plan.recipe).get("instances", {})
         self.results: dict[str, Result] = {}
@@ -267,7 +268,12 @@ class Session:
         old.pop("schema_version", None)
         if old != lock:
             self.store.write_lock(self.plan.recipe, lock)
+        self.save_caches()
+
+    def save_caches(self) -> None:
+        """Input digests and tool versions, so the next run pays a stat per file instead of re-reading them."""
         self.stat.save()
+        self.versions.save()
 
     def ordered_results(self) -> list[Result]:
         return [self.results[i.id] for i in self.plan.instances if i.id in self.results]
