@@ -38,9 +38,11 @@ def tool_versions(dists: tuple[str, ...]) -> dict[str, str]:
 
 def _path_stamp() -> list[object]:
     """Installing, removing or upgrading a distribution adds, removes or renames its `.dist-info` folder, which
-    changes the mtime of the sys.path folder holding it: a stat per folder says whether versions may differ."""
+    changes the mtime of the site folder holding it: a stat per folder says whether versions may differ."""
     stamp: list[object] = []
     for entry in sys.path:
+        if Path(entry).name not in ("site-packages", "dist-packages"):
+            continue  # the working folder changes with every build; distributions live in the site folders
         try:
             st = Path(entry or ".").stat()
         except OSError:
