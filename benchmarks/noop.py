@@ -36,13 +36,17 @@ def setup(root: Path) -> None:
         stages.append(f"  {name}: {{kind: command, argv: [{sys.executable}, '{{inputs.step}}', '{src}', "
                       f"'{{out.{name}.out}}'], {feed}, outputs: [{name}.out]}}")
     (root / "r.yaml").write_text("schema_version: 1\nrecipe: bench\nstages:\n" + "\n".join(stages) + "\n")
+    write_dodo(root, list("abcde"), "data.bin")
+
+
+def write_dodo(root: Path, chain: list[str], first: str) -> None:
+    """doit's equivalent: tasks copying `first` down `chain`, each depending on the last one's output."""
     (root / "dodo.py").write_text(textwrap.dedent(f"""\
-        import sys
         DOIT_CONFIG = {{"dep_file": "doit-db", "verbosity": 0}}
-        CHAIN = "abcde"
+        CHAIN = {chain!r}
         def task_step():
             for i, name in enumerate(CHAIN):
-                src = "data.bin" if i == 0 else f"doit-out/{{CHAIN[i - 1]}}.out"
+                src = {first!r} if i == 0 else f"doit-out/{{CHAIN[i - 1]}}.out"
                 yield {{"name": name, "file_dep": [src, "step.py"], "targets": [f"doit-out/{{name}}.out"],
                        "actions": ["mkdir -p doit-out",
                                    [{sys.executable!r}, "step.py", src, f"doit-out/{{name}}.out"]]}}
@@ -70,16 +74,7 @@ def setup_tiny(root: Path) -> None:
     make_conv_model(root / "model.onnx")
     (root / "step.py").write_text(STEP)
     (root / "r.yaml").write_text(TINY)
-    (root / "dodo.py").write_text(textwrap.dedent(f"""\
-        DOIT_CONFIG = {{"dep_file": "doit-db", "verbosity": 0}}
-        CHAIN = ["export", "quantize", "convert", "compile", "context"]
-        def task_step():
-            for i, name in enumerate(CHAIN):
-                src = "model.onnx" if i == 0 else f"doit-out/{{CHAIN[i - 1]}}.out"
-                yield {{"name": name, "file_dep": [src, "step.py"], "targets": [f"doit-out/{{name}}.out"],
-                       "actions": ["mkdir -p doit-out",
-                                   [{sys.executable!r}, "step.py", src, f"doit-out/{{name}}.out"]]}}
-        """))
+    write_dodo(root, ["export", "quantize", "convert", "compile", "context"], "model.onnx")
 
 
 def timed(cmd: list[str], cwd: Path) -> float:

@@ -50,21 +50,24 @@ def rename_tensors(model: Any) -> dict[str, str]:
             new = f"{base}_{n}"
         taken.add(new)
         mapping[name] = new
-    if not mapping:
-        return mapping
+    _rename(mapping, [graph])
+    return mapping
 
+
+def _rename(mapping: dict[str, str], graphs: list[Any]) -> None:
+    """Apply old → new tensor names to every node and value of `graphs`."""
     def fix(seq: Any) -> None:
         for i, n in enumerate(seq):
             if n in mapping:
                 seq[i] = mapping[n]
 
-    for node in graph.node:
-        fix(node.input)
-        fix(node.output)
-    for coll in (graph.input, graph.output, graph.value_info, graph.initializer):
-        for item in coll:
-            item.name = mapping.get(item.name, item.name)
-    return mapping
+    for g in graphs:
+        for node in g.node:
+            fix(node.input)
+            fix(node.output)
+        for coll in (g.input, g.output, g.value_info, g.initializer):
+            for item in coll:
+                item.name = mapping.get(item.name, item.name)
 
 
 def _graphs(graph: Any) -> list[Any]:
@@ -98,19 +101,7 @@ def short_names(model: Any) -> dict[str, str]:
         prefix += "t"
     width = len(str(len(ordered)))
     mapping = {old: f"{prefix}{i:0{width}d}" for i, old in enumerate(ordered)}
-
-    def fix(seq: Any) -> None:
-        for i, n in enumerate(seq):
-            if n in mapping:
-                seq[i] = mapping[n]
-
-    for g in graphs:
-        for node in g.node:
-            fix(node.input)
-            fix(node.output)
-        for coll in (g.input, g.output, g.value_info, g.initializer):
-            for item in coll:
-                item.name = mapping.get(item.name, item.name)
+    _rename(mapping, graphs)
     return {new: old for old, new in mapping.items()}
 
 
