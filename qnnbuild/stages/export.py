@@ -180,7 +180,7 @@ def run(ctx: StageRun) -> None:
 
 KIND = StageKind(
     name="export",
-    version=2,
+    version=3,
     summary="a torch factory or an ONNX file → clean fp32 model.onnx with fixed input shapes",
     params={
         "torch": {"type": "string", "pattern": FACTORY, "x-message": "is not a torch factory: write "

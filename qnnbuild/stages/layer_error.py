@@ -137,7 +137,7 @@ def run(ctx: StageRun) -> None:
 
 KIND = StageKind(
     name="layer-error",
-    version=1,
+    version=2,
     summary="per-layer quantization error (fp32 vs QDQ on the CPU), worst layers, 16-bit suggestions",
     params={
         "model": {"type": "string", "description": "the quantize stage"},

@@ -68,6 +68,18 @@ def _check_loads(path: Path) -> None:
                           ) from None
 
 
+def _check_finite(qdq: Any, source: dict[str, str]) -> None:
+    """An infinite or NaN constant gets an infinite scale, and everything downstream of it is NaN: say which."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    bad = sorted({source.get(i.name[: -len("_scale")], i.name[: -len("_scale")]) for i in qdq.graph.initializer
+                  if i.name.endswith("_scale") and not np.isfinite(numpy_helper.to_array(i)).all()})
+    if bad:
+        raise StageFailed(f"cannot quantize tensor(s) holding inf or NaN (their scale is not finite): "
+                          f"{', '.join(bad[:10])}" + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
+
+
 def run(ctx: StageRun) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
@@ -110,6 +122,7 @@ def run(ctx: StageRun) -> None:
     seconds = time.monotonic() - started
     _check_loads(out)
     qdq = onnx.load(str(out))
+    _check_finite(qdq, source)
     encs = {section: {source.get(k, k): v for k, v in table.items()} if isinstance(table, dict) else table
             for section, table in encodings.from_qdq(qdq).items()}
     if (ctx.inputs["model"] / "rewrites.json").is_file():  # carried forward for convert's op report
@@ -127,7 +140,7 @@ def run(ctx: StageRun) -> None:
 
 KIND = StageKind(
     name="quantize",
-    version=2,
+    version=3,
     summary="fp32 model + calibration data → QDQ model for QNN, QNN encodings, calibration statistics",
     params={
         "model": {"type": "string", "description": "the export stage to quantize"},

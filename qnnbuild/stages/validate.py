@@ -72,7 +72,7 @@ def run(ctx: StageRun) -> None:
 
 KIND = StageKind(
     name="validate",
-    version=1,
+    version=2,
     summary="context on the HTP emulator vs the fp32 model on the CPU: SQNR, cosine, top-k; fails below thresholds",
     params={
         "context": {"type": "string", "description": "the context-binary stage"},

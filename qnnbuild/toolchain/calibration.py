@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
+RANGES_HELP = ("input name → [low, high]: uniform values in that range (integers inclusive). Default: a "
+               "standard normal for float inputs, 0..255 for integer inputs (bytes, pixels, small vocabularies)")
+INTEGER_RANGE = (0, 255)
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "minProperties": 1,
@@ -24,7 +28,10 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "synthetic": {"type": "object", "additionalProperties": False,
                       "properties": {"count": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 16},
-                                     "seed": {"type": "integer", "default": 0}}},
+                                     "seed": {"type": "integer", "default": 0},
+                                     "ranges": {"type": "object", "description": RANGES_HELP,
+                                                "additionalProperties": {"type": "array", "items": {"type": "number"},
+                                                                         "minItems": 2, "maxItems": 2}}}},
         "npy": {"type": "object", "additionalProperties": False, "required": ["dir"],
                 "properties": {"dir": {"type": "string"}, "count": {"type": "integer", "minimum": 1}}},
         "images": {"type": "object", "additionalProperties": False, "required": ["dir"],
@@ -76,6 +83,10 @@ class Samples:
         self.paths: list[Path] = []
         if self.kind == "synthetic":
             self.count = int(self.spec.get("count", 16))
+            unknown = sorted(set(self.spec.get("ranges", {})) - {i["name"] for i in inputs})
+            if unknown:
+                raise StageFailed(f"synthetic ranges name inputs the model does not have: {', '.join(unknown)} "
+                                  f"(inputs: {', '.join(i['name'] for i in inputs)})")
         else:
             if folder is None:
                 raise StageFailed(f"{self.kind} calibration needs a folder")
@@ -96,10 +107,29 @@ class Samples:
 
         if self.kind == "synthetic":
             rng = np.random.default_rng([int(self.spec.get("seed", 0)), index])
-            return {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in self.inputs}
+            return {i["name"]: self._synthetic(rng, i) for i in self.inputs}
         if self.kind == "npy":
             return self._npy(self.paths[index])
         return {self.inputs[0]["name"]: self._image(self.paths[index])}
+
+    def _synthetic(self, rng: np.random.Generator, spec: dict[str, Any]) -> np.ndarray:
+        """Integer inputs are indices or codes (a normal draw cast to int is nearly all 0 and ±1, which left a
+        byte model's calibration blind to the values it sees); floats are a standard normal unless ranged."""
+        import numpy as np
+
+        dtype, shape = np.dtype(spec["dtype"]), spec["shape"]
+        bounds = self.spec.get("ranges", {}).get(spec["name"])
+        values: np.ndarray
+        if dtype == np.bool_:
+            values = rng.integers(0, 2, shape)
+        elif dtype.kind in "iu":
+            low, high = bounds or INTEGER_RANGE
+            values = rng.integers(int(low), int(high), shape, endpoint=True)
+        elif bounds:
+            values = rng.uniform(bounds[0], bounds[1], shape)
+        else:
+            values = rng.standard_normal(shape)
+        return values.astype(dtype)
 
     def _conform(self, name: str, array: np.ndarray, spec: dict[str, Any], source: Path) -> np.ndarray:
         shape = list(spec["shape"])

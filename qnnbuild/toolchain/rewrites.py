@@ -7,6 +7,12 @@ report after it). None changes what the model computes:
 - a Clip whose min or max is computed (`ReduceMax - 80` in a mel spectrogram) becomes Max / Min, which HTP takes;
 - onnxruntime's own `qnn_preprocess_model` fuses the Erf sequence into Gelu (and LayerNorm, ...); it raises on
   a model that carries metadata, so metadata is cleared first;
+- `Max(x, -inf)` / `Min(x, +inf)` (jax2tf's softmax keeps `Maximum(max, -inf)`) is x; the quantizer would give
+  the infinite constant an infinite scale, and the dequantized 0 * inf is NaN, so the model's output is NaN;
+- `Reciprocal(x)` becomes `Div(1, x)`: onnxruntime's QNN EP lowers Reciprocal to a divide whose numerator 1 is
+  quantized with x's own encoding, which saturates when x stays below 1 (magika's LayerNorm: 1/sqrt(var) came out
+  ~8x too small on HTP, 1 dB against 15 dB for the same QDQ model on the CPU); an explicit constant gets its
+  own encoding;
 - constant folding at the fixed shapes (onnxruntime's basic optimizations, run by export afterwards) removes
   shape-computing subgraphs such as Range.
 """
@@ -60,6 +66,48 @@ def computed_clip_bounds(model: Any) -> list[str]:
     return changed
 
 
+def infinite_bounds(model: Any) -> list[str]:
+    """Max(x, -inf) and Min(x, +inf) with a one-element constant bound → Identity (folded away later)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    constant = {i.name: i for i in graph.initializer}
+    changed = []
+    for node in list(graph.node):
+        infinity = {"Max": -np.inf, "Min": np.inf}.get(node.op_type)
+        if infinity is None or len(node.input) != 2:
+            continue
+        bounds = [i for i in node.input if i in constant and numpy_helper.to_array(constant[i]).size == 1]
+        if len(bounds) != 1 or numpy_helper.to_array(constant[bounds[0]]).item() != infinity:
+            continue
+        other = next(i for i in node.input if i != bounds[0])
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(position, helper.make_node("Identity", [other], list(node.output), name=node.name))
+        changed.append(node.name or node.output[0])
+    return changed
+
+
+def reciprocal_to_div(model: Any) -> list[str]:
+    """Reciprocal(x) → Div(1, x), with 1 an initializer of x's element type (float models only)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    changed = []
+    for node in list(graph.node):
+        if node.op_type != "Reciprocal":
+            continue
+        one = f"{node.output[0]}_one"
+        graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(position, helper.make_node("Div", [one, node.input[0]], list(node.output), name=node.name))
+        changed.append(node.name or node.output[0])
+    return changed
+
+
 def qnn_preprocess(model: Any) -> tuple[Any, list[str]]:
     """onnxruntime's QNN pre-processing (Erf → Gelu and other fusions); the fused op types, or nothing."""
     import onnx
@@ -81,7 +129,9 @@ def before_folding(model: Any) -> list[dict[str, Any]]:
     """The graph rewrites, in place, before onnxruntime folds constants at the fixed shapes."""
     applied = []
     for name, rewrite in (("constant-to-initializer", constants_to_initializers),
-                          ("clip-computed-bounds", computed_clip_bounds)):
+                          ("clip-computed-bounds", computed_clip_bounds),
+                          ("infinite-bound", infinite_bounds),
+                          ("reciprocal-to-div", reciprocal_to_div)):
         nodes = rewrite(model)
         if nodes:
             applied.append({"rewrite": name, "nodes": nodes})

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
@@ -139,3 +140,81 @@ def test_a_qdq_model_that_does_not_load_fails_quantize(tmp_path: Path) -> None:
     with pytest.raises(StageFailed, match=r"^onnxruntime.quantization wrote a QDQ model that does not load: .*"
                                           r"no_such_tensor"):
         _check_loads(tmp_path / "bad.onnx")
+
+
+def test_integer_input_and_infinite_bound_quantize_faithfully(tmp_path: Path, cli: CLI) -> None:
+    """The magika pattern: byte codes in, jax2tf's Max(x, -inf) before a softmax. Synthetic calibration must
+    cover the byte range, and the -inf constant must not be quantized (its scale is inf, the output NaN)."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((256, 4)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "codes"], ["emb"]),
+             helper.make_node("ReduceMean", ["emb"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("ReduceMax", ["pooled"], ["top"], axes=[1], keepdims=1),
+             helper.make_node("Max", ["top", "ninf"], ["top_safe"]),
+             helper.make_node("Sub", ["pooled", "top_safe"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
+    inits = [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array(-np.inf, np.float32), "ninf")]
+    graph = helper.make_graph(nodes, "bytes", [helper.make_tensor_value_info("codes", TensorProto.INT32, [1, 64])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "b.onnx"))
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: b
+        stages:
+          export: {kind: export, onnx: b.onnx}
+          quantize: {kind: quantize, model: export, activations: uint16}
+        """)
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    art = tmp_path / "artifacts/b"
+    assert json.loads((art / "export/rewrites.json").read_text())[0]["rewrite"] == "infinite-bound"
+    fp32, qdq = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                 for p in (art / "export/model.onnx", art / "quantize/model.qdq.onnx"))
+    codes = {"codes": rng.integers(0, 256, (1, 64)).astype(np.int32)}
+    want, got = fp32.run(None, codes)[0], qdq.run(None, codes)[0]
+    assert np.isfinite(got).all()
+    assert 10 * np.log10((want ** 2).sum() / ((want - got) ** 2).sum()) > 30
+
+
+def test_synthetic_ranges_name_real_inputs(tmp_path: Path, cli: CLI) -> None:
+    make_conv_model(tmp_path / "m.onnx")
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: r
+        stages:
+          export: {kind: export, onnx: m.onnx}
+          quantize: {kind: quantize, model: export, calibration: {synthetic: {ranges: {pixels: [0, 1]}}}}
+        """)
+    code, _, err = cli("run", "r.yaml")
+    assert code == 1 and "synthetic ranges name inputs the model does not have: pixels (inputs: input)" in err
+
+
+def test_reciprocal_of_small_values_is_right_on_htp(tmp_path: Path, cli: CLI) -> None:
+    """A LayerNorm's 1/sqrt(var) with var < 1: the QNN EP quantizes Reciprocal's implicit 1 with x's encoding
+    (saturating at max(x) < 1), so HTP was ~8x off while the QDQ model was right on the CPU."""
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["var"], axes=[1], keepdims=1),
+             helper.make_node("Add", ["var", "eps"], ["var_eps"]),
+             helper.make_node("Sqrt", ["var_eps"], ["std"]),
+             helper.make_node("Reciprocal", ["std"], ["inv"]),
+             helper.make_node("Mul", ["x", "inv"], ["y"])]
+    graph = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                              [numpy_helper.from_array(np.array(1e-4, np.float32), "eps")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "n.onnx"))
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: n
+        targets: [SM8650]
+        stages:
+          export: {kind: export, onnx: n.onnx}
+          quantize: {kind: quantize, model: export, calibration: {synthetic: {ranges: {x: [-0.05, 0.05]}}}}
+          compile: {kind: compile, model: quantize}
+          context: {kind: context-binary, compiled: compile}
+          validate: {kind: validate, context: context, reference: export, min_sqnr_db: 20,
+                     data: {synthetic: {count: 4, seed: 3, ranges: {x: [-0.05, 0.05]}}}}
+        """)
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    rewrites = json.loads((tmp_path / "artifacts/n/export/rewrites.json").read_text())
+    assert any(r["rewrite"] == "reciprocal-to-div" for r in rewrites)
