@@ -146,3 +146,20 @@ def fix_input_shapes(model: Any, shapes: dict[str, list[int]]) -> list[str]:
             problems.append(f"input {name!r} has dynamic dimensions ({', '.join(dynamic)}); "
                             f"give its shape under inputs: {{{name}: [...]}}")
     return problems
+
+
+def infer_shapes(model: Any) -> Any:
+    """Every tensor typed, at the fixed shapes. onnx's own inference stops at contrib ops (the Gelu that
+    qnn_preprocess_model fuses is com.microsoft), leaving everything after the first one untyped; the
+    quantizer calibrates only typed tensors, then fails on the ranges it needs (`Only an existing tensor can
+    be modified`). onnxruntime's symbolic inference knows the contrib ops; it runs only where needed."""
+    import onnx
+
+    del model.graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    typed = {v.name for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    if all(o in typed for n in model.graph.node for o in n.output if o):
+        return model
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    return SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
