@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from qnnbuild import __version__
 from qnnbuild.errors import QnnbuildError, RecipeError, UsageError
@@ -22,6 +24,25 @@ def _add_common(p: argparse.ArgumentParser, *, recipe: bool = True, artifacts: b
     if artifacts:
         p.add_argument("--artifacts", default="artifacts", help="artifacts folder (default: ./artifacts)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", metavar="URL", default=os.environ.get("QNNBUILD_CACHE") or None,
+                   help="shared cache, any fsspec URL: s3://bucket/prefix (endpoint: AWS_ENDPOINT_URL), "
+                        "file:///shared/folder (default: $QNNBUILD_CACHE)")
+    p.add_argument("--cache-mode", choices=["readwrite", "read"], default="readwrite",
+                   help="read: never write to the shared cache (laptops); readwrite: upload what ran (CI)")
+    p.add_argument("--cache-required", action="store_true",
+                   help="exit 1 when the shared cache failed (for CI jobs that must populate it)")
+
+
+def remote_cache(args: argparse.Namespace, console: Any) -> Any:
+    """The shared cache the arguments name, or None."""
+    if not args.cache:
+        return None
+    from qnnbuild.engine.remote import RemoteCache
+
+    return RemoteCache(args.cache, args.cache_mode, args.cache_required, warn=console.warn)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=[], metavar="STAGE", help="build only STAGE and its inputs")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rebuild STAGE even if cached")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout when done")
+    _add_cache(p)
 
     p = sub.add_parser("status", help="what would run, and why")
     _add_common(p)
@@ -96,12 +118,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.recipe}: no stage named {name!r}; stages: {', '.join(sorted(stages))}")
     forced = frozenset(i.id for i in plan.instances if i.stage in args.force)
     console = Console()
-    console.say(f"qnnbuild: {plan.recipe} — {len(plan.instances)} stage instances → {artifacts}/{plan.recipe}")
-    session = Session(plan, artifacts, forced)
+    remote = remote_cache(args, console)
+    console.say(f"qnnbuild: {plan.recipe} — {len(plan.instances)} stage instances → {artifacts}/{plan.recipe}"
+                + (f" (shared cache {remote.shown}, {remote.mode})" if remote else ""))
+    session = Session(plan, artifacts, forced, remote)
     verdicts = session.assess() if not (args.only or forced) else []
     if verdicts and all(v.fresh and v.view_current for v in verdicts):
         for result in session.accept(verdicts):  # the no-op: no doit, no YAML, no toolchain import
             console.ended(result)
+        _push_pending(session, console)
         session.save_caches()  # a touched input is re-hashed once, not on every later run
     else:
         from qnnbuild.engine.execute import run_with_doit
@@ -112,16 +137,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             if swept:
                 console.say(f"removed {swept} unfinished work folder(s) left by an interrupted run")
             run_with_doit(session, console, selected, args.jobs)
+            _push_pending(session, console)
             session.write_lock()
     console.close()
     results = session.ordered_results()
     seconds = time.monotonic() - started
     console.summary(results, seconds)
     ok = all(r.status in ("ran", "cached") for r in results)
+    if remote is not None and remote.failure and args.cache_required:
+        console.say(f"qnnbuild: --cache-required: {remote.failure}")
+        ok = False
     if args.json:
         print(json.dumps({"recipe": plan.recipe, "ok": ok, "seconds": round(seconds, 3),
                           "stages": [r.to_json() for r in results]}, indent=1))
     return 0 if ok else 1
+
+
+def _push_pending(session: Any, console: Any) -> None:
+    pushed = session.push_pending()
+    if pushed:
+        console.say(f"uploaded {pushed} entr{'y' if pushed == 1 else 'ies'} an earlier run could not")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

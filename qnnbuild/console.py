@@ -22,6 +22,9 @@ class Console:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def warn(self, text: str) -> None:
+        self.say(f"warning: {text}")
+
     def say(self, text: str) -> None:
         with self._lock:
             print(text, file=self.stream, flush=True)
@@ -39,6 +42,10 @@ class Console:
             self.running.pop(result.id, None)
         mark = MARKS.get(result.status, "?")
         line = f"  {mark} {result.id:<30} {result.status:<8} {result.seconds:7.2f} s"
+        if result.status == "cached" and result.origin == "remote":
+            line += "  from the shared cache"
+        if result.worker:
+            line += f"  on {result.worker}"
         if result.message:
             line += f"  {result.message}"
         self.say(line)
@@ -60,4 +67,7 @@ class Console:
     def summary(self, results: list[Result], seconds: float) -> None:
         counts = {s: sum(r.status == s for r in results) for s in ("ran", "cached", "failed", "skipped")}
         parts = [f"{n} {s}" for s, n in counts.items() if n]
+        remote = sum(r.status == "cached" and r.origin == "remote" for r in results)
+        if remote:
+            parts[[p.endswith("cached") for p in parts].index(True)] += f" ({remote} from the shared cache)"
         self.say(f"{'done' if not counts['failed'] else 'FAILED'} in {seconds:.2f} s: {', '.join(parts) or 'nothing'}")

@@ -100,8 +100,8 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp
     return run
 
 
-def run_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_process(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`qnnbuild ARGS` as a separate process, for what only a real process shows (stdout purity, exit codes)."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run([sys.executable, "-m", "qnnbuild", *args], cwd=cwd, capture_output=True, text=True,
                           env=env, check=False)

@@ -21,8 +21,9 @@ from qnnbuild.engine.faults import checkpoint
 from qnnbuild.engine.graph import Instance, Plan
 from qnnbuild.engine.hashing import StatCache
 from qnnbuild.engine.keys import VersionCache, environment, key_document, key_of, tool_versions
+from qnnbuild.engine.remote import CacheDown, RemoteCache
 from qnnbuild.engine.status import Verdict, assess
-from qnnbuild.engine.store import Store, remove_tree
+from qnnbuild.engine.store import Store, remove_tree, write_json_atomic
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun
@@ -63,20 +64,29 @@ class Result:
     files: dict[str, str] = field(default_factory=dict)
     message: str = ""
     log: str | None = None
+    origin: str = "local"  # where a cached instance came from: local | remote
+    worker: str | None = None  # the Dask worker that ran it
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "stage": self.stage, "target": self.target, "status": self.status,
-                "seconds": round(self.seconds, 3), "key": self.key, "outputs": self.outputs}
+        entry = {"id": self.id, "stage": self.stage, "target": self.target, "status": self.status,
+                 "seconds": round(self.seconds, 3), "key": self.key, "outputs": self.outputs}
+        if self.status == "cached":
+            entry["from"] = self.origin
+        if self.worker:
+            entry["worker"] = self.worker
+        return entry
 
 
 class Session:
-    def __init__(self, plan: Plan, artifacts: Path, forced: frozenset[str] = frozenset()) -> None:
+    def __init__(self, plan: Plan, artifacts: Path, forced: frozenset[str] = frozenset(),
+                 remote: RemoteCache | None = None) -> None:
         self.plan = plan
         self.artifacts = artifacts
         self.store = Store(artifacts)
         self.stat = StatCache(artifacts / ".qnnbuild" / "statcache.json")
         self.versions = VersionCache(artifacts / ".qnnbuild" / "versions.json")
         self.forced = forced
+        self.remote = remote
         self.locked: dict[str, Any] = self.store.read_lock(plan.recipe).get("instances", {})
         self.results: dict[str, Result] = {}
         self.keys: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -172,11 +182,19 @@ class Session:
         if inst.id not in self.forced and self.output_digest(key) is not None:
             self.store.set_view(self.view(inst), key)
             return self._record(inst, "cached", time.monotonic() - started, key, document)
+        restored = self._from_remote(inst, key, document) if inst.id not in self.forced else None
+        if restored is not None:
+            key, document = restored
+            self._remember_stats(key)
+            self.store.set_view(self.view(inst), key)
+            result = self._record(inst, "cached", time.monotonic() - started, key, document)
+            result.origin = "remote"
+            return result
         work = self.store.new_workdir(key)
         try:
             self._run_worker(inst, work)
             key, document = self._rekey(work, document)
-            manifest = self.store.publish(work, key, document, time.monotonic() - started,
+            self.store.publish(work, key, document, time.monotonic() - started,
                                           replace=inst.id in self.forced, instance=inst.id)
         except StageFailed as exc:
             log = self._keep_log(inst, work)
@@ -184,13 +202,96 @@ class Session:
         finally:
             if work.exists():
                 remove_tree(work)
-        with self._guard:  # remember the published files' stats: later runs check them by stat only
-            for rel in manifest["files"]:
-                self.stat.digest(self.store.entry(key) / rel)
+        self._remember_stats(key)
         self.store.set_view(self.view(inst), key)
         checkpoint("view:switched", inst.id)
+        self._to_remote(inst, key, document)
         self._failure_log(inst).unlink(missing_ok=True)  # the last failure of this instance is history now
         return self._record(inst, "ran", time.monotonic() - started, key, document)
+
+    def _remember_stats(self, key: str) -> None:
+        """Remember the published files' stats: later runs check them by stat only."""
+        manifest = self.store.manifest(key) or {"files": {}}
+        with self._guard:
+            for rel in manifest["files"]:
+                self.stat.digest(self.store.entry(key) / rel)
+
+    # --- the shared cache ------------------------------------------------------------------------------------
+    def _from_remote(self, inst: Instance, key: str, document: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """The entry for this instance from the shared cache, published locally; None to build it here."""
+        if self.remote is None:
+            return None
+        candidates = [(key, document)]
+        if KINDS[inst.kind].discovers:
+            declared = {k: v for k, v in document.items() if k != "discovered"}
+            try:
+                variants = self.remote.discovered(key_of(declared))
+            except CacheDown:
+                return None
+            candidates += [self._with_discovered(declared, files) for files in variants]
+        for candidate, doc in dict(candidates).items():
+            try:
+                if self.remote.fetch(candidate, self.store) is not None:
+                    return candidate, doc
+            except CacheDown:
+                return None
+        return None
+
+    def _to_remote(self, inst: Instance, key: str, document: dict[str, Any]) -> None:
+        """After a run: upload the entry (files, then the manifest as commit marker); never fails the build.
+
+        The key is recorded as pending first and cleared once committed, so an upload cut short (cache down,
+        writer killed) is retried by the next run instead of being forgotten behind a local cache hit."""
+        if self.remote is None or not self.remote.writes:
+            return
+        self._pending(add=[key])
+        try:
+            self.remote.push(key, self.store, replace=key in self.remote.refused or inst.id in self.forced,
+                             instance=inst.id)
+            if "discovered" in document:
+                declared = key_of({k: v for k, v in document.items() if k != "discovered"})
+                self.remote.remember_discovered(declared, self.store.discovered(declared))
+        except CacheDown:
+            return
+        except OSError as exc:  # reading our own entry failed: say so, never fail the build
+            self.remote.once(f"could not upload {inst.id} to the shared cache: {exc}")
+            return
+        self._pending(remove=[key])
+
+    def push_pending(self) -> int:
+        """Upload the entries an earlier run could not; a no-op with nothing pending makes no network call."""
+        if self.remote is None or not self.remote.writes:
+            return 0
+        pushed = []
+        for key in self._pending():
+            if self.store.has(key):
+                try:
+                    self.remote.push(key, self.store)
+                except CacheDown:
+                    break
+                except OSError as exc:
+                    self.remote.once(f"could not upload {key[:16]} to the shared cache: {exc}")
+                    break
+            pushed.append(key)
+        if pushed:
+            self._pending(remove=pushed)
+        return len(pushed)
+
+    def _pending(self, add: tuple[str, ...] | list[str] = (), remove: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """Keys built here whose upload to this cache has not been committed yet."""
+        url = self.remote.shown if self.remote else ""
+        path = self.artifacts / ".qnnbuild" / "unpushed.json"
+        with self._guard:
+            try:
+                table = json.loads(path.read_text())
+            except (OSError, ValueError):
+                table = {}
+            keys = [k for k in table.get(url, []) if k not in remove]
+            keys += [k for k in add if k not in keys]
+            if add or remove:
+                table[url] = keys
+                write_json_atomic(path, {u: v for u, v in table.items() if v})
+            return keys
 
     def _rekey(self, work: Path, document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """After a run: the key from the declared inputs and the files the stage reported reading."""

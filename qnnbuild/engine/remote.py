@@ -1,0 +1,239 @@
+"""The shared cache: the local store's entries under the same keys, on any fsspec URL (s3://, file://, ...).
+
+    <url>/<key>/files/<relpath>      the entry's output files, uploaded first
+    <url>/<key>/stage.log            what the stage printed (informational: not an output, not verified)
+    <url>/<key>/manifest.json        the local manifest, uploaded last with a conditional create: the commit
+                                     marker, so an entry without it does not exist for a reader
+    <url>/deps/<declared key>.json   the discovered-input lists of a declared key (see Session.key_for)
+
+A reader trusts nothing it downloads: the manifest must describe the key it is stored under, every file must
+match the manifest's sha256, and only then is the download published locally by the store's atomic rename. A
+cache that fails costs bounded retries with backoff and one warning, then is left alone for the rest of the
+run (a circuit breaker): the build goes on locally. Credentials come from fsspec's own sources (for S3 the
+standard AWS variables and files); URLs are shown without any userinfo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from qnnbuild.engine.faults import checkpoint
+from qnnbuild.engine.hashing import sha256_file, sha256_json
+from qnnbuild.engine.store import META, Store, output_files, remove_tree
+from qnnbuild.errors import UsageError
+
+T = TypeVar("T")
+ATTEMPTS = 3
+BACKOFF_S = 0.2  # then 0.4: a cache that is down costs well under a second per run, once
+MODES = ("readwrite", "read")
+
+
+def redact(url: str) -> str:
+    """The URL without user:password@ (and without a query, where some schemes put tokens)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class CacheDown(Exception):
+    """The cache failed after its retries; the breaker is open for the rest of the run."""
+
+
+@dataclass
+class RemoteCache:
+    url: str
+    mode: str = "readwrite"
+    required: bool = False
+    warn: Callable[[str], None] = print
+    fs: Any = None
+    root: str = ""
+    failure: str | None = None
+    warned: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)  # keys whose entry was bad: a writer replaces them
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"--cache-mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        try:
+            import fsspec
+        except ImportError:
+            raise UsageError("--cache needs the remote extra: pip install 'qnnbuild[remote]'") from None
+        options: dict[str, Any] = {}
+        if self.url.startswith(("s3://", "s3a://")):
+            # our retries, not botocore's 5 with 15 s timeouts: a cache that is down must cost seconds, once
+            options = {"config_kwargs": {"connect_timeout": 3, "read_timeout": 30, "retries": {"max_attempts": 1}}}
+        elif self.url.startswith(("file://", "/")):
+            options = {"auto_mkdir": True}
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+        except ImportError as exc:
+            raise UsageError(f"--cache {redact(self.url)}: {exc} (pip install 'qnnbuild[remote]')") from None
+        except ValueError as exc:
+            raise UsageError(f"--cache {redact(self.url)}: {exc}") from None
+        self.root = self.root.rstrip("/")
+        if hasattr(self.fs, "retries"):
+            self.fs.retries = 1  # s3fs's own retry loop sleeps up to 30 s before giving up
+
+    @property
+    def shown(self) -> str:
+        return redact(self.url)
+
+    @property
+    def writes(self) -> bool:
+        return self.mode == "readwrite"
+
+    # --- fault handling ------------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(...) with bounded retries; a missing object is an answer (raised as is) only when reading."""
+        if self.failure is not None:
+            raise CacheDown(self.failure)
+        answers: tuple[type[Exception], ...] = () if what.startswith("upload") else (FileNotFoundError,)
+        for attempt in range(ATTEMPTS):
+            try:
+                return fn(*args, **kwargs)
+            except answers:
+                raise
+            except Exception as exc:
+                if attempt == ATTEMPTS - 1:
+                    self._trip(what, exc)
+                time.sleep(BACKOFF_S * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _trip(self, what: str, exc: Exception) -> None:
+        with self._guard:
+            if self.failure is None:
+                detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+                self.failure = f"shared cache {self.shown} failed ({what}: {detail}); building locally"
+                self.warn(self.failure)
+        raise CacheDown(self.failure)
+
+    def once(self, message: str) -> None:
+        with self._guard:
+            if message not in self.warned:
+                self.warned.add(message)
+                self.warn(message)
+
+    # --- paths ---------------------------------------------------------------------------------------------
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    # --- reading -------------------------------------------------------------------------------------------
+    def manifest(self, key: str) -> dict[str, Any] | None:
+        try:
+            raw = json.loads(self._call("read manifest", self.fs.cat_file, self._path(key, "manifest.json")))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            self.once(f"shared cache entry {key[:16]}: manifest.json is not JSON; refused")
+            self.refused.add(key)
+            return None
+        if not isinstance(raw, dict) or raw.get("key") != key or sha256_json(raw.get("document")) != key:
+            self.once(f"shared cache entry {key[:16]}: its manifest does not describe this key; refused")
+            self.refused.add(key)
+            return None
+        return raw
+
+    def fetch(self, key: str, store: Store) -> dict[str, Any] | None:
+        """Download the entry for `key`, check every file against its manifest, publish it into `store`.
+
+        Returns the local manifest, or None when the cache has no (valid) entry; raises CacheDown."""
+        manifest = self.manifest(key)
+        if manifest is None:
+            return None
+        work = store.new_workdir(key)
+        try:
+            for rel, info in sorted(manifest["files"].items()):
+                dest = work / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self._call("download", self.fs.get_file, self._path(key, "files", rel), str(dest))
+                except FileNotFoundError:
+                    self.once(f"shared cache entry {key[:16]}: file {rel} is missing; refused, building locally")
+                    self.refused.add(key)
+                    return None
+                if sha256_file(dest) != info["sha256"]:
+                    self.once(f"shared cache entry {key[:16]}: file {rel} does not match its manifest "
+                              "(sha256); refused, building locally")
+                    self.refused.add(key)
+                    return None
+            with contextlib.suppress(FileNotFoundError, CacheDown):
+                self._call("download", self.fs.get_file, self._path(key, "stage.log"), str(work / META / "stage.log"))
+            return store.publish(work, key, manifest["document"], float(manifest.get("seconds", 0.0)))
+        finally:
+            if work.exists():
+                remove_tree(work)
+
+    def discovered(self, declared_key: str) -> list[list[str]]:
+        try:
+            raw = json.loads(self._call("read deps", self.fs.cat_file, self._path("deps", f"{declared_key}.json")))
+        except (FileNotFoundError, ValueError):
+            return []
+        return [list(v) for v in raw if isinstance(v, list)] if isinstance(raw, list) else []
+
+    # --- writing -------------------------------------------------------------------------------------------
+    def push(self, key: str, store: Store, *, replace: bool = False, instance: str = "") -> bool:
+        """Upload a local entry: files, then the manifest by conditional create. False when it was there."""
+        entry = store.entry(key)
+        manifest_path = self._path(key, "manifest.json")
+        if not replace and self._call("look up", self.fs.exists, manifest_path):
+            return False
+        for path in output_files(entry):
+            rel = path.relative_to(entry).as_posix()
+            self._call("upload", self.fs.put_file, str(path), self._path(key, "files", rel))
+        if (entry / META / "stage.log").is_file():
+            self._call("upload", self.fs.put_file, str(entry / META / "stage.log"), self._path(key, "stage.log"))
+        body = (entry / META / "manifest.json").read_bytes()
+        checkpoint("remote:files-uploaded", instance)
+        if replace:
+            self._call("upload manifest", self.fs.pipe_file, manifest_path, body)
+            return True
+        return self._call("upload manifest", self._create, manifest_path, body)
+
+    def _create(self, path: str, body: bytes) -> bool:
+        """Conditional create (S3 If-None-Match: *; "xb" on a folder); False when the object was there."""
+        try:
+            self.fs.pipe_file(path, body, mode="create")
+        except FileExistsError:
+            return False
+        except OSError:
+            if self.fs.exists(path):  # S3 answers 412 Precondition Failed, which s3fs raises as EINVAL
+                return False
+            raise
+        return True
+
+    def remember_discovered(self, declared_key: str, variants: list[list[str]]) -> None:
+        self._call("upload deps", self.fs.pipe_file, self._path("deps", f"{declared_key}.json"),
+                   json.dumps(variants).encode())
+
+    # --- maintenance ---------------------------------------------------------------------------------------
+    def entries(self) -> list[tuple[str, float]]:
+        """(key, age in days of its manifest) for every committed entry."""
+        now = time.time()
+        found = []
+        for info in self._call("list", self.fs.ls, self.root, detail=True):
+            name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
+            if len(name) != 64:
+                continue
+            try:
+                stamp = self._call("stat", self.fs.modified, self._path(name, "manifest.json")).timestamp()
+            except FileNotFoundError:
+                stamp = now  # an upload in progress (or abandoned): gc leaves it to a later run
+            found.append((name, (now - stamp) / 86400))
+        return found
+
+    def delete(self, key: str) -> None:
+        """Manifest first: the entry stops existing for readers before its files go."""
+        with contextlib.suppress(FileNotFoundError):
+            self._call("delete", self.fs.rm_file, self._path(key, "manifest.json"))
+        self._call("delete", self.fs.rm, self._path(key), recursive=True)
+

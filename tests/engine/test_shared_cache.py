@@ -1,0 +1,173 @@
+"""The shared cache against a real S3 server (SeaweedFS on 127.0.0.1), and against a shared folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from tests.conftest import TINY_RECIPE, make_conv_model, run_process
+from tests.servers import SECRET_KEY, SeaweedFS, free_port
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweed")).start()
+    yield server
+    server.stop()
+
+
+def workspace(root: Path, name: str) -> Path:
+    folder = root / name
+    folder.mkdir()
+    make_conv_model(folder / "model.onnx")
+    (folder / "tiny.yaml").write_text(TINY_RECIPE)
+    return folder
+
+
+def build(folder: Path, cache: str, env: dict[str, str], *extra: str) -> tuple[int, dict, str]:
+    proc = run_process(["run", "tiny.yaml", "--json", "--cache", cache, *extra], folder, env)
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
+
+
+def statuses(out: dict) -> dict[str, tuple[str, str | None]]:
+    return {s["id"]: (s["status"], s.get("from")) for s in out["stages"]}
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    """Every current output file, by its path under the recipe's views."""
+    found = {}
+    for dirpath, _, files in os.walk(folder / "artifacts/tiny", followlinks=True):  # the views are symlinks
+        for name in files:
+            path = Path(dirpath) / name
+            if "logs" not in path.parts and path.suffix != ".lock":
+                found[path.relative_to(folder).as_posix()] = path.read_bytes()
+    return found
+
+
+def bucket_fs(seaweed: SeaweedFS) -> fsspec.AbstractFileSystem:
+    os.environ.update(seaweed.env())
+    return fsspec.filesystem("s3", skip_instance_cache=True)
+
+
+def assert_no_secret(*folders_and_texts: Path | str) -> None:
+    for item in folders_and_texts:
+        if isinstance(item, Path):
+            for path in item.rglob("*"):
+                if path.is_file() and not path.is_symlink():
+                    assert SECRET_KEY.encode() not in path.read_bytes(), path
+        else:
+            assert SECRET_KEY not in item
+
+
+def test_two_workspaces_share_one_cache(tmp_path: Path, seaweed: SeaweedFS) -> None:
+    url = seaweed.bucket(f"share-{uuid.uuid4().hex[:8]}") + "/team"
+    first, second = workspace(tmp_path, "ci"), workspace(tmp_path, "laptop")
+    code, out, err = build(first, url, seaweed.env())
+    assert code == 0, err
+    assert "warning" not in err
+    code, out, err = build(second, url, seaweed.env(), "--cache-mode", "read")
+    assert code == 0, err
+    assert set(statuses(out).values()) == {("cached", "remote")}, statuses(out)
+    assert "from the shared cache" in err
+    assert outputs(first) == outputs(second) and outputs(second)
+    code, out, _ = build(second, url, seaweed.env())  # and then a no-op, served locally
+    assert set(statuses(out).values()) == {("cached", "local")}
+    assert_no_secret(first, second, err)
+
+
+def test_tampered_object_is_refused_rebuilt_and_replaced(tmp_path: Path, seaweed: SeaweedFS) -> None:
+    url = seaweed.bucket(f"tamper-{uuid.uuid4().hex[:8]}")
+    code, out, err = build(workspace(tmp_path, "ci"), url, seaweed.env())
+    assert code == 0, err
+    quantize = next(s for s in out["stages"] if s["id"] == "quantize")["key"]
+    fs = bucket_fs(seaweed)
+    target = f"{url[5:]}/{quantize}/files/model.qdq.onnx"
+    fs.pipe_file(target, fs.cat_file(target) + b"\0")  # one byte appended in the bucket
+    victim = workspace(tmp_path, "laptop")
+    code, out, err = build(victim, url, seaweed.env())
+    assert code == 0, err
+    assert f"shared cache entry {quantize[:16]}: file model.qdq.onnx does not match its manifest" in err
+    assert statuses(out)["quantize"] == ("ran", None)
+    assert statuses(out)["export"] == ("cached", "remote")
+    clean = (victim / "artifacts/tiny/quantize/model.qdq.onnx").read_bytes()
+    assert fs.cat_file(target) == clean  # the read-write run replaced the bad entry
+    code, out, err = build(workspace(tmp_path, "third"), url, seaweed.env())
+    assert statuses(out)["quantize"] == ("cached", "remote") and "warning" not in err
+
+
+def test_read_mode_writes_nothing(tmp_path: Path, seaweed: SeaweedFS) -> None:
+    url = seaweed.bucket(f"read-{uuid.uuid4().hex[:8]}")
+    code, _, err = build(workspace(tmp_path, "laptop"), url, seaweed.env(), "--cache-mode", "read")
+    assert code == 0, err
+    assert bucket_fs(seaweed).find(url[5:]) == []
+
+
+def test_cache_down_costs_one_warning(tmp_path: Path) -> None:
+    url = f"s3://nowhere/{uuid.uuid4().hex[:8]}"
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_ACCESS_KEY_ID": "k",
+           "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+    folder = workspace(tmp_path, "w")
+    code, out, err = build(folder, url, env)
+    assert code == 0, err
+    assert err.count("warning:") == 1 and "building locally" in err
+    assert {s for s, _ in statuses(out).values()} == {"ran"}
+    assert json.loads((folder / "artifacts/.qnnbuild/unpushed.json").read_text())  # remembered for later
+    code, _, err = build(folder, url, env, "--cache-required")
+    assert code == 1 and "--cache-required" in err
+    assert_no_secret(folder, err)
+
+
+def test_no_op_makes_no_network_call(tmp_path: Path) -> None:
+    folder = workspace(tmp_path, "w")
+    code, _, err = build(folder, f"file://{tmp_path}/cache", {})
+    assert code == 0, err
+    # the same URL through an endpoint that refuses every connection: a no-op never asks it anything
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_ACCESS_KEY_ID": "k",
+           "AWS_SECRET_ACCESS_KEY": "s"}
+    code, out, err = build(folder, "s3://never/asked", env)
+    assert code == 0 and "warning" not in err, err
+    assert set(statuses(out).values()) == {("cached", "local")}
+
+
+def test_server_stopped_mid_upload_then_the_next_run_uploads(tmp_path: Path) -> None:
+    server = SeaweedFS(tmp_path / "seaweed").start()
+    try:
+        url = server.bucket("kill") + "/c"
+        folder = workspace(tmp_path, "w")
+        # the writer dies after uploading quantize's files, before its manifest: no entry for a reader
+        env = {**server.env(), "QNNBUILD_KILL_AT": "remote:files-uploaded@quantize"}
+        proc = run_process(["run", "tiny.yaml", "--cache", url], folder, env)
+        assert proc.returncode != 0
+        fs = bucket_fs(server)
+        keys = {p.rsplit("/", 2)[-2] for p in fs.find("kill/c") if p.endswith("/manifest.json")}
+        assert len(keys) == 1  # export only
+        other = workspace(tmp_path, "reader")
+        code, out, err = build(other, url, server.env(), "--cache-mode", "read")
+        assert statuses(out)["export"] == ("cached", "remote") and statuses(out)["quantize"][0] == "ran", err
+        server.stop(kill=True)  # the server goes away: the build goes on locally, one warning
+        code, out, err = build(folder, url, server.env())
+        assert code == 0 and err.count("warning:") == 1, err
+        server.start()  # back (same folder, same ports): the next run, a local no-op, uploads what is pending
+        code, out, err = build(folder, url, server.env())
+        assert code == 0 and "uploaded" in err, err
+        fresh = workspace(tmp_path, "fresh")
+        code, out, err = build(fresh, url, server.env(), "--cache-mode", "read")
+        assert set(statuses(out).values()) == {("cached", "remote")}, err
+    finally:
+        server.stop()
+
+
+def test_folder_cache_and_bad_mode(tmp_path: Path) -> None:
+    url = (tmp_path / "shared").as_uri()
+    code, _, err = build(workspace(tmp_path, "a"), url, {})
+    assert code == 0, err
+    code, out, err = build(workspace(tmp_path, "b"), url, {})
+    assert set(statuses(out).values()) == {("cached", "remote")}, err
+    proc = run_process(["run", "tiny.yaml", "--cache", "nosuchscheme://x"], tmp_path / "a")
+    assert proc.returncode == 2 and "nosuchscheme" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,144 @@
+"""Real servers the tests start on 127.0.0.1: SeaweedFS as the S3 server, a Dask scheduler and workers.
+
+Each is a separate process on free ports, stopped (or killed, for fault tests) by the test that needs it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ACCESS_KEY = "qnnbuildTestKey"
+SECRET_KEY = "qnnbuild-secret-never-printed"  # tests assert it appears in no output, lock, report or log
+
+
+def free_port(avoid: set[int] | None = None) -> int:
+    """A port free now, whose gRPC twin (+10000, SeaweedFS's convention) is free too."""
+    avoid = avoid or set()
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + 10000 < 65536 and port not in avoid and _free(port + 10000):
+            avoid.add(port)
+            return port
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class SeaweedFS:
+    folder: Path
+    s3_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def env(self) -> dict[str, str]:
+        """What a user sets to point qnnbuild (boto/s3fs) at this server."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def start(self) -> SeaweedFS:
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        data = self.folder / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.folder / "s3.json"
+        config.write_text(json.dumps({"identities": [{"name": "ci", "credentials": [
+            {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}], "actions": ["Admin", "Read", "Write", "List"]}]}))
+        if not self.ports:
+            taken: set[int] = set()
+            self.ports = {name: free_port(taken) for name in ("s3", "master", "volume", "filer")}
+        self.s3_port = self.ports["s3"]
+        args = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
+                f"-s3.port={self.ports['s3']}", f"-s3.config={config}", "-volume.max=100",
+                "-master.volumeSizeLimitMB=64", "-master.volumePreallocate=false", "-master.telemetry=false",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port.grpc={self.ports['s3'] + 10000}"]
+        for name in ("master", "volume", "filer"):
+            args += [f"-{name}.port={self.ports[name]}", f"-{name}.port.grpc={self.ports[name] + 10000}"]
+        log = (self.folder / "weed.log").open("ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, (self.folder / "weed.log").read_text()[-2000:]
+            if self._answers():
+                return
+            time.sleep(0.2)
+        raise TimeoutError("SeaweedFS did not start")
+
+    def _answers(self) -> bool:
+        """Any HTTP answer (403 for an anonymous request) means the S3 gateway is up."""
+        try:
+            urllib.request.urlopen(self.endpoint, timeout=1)  # noqa: S310
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    def bucket(self, name: str) -> str:
+        """Create a bucket (with the test credentials) and return its s3:// URL."""
+        import fsspec
+
+        with _env(self.env()):
+            fs = fsspec.filesystem("s3", skip_instance_cache=True)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    fs.mkdir(name)
+                    fs.pipe_file(f"{name}/.probe", b"ok")  # the first write waits for a volume to be assigned
+                    fs.rm_file(f"{name}/.probe")
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+        return f"s3://{name}"
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=20)
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
