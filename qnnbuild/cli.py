@@ -45,6 +45,20 @@ def remote_cache(args: argparse.Namespace, console: Any) -> Any:
     return RemoteCache(args.cache, args.cache_mode, args.cache_required, warn=console.warn)
 
 
+def _add_cache_commands(sub: Any) -> None:
+    p = sub.add_parser("cache", help="the shared cache: push what a recipe built here, gc old entries")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    push = verbs.add_parser("push", help="upload what RECIPE... built locally to the shared cache")
+    push.add_argument("recipe", nargs="+", help="recipe YAML files")
+    _add_common(push, recipe=False)
+    gc = verbs.add_parser("gc", help="delete shared-cache entries older than --older-than DAYS")
+    gc.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    _add_common(gc, recipe=False)
+    for verb in (push, gc):
+        verb.add_argument("--cache", metavar="URL", default=os.environ.get("QNNBUILD_CACHE") or None,
+                          help="shared cache URL (default: $QNNBUILD_CACHE)")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="qnnbuild", description="Incremental, reproducible builds for Qualcomm NPUs.")
     top.add_argument("--version", action="version", version=f"qnnbuild {__version__}")
@@ -99,6 +113,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the recipe JSON Schema")
     _add_common(p, recipe=False, artifacts=False)
 
+    _add_cache_commands(sub)
     p = sub.add_parser("doctor", help="toolchain versions and which QNN backends load here")
     _add_common(p, recipe=False, artifacts=False)
     return top
@@ -258,9 +273,15 @@ def _maintenance(name: str) -> Callable[[argparse.Namespace], int]:
     return command
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from qnnbuild.commands import cache
+
+    return cache.cmd_push(args) if args.verb == "push" else cache.cmd_gc(args)
+
+
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "schema": cmd_schema, "infer": cmd_infer,
-            "report": cmd_report, "release": cmd_release,
+            "report": cmd_report, "release": cmd_release, "cache": cmd_cache,
             "clean": _maintenance("cmd_clean"), "gc": _maintenance("cmd_gc"), "verify": _maintenance("cmd_verify"),
             "doctor": _maintenance("cmd_doctor")}
 

@@ -57,3 +57,7 @@ class StageFailed(QnnbuildError):
 
 class StoreError(QnnbuildError):
     """The artifacts folder is not in the state qnnbuild left it in (a corrupt entry, a foreign file)."""
+
+
+class CacheError(QnnbuildError):
+    """The shared cache failed where it was required (`--cache-required`, `cache push`, `cache gc`)."""

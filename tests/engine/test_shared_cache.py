@@ -171,3 +171,24 @@ def test_folder_cache_and_bad_mode(tmp_path: Path) -> None:
     assert set(statuses(out).values()) == {("cached", "remote")}, err
     proc = run_process(["run", "tiny.yaml", "--cache", "nosuchscheme://x"], tmp_path / "a")
     assert proc.returncode == 2 and "nosuchscheme" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cache_push_and_gc(tmp_path: Path, seaweed: SeaweedFS) -> None:
+    url = seaweed.bucket(f"push-{uuid.uuid4().hex[:8]}")
+    folder = workspace(tmp_path, "w")
+    proc = run_process(["run", "tiny.yaml"], folder)  # built with no cache configured
+    assert proc.returncode == 0, proc.stderr
+    proc = run_process(["cache", "push", "tiny.yaml", "--cache", url], folder, seaweed.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "5 uploaded, 0 already there" in proc.stderr
+    proc = run_process(["cache", "push", "tiny.yaml"], folder, {**seaweed.env(), "QNNBUILD_CACHE": url})
+    assert "0 uploaded, 5 already there" in proc.stderr
+    code, out, err = build(workspace(tmp_path, "other"), url, seaweed.env())
+    assert set(statuses(out).values()) == {("cached", "remote")}, err
+    proc = run_process(["cache", "gc", "--older-than", "1", "--cache", url], folder, seaweed.env())
+    assert proc.returncode == 0 and "removed 0 of 5 entries" in proc.stderr, proc.stderr
+    proc = run_process(["cache", "gc", "--older-than", "0", "--cache", url], folder, seaweed.env())
+    assert "removed 5 of 5 entries" in proc.stderr, proc.stderr
+    assert [p for p in bucket_fs(seaweed).find(url[5:]) if p.endswith("manifest.json")] == []
+    proc = run_process(["cache", "gc", "--older-than", "0"], folder)
+    assert proc.returncode == 2 and "--cache URL or QNNBUILD_CACHE" in proc.stderr
