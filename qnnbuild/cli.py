@@ -66,8 +66,13 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="build what is stale")
-    _add_common(p)
-    p.add_argument("-j", "--jobs", type=int, default=1, help="instances to run side by side")
+    p.add_argument("recipe", nargs="+", help="recipe YAML files: several are built in one run, shared stages once")
+    _add_common(p, recipe=False)
+    p.add_argument("-j", "--jobs", type=int, default=None,
+                   help="instances in flight (default: 1, or the cluster's worker threads with --scheduler)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run stale instances on a Dask cluster: tcp://HOST:PORT, or local:N worker processes here "
+                        "(needs --cache)")
     p.add_argument("--only", action="append", default=[], metavar="STAGE", help="build only STAGE and its inputs")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rebuild STAGE even if cached")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout when done")
@@ -121,57 +126,38 @@ def parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from qnnbuild.console import Console
-    from qnnbuild.engine.plans import load_plan
-    from qnnbuild.engine.session import Session
+    from qnnbuild.engine.build import Request, build
 
     started = time.monotonic()
-    artifacts = Path(args.artifacts)
-    plan = load_plan(args.recipe, artifacts)
-    stages = {i.stage for i in plan.instances}
-    for name in [*args.only, *args.force]:
-        if name not in stages:
-            raise UsageError(f"{args.recipe}: no stage named {name!r}; stages: {', '.join(sorted(stages))}")
-    forced = frozenset(i.id for i in plan.instances if i.stage in args.force)
     console = Console()
     remote = remote_cache(args, console)
-    console.say(f"qnnbuild: {plan.recipe} — {len(plan.instances)} stage instances → {artifacts}/{plan.recipe}"
-                + (f" (shared cache {remote.shown}, {remote.mode})" if remote else ""))
-    session = Session(plan, artifacts, forced, remote)
-    verdicts = session.assess() if not (args.only or forced) else []
-    if verdicts and all(v.fresh and v.view_current for v in verdicts):
-        for result in session.accept(verdicts):  # the no-op: no doit, no YAML, no toolchain import
-            console.ended(result)
-        _push_pending(session, console)
-        session.save_caches()  # a touched input is re-hashed once, not on every later run
-    else:
-        from qnnbuild.engine.execute import run_with_doit
+    cluster = None
+    if args.scheduler:
+        from qnnbuild.engine.cluster import Cluster
 
-        selected = [i.id for i in plan.instances if i.stage in args.only] if args.only else []
-        with session.store.exclusive():
-            swept = session.store.sweep()
-            if swept:
-                console.say(f"removed {swept} unfinished work folder(s) left by an interrupted run")
-            run_with_doit(session, console, selected, args.jobs)
-            _push_pending(session, console)
-            session.write_lock()
+        cluster = Cluster(args.scheduler, remote)
+        console.say(f"Dask cluster {args.scheduler}: {cluster.slots} worker thread(s)")
+    jobs = args.jobs or (cluster.slots if cluster else 1)
+    request = Request(args.recipe, Path(args.artifacts), args.only, args.force, jobs, remote, cluster)
+    try:
+        sessions = build(request, console)
+    finally:
+        if cluster is not None:
+            cluster.close()
     console.close()
-    results = session.ordered_results()
+    every = [r for s in sessions for r in s.ordered_results()]
     seconds = time.monotonic() - started
-    console.summary(results, seconds)
-    ok = all(r.status in ("ran", "cached") for r in results)
+    console.summary(every, seconds)
+    ok = all(r.status in ("ran", "cached") for r in every)
     if remote is not None and remote.failure and args.cache_required:
         console.say(f"qnnbuild: --cache-required: {remote.failure}")
         ok = False
     if args.json:
-        print(json.dumps({"recipe": plan.recipe, "ok": ok, "seconds": round(seconds, 3),
-                          "stages": [r.to_json() for r in results]}, indent=1))
+        entries = [{"recipe": s.plan.recipe, "ok": all(r.status in ("ran", "cached") for r in s.ordered_results()),
+                    "stages": [r.to_json() for r in s.ordered_results()]} for s in sessions]
+        single = {**entries[0], "ok": ok} if len(entries) == 1 else {"ok": ok, "recipes": entries}
+        print(json.dumps({**single, "seconds": round(seconds, 3)}, indent=1))
     return 0 if ok else 1
-
-
-def _push_pending(session: Any, console: Any) -> None:
-    pushed = session.push_pending()
-    if pushed:
-        console.say(f"uploaded {pushed} entr{'y' if pushed == 1 else 'ies'} an earlier run could not")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -37,11 +37,12 @@ class Console:
             self._thread = threading.Thread(target=self._pulse, daemon=True)
             self._thread.start()
 
-    def ended(self, result: Result) -> None:
+    def ended(self, result: Result, label: str | None = None) -> None:
+        label = label or result.id
         with self._lock:
-            self.running.pop(result.id, None)
+            self.running.pop(label, None)
         mark = MARKS.get(result.status, "?")
-        line = f"  {mark} {result.id:<30} {result.status:<8} {result.seconds:7.2f} s"
+        line = f"  {mark} {label:<30} {result.status:<8} {result.seconds:7.2f} s"
         if result.status == "cached" and result.origin == "remote":
             line += "  from the shared cache"
         if result.worker:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ACCESS_KEY = "qnnbuildTestKey"
-SECRET_KEY = "qnnbuild-secret-never-printed"  # tests assert it appears in no output, lock, report or log
+SECRET_KEY = "qnnbuild-secret-never-printed"  # noqa: S105 (a test server's key;) tests assert it appears in no output, lock, report or log
 
 
 def free_port(avoid: set[int] | None = None) -> int:
@@ -142,3 +142,60 @@ def _env(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@dataclass
+class DaskCluster:
+    """`dask scheduler` and `dask worker` processes (no nanny: a killed worker stays dead)."""
+
+    folder: Path
+    env: dict[str, str]
+    port: int = 0
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def start(self, workers: int = 2) -> DaskCluster:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        dask = [shutil.which("dask") or str(Path(sys.executable).parent / "dask")]
+        self._spawn([*dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
+                    "scheduler")
+        for i in range(workers):
+            self._spawn([*dask, "worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                         "--local-directory", str(self.folder / f"worker{i}"), "--host", "127.0.0.1"], f"worker{i}")
+        self.wait_for(workers)
+        return self
+
+    def _spawn(self, args: list[str], name: str) -> None:
+        log = (self.folder / f"{name}.log").open("ab")
+        env = {**os.environ, **self.env, "PYTHONWARNINGS": "ignore"}
+        self.procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                           start_new_session=True))
+
+    def wait_for(self, workers: int, timeout: float = 60.0) -> None:
+        from distributed import Client
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, TimeoutError), Client(self.address, timeout=2) as client:
+                client.wait_for_workers(workers, timeout=max(1.0, deadline - time.monotonic()))
+                return
+            time.sleep(0.3)
+        raise TimeoutError(f"the Dask cluster did not get {workers} workers; see {self.folder}")
+
+    def alive_workers(self) -> int:
+        return sum(p.poll() is None for p in self.procs[1:])
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=15)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

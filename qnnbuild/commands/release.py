@@ -99,7 +99,7 @@ def verify_rebuild(plan: Plan, artifacts: Path, jobs: int) -> int:
     with tempfile.TemporaryDirectory(prefix="qnnbuild-verify-") as tmp:
         console.say(f"rebuilding {plan.recipe} from scratch in {tmp}")
         fresh = Session(plan, Path(tmp))
-        run_with_doit(fresh, console, [], jobs)
+        run_with_doit([fresh], console, [], jobs)
         console.close()
         rows: list[tuple[str, str, str, str, str]] = []
         for inst in plan.instances:

@@ -21,10 +21,17 @@ from qnnbuild.engine.graph import Instance
 from qnnbuild.engine.session import Session
 from qnnbuild.errors import StageFailed
 
+Named = dict[str, tuple[Session, Instance]]
 
-def _reporter_for(session: Session, console: Console) -> type:
-    by_id = session.plan.by_id()
 
+def _names(sessions: list[Session]) -> Named:
+    """doit task name → (session, instance): the instance id, prefixed by its recipe when several are built."""
+    many = len(sessions) > 1
+    return {(f"{s.plan.recipe}:{inst.id}" if many else inst.id): (s, inst)
+            for s in sessions for inst in s.plan.instances}
+
+
+def _reporter_for(named: Named, console: Console) -> type:
     class Reporter:
         """doit's reporter protocol, turned into qnnbuild's progress lines and results."""
 
@@ -40,23 +47,24 @@ def _reporter_for(session: Session, console: Console) -> type:
             console.started(task.name)
 
         def add_success(self, task: Task) -> None:
-            console.ended(session.results[task.name])
+            session, inst = named[task.name]
+            console.ended(session.results[inst.id], task.name)
 
         def skip_uptodate(self, task: Task) -> None:
-            console.ended(session.results[task.name])
+            self.add_success(task)
 
         def add_failure(self, task: Task, fail: BaseFail) -> None:
-            inst = by_id[task.name]
+            session, inst = named[task.name]
             seconds = time.monotonic() - self.started.get(task.name, time.monotonic())
+            results = session.results
             if isinstance(fail, UnmetDependency):
-                bad = [d for d in inst.deps if session.results.get(d) and
-                       session.results[d].status in ("failed", "skipped")]
+                bad = [d for d in inst.deps if results.get(d) and results[d].status in ("failed", "skipped")]
                 session.fail(inst, "skipped", f"(upstream {', '.join(bad) or 'stage'} failed)")
-            elif task.name not in session.results or session.results[task.name].status != "failed":
+            elif inst.id not in results or results[inst.id].status != "failed":
                 session.fail(inst, "failed", _first_line(fail.get_msg()), seconds)
             else:
-                session.results[task.name].seconds = seconds
-            console.ended(session.results[task.name])
+                results[inst.id].seconds = seconds
+            console.ended(results[inst.id], task.name)
 
         def skip_ignore(self, task: Task) -> None: ...
 
@@ -78,7 +86,7 @@ def _first_line(text: str) -> str:
     return lines[-1] if lines else "failed"
 
 
-def _task(session: Session, inst: Instance) -> Task:
+def _task(name: str, session: Session, inst: Instance, prefix: str) -> Task:
     def up_to_date(task: Task) -> bool:
         return session.current(inst)
 
@@ -90,14 +98,14 @@ def _task(session: Session, inst: Instance) -> Task:
             return TaskFailed(str(exc))
         return None
 
-    return Task(inst.id, actions=[(action, (), {})], task_dep=list(inst.deps), uptodate=[up_to_date], verbosity=2,
-                doc=f"{inst.kind} stage {inst.stage}")
+    return Task(name, actions=[(action, (), {})], task_dep=[prefix + d for d in inst.deps], uptodate=[up_to_date],
+                verbosity=2, doc=f"{inst.kind} stage {inst.stage}")
 
 
 class _Loader(TaskLoader2):  # type: ignore[misc]
-    def __init__(self, session: Session, console: Console) -> None:
+    def __init__(self, named: Named, console: Console) -> None:
         super().__init__()
-        self.session = session
+        self.named = named
         self.console = console
 
     def setup(self, opt_values: Any) -> None: ...
@@ -105,16 +113,18 @@ class _Loader(TaskLoader2):  # type: ignore[misc]
     def load_doit_config(self) -> dict[str, Any]:
         # verbosity 2: doit must not swap sys.stdout to capture actions (ours print nothing, and with the
         # thread runner two swaps interleave and leave sys.stdout pointing at a capture buffer)
-        return {"reporter": _reporter_for(self.session, self.console), "verbosity": 2}
+        return {"reporter": _reporter_for(self.named, self.console), "verbosity": 2}
 
     def load_tasks(self, cmd: Any, pos_args: Any) -> list[Task]:
-        return [_task(self.session, inst) for inst in self.session.plan.instances]
+        return [_task(name, session, inst, name[: len(name) - len(inst.id)])
+                for name, (session, inst) in self.named.items()]
 
 
-def run_with_doit(session: Session, console: Console, selected: list[str], jobs: int) -> None:
-    """Run `selected` instances (and what they need) through doit; results land in `session.results`."""
-    db = session.artifacts / ".qnnbuild" / "doit.sqlite3"
+def run_with_doit(sessions: list[Session], console: Console, selected: list[str], jobs: int) -> None:
+    """Run `selected` tasks (and what they need) of every session in one doit run; results land in each
+    session's `results`. Task names are instance ids, prefixed `recipe:` when there are several sessions."""
+    db = sessions[0].artifacts / ".qnnbuild" / "doit.sqlite3"
     db.parent.mkdir(parents=True, exist_ok=True)
     argv = ["run", "--db-file", str(db), "--backend", "sqlite3", "--continue", "-n", str(max(1, jobs)),
             "-P", "thread", *selected]
-    DoitMain(_Loader(session, console), config_filenames=()).run(argv)
+    DoitMain(_Loader(_names(sessions), console), config_filenames=()).run(argv)

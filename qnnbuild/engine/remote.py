@@ -5,6 +5,7 @@
     <url>/<key>/manifest.json        the local manifest, uploaded last with a conditional create: the commit
                                      marker, so an entry without it does not exist for a reader
     <url>/deps/<declared key>.json   the discovered-input lists of a declared key (see Session.key_for)
+    <url>/blobs/<digest>             a declared input file (a folder as a tar) shipped to Dask workers
 
 A reader trusts nothing it downloads: the manifest must describe the key it is stored under, every file must
 match the manifest's sha256, and only then is the download published locally by the store's atomic rename. A
@@ -17,11 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tarfile
+import tempfile
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from qnnbuild.engine.faults import checkpoint
@@ -214,6 +219,44 @@ class RemoteCache:
     def remember_discovered(self, declared_key: str, variants: list[list[str]]) -> None:
         self._call("upload deps", self.fs.pipe_file, self._path("deps", f"{declared_key}.json"),
                    json.dumps(variants).encode())
+
+    # --- declared input files, for Dask workers -------------------------------------------------------------
+    def put_blob(self, path: Path, digest: str) -> None:
+        target = self._path("blobs", digest)
+        if self._call("look up", self.fs.exists, target):
+            return
+        if path.is_dir():
+            with tempfile.TemporaryDirectory(prefix="qnnbuild-blob-") as tmp:
+                archive = Path(tmp) / "folder.tar"
+                with tarfile.open(archive, "w") as tar:
+                    tar.add(path, arcname=".")
+                self._call("upload", self.fs.put_file, str(archive), target)
+        else:
+            self._call("upload", self.fs.put_file, str(path), target)
+
+    def get_blob(self, digest: str, folder: Path, name: str) -> Path:
+        """The input file (or folder) with this digest at folder/name, downloaded once and checked."""
+        from qnnbuild.engine.hashing import StatCache
+
+        dest = folder / name
+        if dest.exists() and StatCache(folder / ".unused").digest(dest) == digest:
+            return dest
+        folder.mkdir(parents=True, exist_ok=True)
+        raw = folder / f".{uuid.uuid4().hex}.part"
+        try:
+            self._call("download", self.fs.get_file, self._path("blobs", digest), str(raw))
+        except FileNotFoundError:
+            raise CacheDown(f"input file {name} ({digest[:16]}) is not in the shared cache") from None
+        if sha256_file(raw) == digest:
+            raw.replace(dest)
+        else:  # a folder travels as a tar; its digest is over its files
+            with tarfile.open(raw) as tar:
+                tar.extractall(dest, filter="data")
+            raw.unlink()
+        if StatCache(folder / ".unused").digest(dest) != digest:
+            remove_tree(dest) if dest.is_dir() else dest.unlink()
+            raise CacheDown(f"input file {name} from the shared cache does not match its digest {digest[:16]}")
+        return dest
 
     # --- maintenance ---------------------------------------------------------------------------------------
     def entries(self) -> list[tuple[str, float]]:

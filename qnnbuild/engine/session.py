@@ -5,12 +5,9 @@ Shared by `run` (through doit), `status` and the no-op fast path, so all three a
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,28 +21,11 @@ from qnnbuild.engine.keys import VersionCache, environment, key_document, key_of
 from qnnbuild.engine.remote import CacheDown, RemoteCache
 from qnnbuild.engine.status import Verdict, assess
 from qnnbuild.engine.store import Store, remove_tree, write_json_atomic
+from qnnbuild.engine.worker import spawn
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun
 from qnnbuild.toolchain.targets import TARGETS
-
-
-@functools.cache
-def _prctl() -> Any:
-    """libc's prctl, resolved in the parent: the child between fork and exec must not import or lock."""
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-
-def _die_with_parent() -> None:
-    """In the worker, before exec: receive SIGKILL when qnnbuild dies, so no orphan keeps building."""
-    prctl = _prctl()  # already cached by the parent (see _run_worker)
-    if prctl is not None:
-        prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 
 
 @dataclass
@@ -78,19 +58,28 @@ class Result:
 
 
 class Session:
+    """One plan's build. Sessions of one run (`run a.yaml b.yaml`) share a peer's caches and key locks, so an
+    instance whose key another recipe is building waits for it and then takes it from the store."""
+
     def __init__(self, plan: Plan, artifacts: Path, forced: frozenset[str] = frozenset(),
-                 remote: RemoteCache | None = None) -> None:
+                 remote: RemoteCache | None = None, peer: Session | None = None, executor: Any = None) -> None:
         self.plan = plan
         self.artifacts = artifacts
         self.store = Store(artifacts)
-        self.stat = StatCache(artifacts / ".qnnbuild" / "statcache.json")
-        self.versions = VersionCache(artifacts / ".qnnbuild" / "versions.json")
+        self.stat: StatCache = peer.stat if peer else StatCache(artifacts / ".qnnbuild" / "statcache.json")
+        self.versions: VersionCache = peer.versions if peer else VersionCache(artifacts / ".qnnbuild" / "versions.json")
         self.forced = forced
         self.remote = remote
+        self.executor = executor
         self.locked: dict[str, Any] = self.store.read_lock(plan.recipe).get("instances", {})
         self.results: dict[str, Result] = {}
         self.keys: dict[str, tuple[str, dict[str, Any]]] = {}
-        self._guard = threading.Lock()
+        self._guard: threading.Lock = peer._guard if peer else threading.Lock()
+        self._building: dict[str, threading.Lock] = peer._building if peer else {}
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._building.setdefault(key, threading.Lock())
 
     # --- keys --------------------------------------------------------------------------------------------
     def key_for(self, inst: Instance, upstream: dict[str, str]) -> tuple[str, dict[str, Any]]:
@@ -179,6 +168,10 @@ class Session:
     def execute(self, inst: Instance) -> Result:
         started = time.monotonic()
         key, document = self.keys.get(inst.id) or self.key_for(inst, self._upstream_digests(inst))
+        with self._key_lock(key):  # one build per key, however many recipes of this run share it
+            return self._execute(inst, key, document, started)
+
+    def _execute(self, inst: Instance, key: str, document: dict[str, Any], started: float) -> Result:
         if inst.id not in self.forced and self.output_digest(key) is not None:
             self.store.set_view(self.view(inst), key)
             return self._record(inst, "cached", time.monotonic() - started, key, document)
@@ -190,6 +183,10 @@ class Session:
             result = self._record(inst, "cached", time.monotonic() - started, key, document)
             result.origin = "remote"
             return result
+        if self.executor is not None and not KINDS[inst.kind].discovers:  # discovered inputs live here
+            on_cluster = self._on_cluster(inst, key, document, started)
+            if on_cluster is not None:
+                return on_cluster
         work = self.store.new_workdir(key)
         try:
             self._run_worker(inst, work)
@@ -304,30 +301,57 @@ class Session:
         self.store.remember_discovered(key_of(declared), files)
         return self._with_discovered(declared, files)
 
+    def _stage_run(self, inst: Instance, work: Path) -> StageRun:
+        return StageRun(recipe=self.plan.recipe, stage=inst.stage, instance=inst.id, params=inst.params,
+                        inputs={name: self.store.entry(str(self.results[up].key)).resolve()
+                                for name, up in inst.inputs.items()},
+                        files={name: Path(p) for name, p in inst.files.items()}, out=work,
+                        target=TARGETS[inst.target].as_dict() if inst.target else None, root=self.root,
+                        targets=[TARGETS[t].as_dict() for t in self.plan.targets]
+                        if KINDS[inst.kind].all_targets else [])
+
     def _run_worker(self, inst: Instance, work: Path) -> None:
         work = work.resolve()
-        run = StageRun(recipe=self.plan.recipe, stage=inst.stage, instance=inst.id, params=inst.params,
-                       inputs={name: self.store.entry(str(self.results[up].key)).resolve()
-                               for name, up in inst.inputs.items()},
-                       files={name: Path(p) for name, p in inst.files.items()}, out=work,
-                       target=TARGETS[inst.target].as_dict() if inst.target else None, root=self.root,
-                       targets=[TARGETS[t].as_dict() for t in self.plan.targets] if KINDS[inst.kind].all_targets
-                       else [])
-        meta = work / ".qnnbuild"
-        request = meta / "request.json"
-        request.write_text(json.dumps({"kind": inst.kind, "run": run.to_json()}))
-        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
-        _prctl()
-        with (meta / "stage.log").open("wb") as log:
-            proc = subprocess.run([sys.executable, "-m", "qnnbuild.engine.worker", str(request)],
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env,
-                                  check=False, preexec_fn=_die_with_parent)
-        request.unlink()
-        if proc.returncode != 0:
-            error = meta / "error.txt"
-            message = error.read_text().strip() if error.is_file() else f"worker died (status {proc.returncode})"
-            error.unlink(missing_ok=True)
-            raise StageFailed(message)
+        spawn(inst.kind, self._stage_run(inst, work), work)
+
+    # --- on a Dask cluster --------------------------------------------------------------------------------------
+    def _on_cluster(self, inst: Instance, key: str, document: dict[str, Any], started: float) -> Result | None:
+        """Run the instance on a cluster worker and restore its entry from the shared cache; None when the
+        cache failed (the instance then runs here: a cache error never fails a build)."""
+        remote, cluster = self.remote, self.executor
+        if remote is None or cluster is None:
+            return None
+        upstream = {name: str(self.results[up].key) for name, up in inst.inputs.items()}
+        try:
+            for up_key in upstream.values():  # a worker reads its inputs from the cache: make sure they are there
+                remote.push(up_key, self.store)
+            digests = {}
+            for name, path in sorted(inst.files.items()):
+                with self._guard:
+                    digests[name] = self.stat.digest(Path(path))
+                cluster.ship(Path(path), digests[name])
+        except CacheDown:
+            return None
+        request = {"kind": inst.kind, "key": key, "document": document, "upstream": upstream,
+                   "file_digests": digests, "run": self._stage_run(inst, Path("/nonexistent")).to_json()}
+        reply = cluster.run(request)
+        if not reply["ok"]:
+            log = self._failure_log(inst)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(reply.get("log", ""))
+            raise StageFailed(f"{reply['message']} (on {reply['worker']})", log)
+        try:
+            restored = remote.fetch(key, self.store)
+        except CacheDown:
+            restored = None
+        if restored is None:
+            raise StageFailed(f"worker {reply['worker']} built {inst.id}, but the shared cache holds no valid entry "
+                              "for it")
+        self._remember_stats(key)
+        self.store.set_view(self.view(inst), key)
+        result = self._record(inst, "ran", time.monotonic() - started, key, document)
+        result.worker = str(reply["worker"])
+        return result
 
     def _failure_log(self, inst: Instance) -> Path:
         return self.artifacts / self.plan.recipe / "logs" / (inst.id.replace("[", "-").replace("]", "") + ".log")

@@ -183,7 +183,7 @@ def test_cache_push_and_gc(tmp_path: Path, seaweed: SeaweedFS) -> None:
     assert "5 uploaded, 0 already there" in proc.stderr
     proc = run_process(["cache", "push", "tiny.yaml"], folder, {**seaweed.env(), "QNNBUILD_CACHE": url})
     assert "0 uploaded, 5 already there" in proc.stderr
-    code, out, err = build(workspace(tmp_path, "other"), url, seaweed.env())
+    _code, out, err = build(workspace(tmp_path, "other"), url, seaweed.env())
     assert set(statuses(out).values()) == {("cached", "remote")}, err
     proc = run_process(["cache", "gc", "--older-than", "1", "--cache", url], folder, seaweed.env())
     assert proc.returncode == 0 and "removed 0 of 5 entries" in proc.stderr, proc.stderr

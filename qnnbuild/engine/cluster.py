@@ -1,0 +1,150 @@
+"""Stale instances sent to a Dask cluster (`--scheduler tcp://HOST:PORT` or `local:N`).
+
+doit still orders and tracks the work: a task's action submits its instance and waits, so `-j` is the number
+of instances in flight. On the worker, the instance runs exactly as the local runner runs it (a fresh process
+per stage, `worker.spawn`) in a worker-local store: its upstream entries and its declared input files come
+from the shared cache, and its entry goes back there, manifest last. The client then restores the entry
+like any other cache hit. A worker lost mid-stage has published nothing; the scheduler gives the task to
+another worker (Dask's `allowed-failures`). A stage that fails is an answer, not an exception, so Dask does
+not retry what would fail again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.engine.faults import checkpoint
+from qnnbuild.engine.remote import CacheDown, RemoteCache
+from qnnbuild.engine.store import Store, remove_tree
+from qnnbuild.engine.worker import spawn
+from qnnbuild.errors import StageFailed, UsageError
+from qnnbuild.stages.base import StageRun
+
+CONNECT_TIMEOUT_S = 20
+
+
+class Cluster:
+    """A Dask client for one run (and the LocalCluster it started, for `local:N`)."""
+
+    def __init__(self, address: str, remote: RemoteCache | None) -> None:
+        if remote is None:
+            raise UsageError("--scheduler needs a shared cache (--cache URL or QNNBUILD_CACHE): workers read "
+                             "their inputs from it and publish their outputs to it")
+        if not remote.writes:
+            raise UsageError("--scheduler needs --cache-mode readwrite: workers publish their outputs there")
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise UsageError("--scheduler needs the dask extra: pip install 'qnnbuild[dask]'") from None
+        self.remote = remote
+        self.local: Any = None
+        if address.startswith("local:"):
+            count = address.partition(":")[2]
+            if not count.isdigit() or int(count) < 1:
+                raise UsageError(f"--scheduler {address}: write local:N with N ≥ 1 worker processes")
+            self.local = LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True,
+                                      dashboard_address=None, silence_logs=50)
+            self.client = Client(self.local)
+        else:
+            try:
+                self.client = Client(address, timeout=CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError) as exc:
+                raise UsageError(f"--scheduler {address}: cannot reach the Dask scheduler ({exc})") from None
+        self.address = address
+        self.shipped: set[str] = set()
+
+    @property
+    def slots(self) -> int:
+        """Worker threads in the cluster: the default number of instances in flight."""
+        workers = self.client.scheduler_info()["workers"].values()
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+
+    def ship(self, path: Path, digest: str) -> None:
+        """Put a declared input file into the shared cache, by digest, for workers to fetch."""
+        if digest not in self.shipped:
+            self.remote.put_blob(path, digest)
+            self.shipped.add(digest)
+
+    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        future = self.client.submit(run_on_worker, request, self.remote.url, pure=False,
+                                    key=f"qnnbuild-{request['run']['instance']}-{uuid.uuid4().hex[:8]}")
+        reply: dict[str, Any] = future.result()
+        return reply
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self.local is not None:
+            with contextlib.suppress(Exception):
+                self.local.close()
+
+
+def _worker_store() -> Store:
+    """A store per worker process, under the worker's own directory (or the temp folder)."""
+    try:
+        from distributed import get_worker
+
+        base = Path(get_worker().local_directory)
+    except (ImportError, ValueError):
+        base = Path(tempfile.gettempdir())
+    return Store(base / "qnnbuild")
+
+
+def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
+    """On a Dask worker: inputs from the shared cache, the stage in a fresh process, the entry back there."""
+    started = time.monotonic()
+    warnings: list[str] = []
+    remote = RemoteCache(cache_url, "readwrite", warn=warnings.append)
+    store = _worker_store()
+    key = request["key"]
+    me = _address()
+    try:
+        if remote.manifest(key) is not None:
+            return {"ok": True, "worker": me, "seconds": time.monotonic() - started, "note": "already in the cache"}
+        run = _localize(request, remote, store)
+        work = store.new_workdir(key)
+        try:
+            run = dataclasses.replace(run, out=work.resolve())
+            spawn(request["kind"], run, run.out)
+            checkpoint("cluster:ran", run.instance)
+            store.publish(work, key, request["document"], time.monotonic() - started, instance=run.instance)
+        except StageFailed as exc:
+            log = work / ".qnnbuild" / "stage.log"
+            return {"ok": False, "worker": me, "message": str(exc),
+                    "log": log.read_text(errors="replace") if log.is_file() else ""}
+        finally:
+            if work.exists():
+                remove_tree(work)
+        remote.push(key, store, instance=run.instance)
+    except CacheDown as exc:
+        return {"ok": False, "worker": me, "message": f"on worker {me}: {exc}", "log": "\n".join(warnings)}
+    return {"ok": True, "worker": me, "seconds": time.monotonic() - started}
+
+
+def _localize(request: dict[str, Any], remote: RemoteCache, store: Store) -> StageRun:
+    """The request's StageRun with paths on this worker: upstream entries and input files fetched here."""
+    run = StageRun.from_json(request["run"])
+    for name, key in request["upstream"].items():
+        if store.has(key) or remote.fetch(key, store) is not None:
+            run.inputs[name] = store.entry(key).resolve()
+        else:
+            raise CacheDown(f"upstream entry {key[:16]} ({name}) is not in the shared cache")
+    for name, digest in request["file_digests"].items():
+        run.files[name] = remote.get_blob(digest, store.root / ".files" / digest, Path(run.files[name]).name)
+    return run
+
+
+def _address() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return "local"
+

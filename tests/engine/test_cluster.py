@@ -1,0 +1,88 @@
+"""Builds on a real Dask cluster (a scheduler and two worker processes) with SeaweedFS as the shared cache."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_RECIPE, make_conv_model, run_process
+from tests.servers import DaskCluster, SeaweedFS
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweed")).start()
+    yield server
+    server.stop()
+
+
+def project(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    make_conv_model(folder / "model.onnx")
+    (folder / "tiny.yaml").write_text(TINY_RECIPE)
+    return folder
+
+
+def digests(out: dict) -> dict[str, str]:
+    return {s["id"]: s["key"] for s in out["stages"]}
+
+
+def entry_bytes(folder: Path, out: dict) -> dict[str, bytes]:
+    found = {}
+    for stage in out["stages"]:
+        for rel in stage["outputs"]:
+            found[rel] = (folder / rel).read_bytes()
+    return found
+
+
+def test_cluster_build_equals_a_local_build_and_survives_a_lost_worker(tmp_path: Path, seaweed: SeaweedFS) -> None:
+    url = seaweed.bucket(f"dask-{uuid.uuid4().hex[:8]}") + "/c"
+    # whichever worker first finishes compile[SM8650] dies before publishing it; the other one retries it
+    kill = {"QNNBUILD_KILL_AT": "cluster:ran@compile[SM8650]", "QNNBUILD_KILL_ONCE": str(tmp_path / "killed")}
+    cluster = DaskCluster(tmp_path / "dask", {**seaweed.env(), **kill}).start(workers=2)
+    try:
+        remote = project(tmp_path / "remote")
+        proc = run_process(["run", "tiny.yaml", "--json", "--scheduler", cluster.address, "--cache", url], remote,
+                           seaweed.env())
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        workers = {s["id"]: s.get("worker") for s in out["stages"]}
+        assert workers["export"] is None  # export keeps its discovered inputs here
+        assert all(w and w.startswith("tcp://127.0.0.1:") for i, w in workers.items() if i != "export"), workers
+        assert (tmp_path / "killed").exists() and cluster.alive_workers() == 1  # one worker was lost mid-stage
+    finally:
+        cluster.stop()
+    local = project(tmp_path / "local")
+    proc = run_process(["run", "tiny.yaml", "--json"], local)
+    assert proc.returncode == 0, proc.stderr
+    mine = json.loads(proc.stdout)
+    assert digests(mine) == digests(out)
+    assert entry_bytes(local, mine) == entry_bytes(remote, out)
+
+
+def test_scheduler_without_a_cache_is_a_usage_error(tmp_path: Path) -> None:
+    folder = project(tmp_path / "p")
+    env = {k: "" for k in ("QNNBUILD_CACHE",)}
+    proc = run_process(["run", "tiny.yaml", "--scheduler", "local:1"], folder, env)
+    assert proc.returncode == 2 and "--scheduler needs a shared cache" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_process(["run", "tiny.yaml", "--scheduler", "local:0", "--cache", (tmp_path / "c").as_uri()], folder)
+    assert proc.returncode == 2 and "local:N" in proc.stderr
+
+
+def test_local_cluster_and_a_two_recipe_zoo(tmp_path: Path) -> None:
+    folder = project(tmp_path / "zoo")
+    (folder / "b.yaml").write_text(TINY_RECIPE.replace("recipe: tiny", "recipe: b").replace(
+        "targets: [SM8650]", "targets: [SM8650, SM8550]"))
+    proc = run_process(["run", "tiny.yaml", "b.yaml", "--json", "--scheduler", "local:2", "--cache",
+                        (tmp_path / "cache").as_uri()], folder)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    ran = [(r["recipe"], s["id"]) for r in out["recipes"] for s in r["stages"] if s["status"] == "ran"]
+    # the instances both recipes share ran once; b's own: convert (judged for both targets) and SM8550's
+    assert sorted(i for r, i in ran if r == "b") == ["compile[SM8550]", "context[SM8550]", "convert"], ran
+    assert len(ran) == 8
