@@ -59,6 +59,9 @@ def build(request: Request, console: Console) -> list[Session]:
         return sessions
     from qnnbuild.engine.execute import run_with_doit
 
+    if request.remote is not None:
+        request.remote.connect()  # a URL fsspec cannot open is a usage error before anything runs
+
     selected = [_label(sessions, s, i.id) for s in sessions for i in s.plan.instances if i.stage in request.only]
     with sessions[0].store.exclusive():
         swept = sessions[0].store.sweep()

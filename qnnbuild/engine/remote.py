@@ -59,8 +59,8 @@ class RemoteCache:
     mode: str = "readwrite"
     required: bool = False
     warn: Callable[[str], None] = print
-    fs: Any = None
-    root: str = ""
+    _fs: Any = None
+    _root: str = ""
     failure: str | None = None
     warned: set[str] = field(default_factory=set)
     refused: set[str] = field(default_factory=set)  # keys whose entry was bad: a writer replaces them
@@ -69,6 +69,12 @@ class RemoteCache:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"--cache-mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+
+    def connect(self) -> None:
+        """Open the filesystem. Not done at construction: a no-op run must not pay for importing fsspec and
+        s3fs (~0.3 s) when it will not touch the cache. Raises UsageError for a URL fsspec cannot open."""
+        if self._fs is not None:
+            return
         try:
             import fsspec
         except ImportError:
@@ -80,14 +86,24 @@ class RemoteCache:
         elif self.url.startswith(("file://", "/")):
             options = {"auto_mkdir": True}
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+            fs, root = fsspec.core.url_to_fs(self.url, **options)
         except ImportError as exc:
-            raise UsageError(f"--cache {redact(self.url)}: {exc} (pip install 'qnnbuild[remote]')") from None
+            raise UsageError(f"--cache {self.shown}: {exc} (pip install 'qnnbuild[remote]')") from None
         except ValueError as exc:
-            raise UsageError(f"--cache {redact(self.url)}: {exc}") from None
-        self.root = self.root.rstrip("/")
-        if hasattr(self.fs, "retries"):
-            self.fs.retries = 1  # s3fs's own retry loop sleeps up to 30 s before giving up
+            raise UsageError(f"--cache {self.shown}: {exc}") from None
+        if hasattr(fs, "retries"):
+            fs.retries = 1  # s3fs's own retry loop sleeps up to 30 s before giving up
+        self._fs, self._root = fs, root.rstrip("/")
+
+    @property
+    def fs(self) -> Any:
+        self.connect()
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        self.connect()
+        return self._root
 
     @property
     def shown(self) -> str:

@@ -170,6 +170,8 @@ def test_folder_cache_and_bad_mode(tmp_path: Path) -> None:
     code, out, err = build(workspace(tmp_path, "b"), url, {})
     assert set(statuses(out).values()) == {("cached", "remote")}, err
     proc = run_process(["run", "tiny.yaml", "--cache", "nosuchscheme://x"], tmp_path / "a")
+    assert proc.returncode == 0  # a no-op does not even open the cache
+    proc = run_process(["run", "tiny.yaml", "--cache", "nosuchscheme://x"], workspace(tmp_path, "c"))
     assert proc.returncode == 2 and "nosuchscheme" in proc.stderr and "Traceback" not in proc.stderr
 
 
