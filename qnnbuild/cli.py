@@ -69,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="+", help="recipe YAML files: several are built in one run, shared stages once")
     _add_common(p, recipe=False)
     p.add_argument("-j", "--jobs", type=int, default=None,
-                   help="instances in flight (default: 1, or the cluster's worker threads with --scheduler)")
+                   help="instances in flight (default: 1; with --scheduler, the cluster's worker threads + 1)")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run stale instances on a Dask cluster: tcp://HOST:PORT, or local:N worker processes here "
                         "(needs --cache)")
@@ -137,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         cluster = Cluster(args.scheduler, remote)
         console.say(f"Dask cluster {args.scheduler}: {cluster.slots} worker thread(s)")
-    jobs = args.jobs or (cluster.slots if cluster else 1)
+    jobs = args.jobs or (cluster.slots + 1 if cluster else 1)  # +1: one submitted or restored while all work
     request = Request(args.recipe, Path(args.artifacts), args.only, args.force, jobs, remote, cluster)
     try:
         sessions = build(request, console)

@@ -86,7 +86,7 @@ class Session:
         """The instance's key: its declared inputs, plus (for kinds that discover what they read) the files an
         earlier run of the same declared key reported, digested through the stat cache with no import."""
         declared = self.declared_document(inst, upstream)
-        if not KINDS[inst.kind].discovers:
+        if not KINDS[inst.kind].discovers(inst.params):
             return key_of(declared), declared
         variants = self.store.discovered(key_of(declared))
         candidates = [self._with_discovered(declared, files) for files in variants]
@@ -183,7 +183,7 @@ class Session:
             result = self._record(inst, "cached", time.monotonic() - started, key, document)
             result.origin = "remote"
             return result
-        if self.executor is not None and not KINDS[inst.kind].discovers:  # discovered inputs live here
+        if self.executor is not None and not KINDS[inst.kind].discovers(inst.params):  # those live here
             on_cluster = self._on_cluster(inst, key, document, started)
             if on_cluster is not None:
                 return on_cluster
@@ -219,7 +219,7 @@ class Session:
         if self.remote is None:
             return None
         candidates = [(key, document)]
-        if KINDS[inst.kind].discovers:
+        if KINDS[inst.kind].discovers(inst.params):
             declared = {k: v for k, v in document.items() if k != "discovered"}
             try:
                 variants = self.remote.discovered(key_of(declared))

@@ -68,6 +68,10 @@ class StageRun:
         print(f"[{self.instance}] {message}", file=sys.stderr, flush=True)
 
 
+def never(params: Params) -> bool:
+    return False
+
+
 def no_refs(params: Params) -> dict[str, str]:
     return {}
 
@@ -99,7 +103,8 @@ class StageKind:
     - `fans_out`: runs once per target even when nothing upstream does (compile);
     - `tools`: distributions whose versions change its output (they enter the key);
     - `reproducible`: equal inputs give equal bytes (False for measurements with timings);
-    - `discovers`: the stage reports files it read (`StageRun.read`), which then enter its key;
+    - `discovers(params)`: this instance reports files it read (`StageRun.read`), which then enter its key;
+      such an instance runs where those files are (never on a cluster worker);
     - `all_targets`: the stage runs once but judges the model against every recipe target (convert).
     """
 
@@ -115,6 +120,6 @@ class StageKind:
     fans_out: bool = False
     tools: tuple[str, ...] = ()
     reproducible: bool = True  # False: outputs carry timings, so `verify --rebuild` cannot compare them
-    discovers: bool = False
+    discovers: Callable[[Params], bool] = never
     all_targets: bool = False
     extra_schema: dict[str, Any] = field(default_factory=dict)

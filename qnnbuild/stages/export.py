@@ -197,6 +197,6 @@ KIND = StageKind(
     files=_files,
     checks=_checks,
     tools=("onnx", "onnxruntime", "torch", "qnnbuild"),
-    discovers=True,
+    discovers=lambda params: "torch" in params,  # a factory's own modules; an ONNX file reads nothing else
     run=run,
 )
