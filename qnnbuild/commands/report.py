@@ -139,18 +139,33 @@ def _op_report(inst: Instance, folder: Path) -> list[str]:
 
 def _accuracy(found: list[tuple[Instance, Path]]) -> list[str]:
     e = html.escape
-    rows = []
+    rows, labelled = [], []
     for inst, folder in found:
         metrics = _read(folder, "metrics.json")
         for name, fig in (metrics or {}).get("outputs", {}).items():
             top = f"{fig['top1_agreement']:.0%} / {fig['top5_agreement']:.0%}" if "top1_agreement" in fig else "–"
             verdict = "<span class=fresh>pass</span>" if metrics["passed"] else "<span class=fail>fail</span>"
+            qdq = metrics.get("sqnr_db", {}).get(name, {}).get("qdq_cpu")
             rows.append([e(str(inst.target)), f"<code>{e(name)}</code>", f"{fig['sqnr_db']:.2f} dB",
-                         f"{fig['cosine']:.5f}", f"{fig['max_abs_error']:.4g}", top, fig["samples"], verdict])
+                         f"{qdq:.2f} dB" if qdq is not None else "–", f"{fig['cosine']:.5f}",
+                         f"{fig['max_abs_error']:.4g}", top, fig["samples"], verdict])
+        for kind in ("top1_accuracy", "top5_accuracy"):
+            acc = (metrics or {}).get(kind)
+            if acc:
+                labelled.append([e(str(inst.target)), kind.split("_")[0].replace("top", "top-"),
+                                 *(f"{acc[m]:.2f} %" if m in acc else "–" for m in ("fp32", "qdq_cpu", "htp")),
+                                 f"{acc['fp32'] - acc['htp']:.2f} points"])
     if not rows:
         return []
-    headers = ["target", "output", "SQNR", "cosine", "max abs error", "top-1 / top-5", "samples", "thresholds"]
-    return ["<h2>Accuracy (HTP emulator vs fp32 on CPU)</h2>", _table(headers, rows, {2, 3, 4, 6})]
+    headers = ["target", "output", "SQNR (HTP)", "SQNR (QDQ, CPU)", "cosine", "max abs error", "top-1 / top-5 agree",
+               "samples", "thresholds"]
+    out = ["<h2>Accuracy (HTP emulator and QDQ on CPU vs fp32 on CPU)</h2>",
+           _table(headers, rows, {2, 3, 4, 5, 7})]
+    if labelled:
+        out += ["<h2>Accuracy on labelled data</h2>", _table(
+            ["target", "metric", "fp32 (CPU)", "QDQ (CPU)", "HTP (emulator)", "drop fp32 → HTP"], labelled,
+            {2, 3, 4, 5})]
+    return out
 
 
 def _layers(inst: Instance, folder: Path) -> list[str]:

@@ -37,42 +37,113 @@ def verdicts(metrics: dict[str, dict[str, Any]], params: Params) -> list[str]:
     return misses
 
 
+def _collect(ctx: StageRun, samples: Any) -> tuple[dict[str, dict[str, list[Any]]], dict[str, float]]:
+    """Every output of every sample from each model: fp32 and (given a quantize stage) QDQ on onnxruntime's
+    CPU, the context on the HTP emulator. Each session is created once and runs sample after sample (the
+    models have fixed batch-1 shapes, so there is nothing to batch); returns samples/s per model too."""
+    from qnnbuild.toolchain import qnn
+
+    sessions = {"fp32": qnn.cpu_session(str(ctx.inputs["reference"] / "model.onnx"))}
+    if "quantized" in ctx.inputs:
+        sessions["qdq_cpu"] = qnn.cpu_session(str(ctx.inputs["quantized"] / "model.qdq.onnx"))
+    sessions["htp"] = qnn.deliverable_session(ctx.inputs["context"])
+    names = [o.name for o in sessions["fp32"].get_outputs()]
+    outs: dict[str, dict[str, list[Any]]] = {m: {n: [] for n in names} for m in sessions}
+    busy = dict.fromkeys(sessions, 0.0)
+    for i in range(len(samples)):
+        feed = samples[i]
+        for model, session in sessions.items():
+            started = time.perf_counter()
+            values = session.run(names, feed)
+            busy[model] += time.perf_counter() - started
+            for name, value in zip(names, values, strict=True):
+                outs[model][name].append(value)
+    return outs, {m: round(len(samples) / t, 2) if t else 0.0 for m, t in busy.items()}
+
+
+def _accuracy(outs: dict[str, dict[str, list[Any]]], labels: list[int]) -> dict[str, dict[str, float]]:
+    """Top-1 (and top-5, with ≥ 5 classes) accuracy in %, per model, on the first classifier output."""
+    import numpy as np
+
+    from qnnbuild.toolchain import metrics
+
+    first = outs["fp32"]
+    name = next((n for n, v in first.items() if metrics.is_classifier(v[0].shape)), None)
+    if name is None:
+        raise StageFailed("the data has labels, but no output looks like class scores ([1, classes])")
+    found: dict[str, dict[str, float]] = {"top1_accuracy": {}}
+    classes = int(np.asarray(first[name][0]).size)
+    if classes >= 5:
+        found["top5_accuracy"] = {}
+    for model, values in outs.items():
+        scores = [np.asarray(v).ravel() for v in values[name]]
+        top1 = [int(np.argmax(s)) == y for s, y in zip(scores, labels, strict=True)]
+        found["top1_accuracy"][model] = round(100 * sum(top1) / len(top1), 3)
+        if classes >= 5:
+            top5 = [y in np.argsort(s)[-5:] for s, y in zip(scores, labels, strict=True)]
+            found["top5_accuracy"][model] = round(100 * sum(top5) / len(top5), 3)
+    return found
+
+
 def run(ctx: StageRun) -> None:
-    from qnnbuild.toolchain import metrics, qnn
+    import numpy as np
+
+    from qnnbuild.toolchain import metrics
 
     target = ctx.require_target()
     samples = calibration.samples_for(ctx.params["data"], ctx.files, ctx.inputs["reference"])
-    reference = qnn.cpu_session(str(ctx.inputs["reference"] / "model.onnx"))
-    npu = qnn.deliverable_session(ctx.inputs["context"])
-    names = [o.name for o in reference.get_outputs()]
-    refs: dict[str, list[Any]] = {n: [] for n in names}
-    gots: dict[str, list[Any]] = {n: [] for n in names}
-    started = time.monotonic()
-    for i in range(len(samples)):
-        feed = samples[i]
-        for name, r, g in zip(names, reference.run(names, feed), npu.run(names, feed), strict=True):
-            refs[name].append(r)
-            gots[name].append(g)
-    per_sample = (time.monotonic() - started) / max(1, len(samples))
-    figures = {n: metrics.compare(refs[n], gots[n]) for n in names}
-    thresholds = {k: ctx.params.get(k) for k in ("min_sqnr_db", "min_cosine", "min_top1_agreement")}
-    report = {"target": target["name"], "samples": len(samples), "source": next(iter(ctx.params["data"])),
-              "outputs": figures, "thresholds": {k: v for k, v in thresholds.items() if v is not None}}
-    misses = verdicts(figures, ctx.params)
+    outs, speed = _collect(ctx, samples)
+    figures = {n: metrics.compare(outs["fp32"][n], outs["htp"][n]) for n in outs["fp32"]}
+    sqnr = {n: {m: round(metrics.sqnr_db(np.stack(outs["fp32"][n]), np.stack(outs[m][n])), 3)
+                for m in outs if m != "fp32"} for n in outs["fp32"]}
+    thresholds = {k: ctx.params.get(k) for k in ("min_sqnr_db", "min_cosine", "min_top1_agreement",
+                                                 "max_accuracy_drop")}
+    report: dict[str, Any] = {"target": target["name"], "samples": len(samples),
+                              "source": next(iter(ctx.params["data"])), "outputs": figures, "sqnr_db": sqnr,
+                              "samples_per_second": speed,
+                              "thresholds": {k: v for k, v in thresholds.items() if v is not None}}
+    if samples.labels is not None:
+        report.update(_accuracy(outs, samples.labels))
+    misses = verdicts(figures, ctx.params) + _accuracy_misses(report, ctx.params)
     report["passed"] = not misses
     (ctx.out / "metrics.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    for name, fig in figures.items():
-        extra = f", top-1 {fig['top1_agreement']:.0%}, top-5 {fig['top5_agreement']:.0%}" if "top1_agreement" in \
-            fig else ""
-        ctx.say(f"{name}: SQNR {fig['sqnr_db']:.2f} dB, cosine {fig['cosine']:.5f}, max abs error "
-                f"{fig['max_abs_error']:.4g}{extra} ({len(samples)} samples, {per_sample:.2f} s/sample, emulator)")
+    _say(ctx, report)
     if misses:
         raise StageFailed(f"accuracy on {target['name']} below the recipe's thresholds: " + "; ".join(misses))
 
 
+def _accuracy_misses(report: dict[str, Any], params: Params) -> list[str]:
+    limit = params.get("max_accuracy_drop")
+    if limit is None:
+        return []
+    if "top1_accuracy" not in report:
+        raise StageFailed("max_accuracy_drop needs labelled data: `data: {npy: {dir, labels}}` or images with "
+                          "labels or one subfolder per class")
+    acc = report["top1_accuracy"]
+    drop = acc["fp32"] - acc["htp"]
+    if drop <= limit:
+        return []
+    return [f"top-1 accuracy {acc['htp']:.2f}% on HTP against {acc['fp32']:.2f}% fp32: a drop of {drop:.2f} "
+            f"points > allowed {limit}"]
+
+
+def _say(ctx: StageRun, report: dict[str, Any]) -> None:
+    for name, fig in report["outputs"].items():
+        extra = f", top-1 {fig['top1_agreement']:.0%}, top-5 {fig['top5_agreement']:.0%}" if "top1_agreement" in \
+            fig else ""
+        qdq = report["sqnr_db"][name].get("qdq_cpu")
+        ctx.say(f"{name}: SQNR {fig['sqnr_db']:.2f} dB on HTP" + (f" ({qdq:.2f} dB QDQ on CPU)" if qdq else "")
+                + f", cosine {fig['cosine']:.5f}, max abs error {fig['max_abs_error']:.4g}{extra}")
+    for kind in ("top1_accuracy", "top5_accuracy"):
+        if kind in report:
+            ctx.say(f"{kind.replace('_', ' ')}: " + ", ".join(f"{m} {v:.2f}%" for m, v in report[kind].items()))
+    ctx.say(f"{report['samples']} samples; samples/s: "
+            + ", ".join(f"{m} {v:g}" for m, v in report["samples_per_second"].items()))
+
+
 KIND = StageKind(
     name="validate",
-    version=2,
+    version=3,
     summary="context on the HTP emulator vs the fp32 model on the CPU: SQNR, cosine, top-k; fails below thresholds",
     params={
         "context": {"type": "string", "description": "the context-binary stage"},
@@ -82,9 +153,13 @@ KIND = StageKind(
         "min_sqnr_db": {"type": "number"},
         "min_cosine": {"type": "number", "minimum": -1, "maximum": 1},
         "min_top1_agreement": {"type": "number", "minimum": 0, "maximum": 1},
+        "quantized": {"type": "string", "description": "the quantize stage: adds the QDQ model on the CPU to "
+                      "every figure, telling quantization loss from HTP compile loss"},
+        "max_accuracy_drop": {"type": "number", "minimum": 0, "description": "labelled data: allowed top-1 "
+                              "drop, HTP vs fp32, in percentage points"},
     },
     required=("context", "reference"),
-    refs=refs_of("context", "reference"),
+    refs=refs_of("context", "reference", "quantized"),
     files=_files,
     tools=("onnxruntime", "onnxruntime-qnn", "numpy"),
     run=run,

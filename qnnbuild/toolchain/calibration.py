@@ -20,6 +20,8 @@ RANGES_HELP = ("input name → [low, high]: uniform values in that range (intege
                "standard normal for float inputs, 0..255 for integer inputs (bytes, pixels, small vocabularies)")
 INTEGER_RANGE = (0, 255)
 
+LABELS_HELP = "CSV `file,label` (file relative to dir, label a class index), one row per sample file"
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "minProperties": 1,
@@ -33,11 +35,14 @@ SCHEMA: dict[str, Any] = {
                                                 "additionalProperties": {"type": "array", "items": {"type": "number"},
                                                                          "minItems": 2, "maxItems": 2}}}},
         "npy": {"type": "object", "additionalProperties": False, "required": ["dir"],
-                "properties": {"dir": {"type": "string"}, "count": {"type": "integer", "minimum": 1}}},
+                "properties": {"dir": {"type": "string"}, "count": {"type": "integer", "minimum": 1},
+                               "labels": {"type": "string", "description": LABELS_HELP}}},
         "images": {"type": "object", "additionalProperties": False, "required": ["dir"],
                    "properties": {
                        "dir": {"type": "string"},
                        "count": {"type": "integer", "minimum": 1},
+                       "labels": {"type": "string", "description": LABELS_HELP + "; without it, one subfolder "
+                                  "per class (ImageFolder: class index = sorted folder name)"},
                        "resize": {"type": "integer", "minimum": 1,
                                   "description": "shorter side before the center crop (default: crop size)"},
                        "mean": {"type": "array", "items": {"type": "number"}, "default": [0.485, 0.456, 0.406]},
@@ -52,20 +57,62 @@ SCHEMA: dict[str, Any] = {
 
 
 def files_of(calibration: dict[str, Any], prefix: str) -> dict[str, str]:
-    """The folder a calibration spec reads, as a file input (its content enters the stage key)."""
+    """The folder (and labels file) a calibration spec reads, as file inputs (their content enters the key)."""
     for kind in ("npy", "images"):
         if kind in calibration:
-            return {f"{prefix}.{kind}.dir": calibration[kind]["dir"]}
+            found = {f"{prefix}.{kind}.dir": calibration[kind]["dir"]}
+            if "labels" in calibration[kind]:
+                found[f"{prefix}.{kind}.labels"] = calibration[kind]["labels"]
+            return found
     return {}
 
 
 def samples_for(spec: dict[str, Any], files: dict[str, Path], model_folder: Path) -> Samples:
-    """The samples a stage's calibration/data `spec` describes, shaped for the model's inputs (its io.json).
-    The folder a spec reads is the stage's only file input, so it is the first of `files`."""
+    """The samples a stage's calibration/data `spec` describes, shaped for the model's inputs (its io.json)."""
     import json
 
     io = json.loads((model_folder / "io.json").read_text())
-    return Samples(spec, io["inputs"], next(iter(files.values()), None))
+    folder = next((p for name, p in files.items() if name.endswith(".dir")), None)
+    labels = next((p for name, p in files.items() if name.endswith(".labels")), None)
+    return Samples(spec, io["inputs"], folder, labels)
+
+
+def evenly(paths: list[Path], count: int) -> list[Path]:
+    """`count` of the sorted paths, spread over all of them: in a folder sorted by class, the first N would
+    all be one class."""
+    if count >= len(paths):
+        return paths
+    step = len(paths) / count
+    return [paths[int(i * step)] for i in range(count)]
+
+
+def read_labels(csv_path: Path, folder: Path, paths: list[Path]) -> list[int]:
+    """The class index of each path from a `file,label` CSV (an optional header row is skipped)."""
+    import csv
+
+    table: dict[str, int] = {}
+    with csv_path.open(newline="") as fh:
+        for line, row in enumerate(csv.reader(fh), 1):
+            if not row or (line == 1 and row[-1].strip().lower() == "label"):
+                continue
+            if len(row) != 2 or not row[1].strip().lstrip("-").isdigit():
+                raise StageFailed(f"{csv_path}:{line}: expected `file,label` with an integer label, got {row}")
+            table[Path(row[0].strip()).as_posix()] = int(row[1])
+    missing = [p.relative_to(folder).as_posix() for p in paths if p.relative_to(folder).as_posix() not in table]
+    if missing:
+        raise StageFailed(f"{csv_path}: no label for {', '.join(missing[:5])}"
+                          + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    return [table[p.relative_to(folder).as_posix()] for p in paths]
+
+
+def folder_labels(folder: Path, paths: list[Path]) -> tuple[list[int] | None, list[str]]:
+    """ImageFolder: every image in a subfolder named for its class; class index = sorted folder name."""
+    tops = [p.relative_to(folder).parts for p in paths]
+    if not tops or any(len(t) < 2 for t in tops):
+        return None, []
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    index = {name: i for i, name in enumerate(classes)}
+    return [index[t[0]] for t in tops], classes
 
 
 def with_batch(array: np.ndarray, shape: list[int]) -> np.ndarray:
@@ -76,11 +123,14 @@ def with_batch(array: np.ndarray, shape: list[int]) -> np.ndarray:
 class Samples:
     """Sample i of a source, as {input name: array}, loaded on demand."""
 
-    def __init__(self, spec: dict[str, Any], inputs: list[dict[str, Any]], folder: Path | None) -> None:
+    def __init__(self, spec: dict[str, Any], inputs: list[dict[str, Any]], folder: Path | None,
+                 labels: Path | None = None) -> None:
         self.inputs = inputs
         self.kind = next(iter(spec))
         self.spec = spec[self.kind]
         self.paths: list[Path] = []
+        self.labels: list[int] | None = None  # the class index of each sample, when the source has labels
+        self.classes: list[str] = []
         if self.kind == "synthetic":
             self.count = int(self.spec.get("count", 16))
             unknown = sorted(set(self.spec.get("ranges", {})) - {i["name"] for i in inputs})
@@ -94,8 +144,12 @@ class Samples:
             self.paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes)
             if not self.paths:
                 raise StageFailed(f"{folder}: no {' or '.join(sorted(suffixes))} files")
-            self.paths = self.paths[: self.spec.get("count", len(self.paths))]
+            self.paths = evenly(self.paths, self.spec.get("count", len(self.paths)))
             self.count = len(self.paths)
+            if labels is not None:
+                self.labels = read_labels(labels, folder, self.paths)
+            elif self.kind == "images":
+                self.labels, self.classes = folder_labels(folder, self.paths)
             if self.kind == "images" and len(inputs) != 1:
                 raise StageFailed("image calibration needs a model with exactly one input")
 
