@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import resource
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,14 @@ from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
 from qnnbuild.toolchain import calibration
 
 STRIDE = 16
+HELD_OUT = {"synthetic": {"count": 4, "seed": 2000}}
 QTYPES = ["uint8", "uint16", "int8", "int16", "int4", "uint4"]
 
 
 
 def _files(params: Params) -> dict[str, str]:
-    return calibration.files_of(params.get("calibration", {}), "calibration")
+    return {**calibration.files_of(params.get("calibration", {}), "calibration"),
+            **calibration.files_of(params.get("auto_precision", {}).get("data", {}), "auto_precision.data")}
 
 
 def stride_for(count: int) -> int:
@@ -80,45 +83,91 @@ def _check_finite(qdq: Any, source: dict[str, str]) -> None:
                           f"{', '.join(bad[:10])}" + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
 
 
+def _quantizer(ctx: StageRun, samples: calibration.Samples, cache: Path) -> Any:
+    """quantize_with(overrides) → the QDQ model path; ranges are calibrated on the first call and read from
+    onnxruntime's calibration cache after that (automatic precision quantizes once per step)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    params = ctx.params
+    qtypes = {name: getattr(QuantType, "Q" + name[0].upper() + name[1:].replace("int", "Int")) for name in QTYPES}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    model_path = str(ctx.inputs["model"] / "model.onnx")
+    out = ctx.out / "model.qdq.onnx"
+
+    def quantize_with(overrides: dict[str, dict[str, Any]]) -> Path:
+        ort_overrides = {name: [{"quant_type": qtypes[o["type"]],
+                                 **({"symmetric": o["symmetric"]} if "symmetric" in o else {})}]
+                         for name, o in overrides.items()}
+        config = get_qnn_qdq_config(
+            model_path, _Reader(samples), calibrate_method=methods[params["method"]],
+            activation_type=qtypes[params["activations"]], weight_type=qtypes[params["weights"]],
+            per_channel=params["per_channel"], init_overrides=ort_overrides or None,
+            weight_symmetric=params["symmetric"], stride=stride_for(len(samples)))
+        try:
+            quantize_static(model_path, str(out), config.calibration_data_reader,
+                            calibrate_method=config.calibrate_method, quant_format=config.quant_format,
+                            activation_type=config.activation_type, weight_type=config.weight_type,
+                            op_types_to_quantize=config.op_types_to_quantize,
+                            nodes_to_quantize=config.nodes_to_quantize, nodes_to_exclude=config.nodes_to_exclude,
+                            per_channel=config.per_channel, reduce_range=config.reduce_range,
+                            use_external_data_format=config.use_external_data_format,
+                            calibration_providers=config.calibration_providers,
+                            extra_options=config.extra_options, calibration_cache_path=cache)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise StageFailed(f"onnxruntime.quantization failed: {exc}") from None
+        return out
+
+    return quantize_with
+
+
+def _overrides(ctx: StageRun, model: Any, source: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The recipe's overrides, by the model's own tensor names (they may be written with source names)."""
+    tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
+        i.name for i in model.graph.input}
+    short = {old: new for new, old in source.items()}
+    unknown = sorted(n for n in ctx.params["overrides"] if n not in tensors and n not in short)
+    if unknown:
+        raise StageFailed(f"overrides name tensors the model does not have: {', '.join(unknown)}")
+    return {(name if name in tensors else short[name]): o for name, o in ctx.params["overrides"].items()}
+
+
+def _auto_precision(ctx: StageRun, model: Any, source: dict[str, str], quantize_with: Any,
+                    base: dict[str, dict[str, Any]]) -> None:
+    from qnnbuild.toolchain import precision
+
+    spec = ctx.params["auto_precision"]
+    held_out = calibration.samples_for(spec.get("data", HELD_OUT), ctx.files, ctx.inputs["model"], "auto_precision")
+    found = precision.search(model, held_out, quantize_with, base, spec["min_sqnr_db"], spec.get("max_promoted", 16),
+                             ctx.say)
+    named = {"promoted": [source.get(t, t) for t in found["promoted"]], "sqnr_db": found["sqnr_db"],
+             "steps": found["steps"], "samples": len(held_out),
+             "overrides": {source.get(t, t): o for t, o in sorted(found["overrides"].items())}}
+    (ctx.out / "precision.json").write_text(json.dumps(named, indent=1) + "\n")
+
+
 def run(ctx: StageRun) -> None:
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
-    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     from qnnbuild.toolchain import encodings, onnxgraph
 
     params = ctx.params
-    qtypes = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8,
-              "int16": QuantType.QInt16, "int4": QuantType.QInt4, "uint4": QuantType.QUInt4}
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    model_path = ctx.inputs["model"] / "model.onnx"
     cal = params["calibration"]
-    samples = calibration.samples_for(ctx.params["calibration"], ctx.files, ctx.inputs["model"])
-    model = onnx.load(str(model_path))
+    samples = calibration.samples_for(cal, ctx.files, ctx.inputs["model"], "calibration")
+    model = onnx.load(str(ctx.inputs["model"] / "model.onnx"))
     source = onnxgraph.source_names(ctx.inputs["model"])
-    tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
-        i.name for i in model.graph.input}
-    short = {old: new for new, old in source.items()}
-    unknown = sorted(n for n in params["overrides"] if n not in tensors and n not in short)
-    if unknown:
-        raise StageFailed(f"overrides name tensors the model does not have: {', '.join(unknown)}")
-    overrides = {(name if name in tensors else short[name]): [
-        {"quant_type": qtypes[o["type"]], **({"symmetric": o["symmetric"]} if "symmetric" in o else {})}]
-        for name, o in params["overrides"].items()}
+    base = _overrides(ctx, model, source)
     stride = stride_for(len(samples))
     ctx.say(f"calibrating on {len(samples)} {next(iter(cal))} samples, {params['method']}, strides of {stride}")
     started = time.monotonic()
-    config = get_qnn_qdq_config(
-        str(model_path), _Reader(samples), calibrate_method=methods[params["method"]],
-        activation_type=qtypes[params["activations"]], weight_type=qtypes[params["weights"]],
-        per_channel=params["per_channel"], init_overrides=overrides or None,
-        weight_symmetric=params["symmetric"], stride=stride)
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
+        quantize_with = _quantizer(ctx, samples, Path(tmp) / "ranges.json")
+        if params.get("auto_precision"):
+            _auto_precision(ctx, model, source, quantize_with, base)
+        else:
+            quantize_with(base)
     out = ctx.out / "model.qdq.onnx"
-    try:
-        quantize(str(model_path), str(out), config)
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise StageFailed(f"onnxruntime.quantization failed: {exc}") from None
     seconds = time.monotonic() - started
     _check_loads(out)
     qdq = onnx.load(str(out))
@@ -156,6 +205,14 @@ KIND = StageKind(
                                                "required": ["type"],
                                                "properties": {"type": {"enum": QTYPES},
                                                               "symmetric": {"type": "boolean"}}}},
+        "auto_precision": {
+            "type": "object", "additionalProperties": False, "required": ["min_sqnr_db"],
+            "description": "promote the worst layers (weights and activations) to 16 bits until the QDQ "
+                           "model's output SQNR against fp32 reaches min_sqnr_db; writes precision.json",
+            "properties": {"min_sqnr_db": {"type": "number"},
+                           "max_promoted": {"type": "integer", "minimum": 0, "default": 16},
+                           "data": {**calibration.SCHEMA, "default": HELD_OUT,
+                                    "description": "held-out samples (default: 4 synthetic, seed 2000)"}}},
     },
     required=("model",),
     refs=refs_of("model"),

@@ -67,13 +67,15 @@ def files_of(calibration: dict[str, Any], prefix: str) -> dict[str, str]:
     return {}
 
 
-def samples_for(spec: dict[str, Any], files: dict[str, Path], model_folder: Path) -> Samples:
-    """The samples a stage's calibration/data `spec` describes, shaped for the model's inputs (its io.json)."""
+def samples_for(spec: dict[str, Any], files: dict[str, Path], model_folder: Path, prefix: str = "") -> Samples:
+    """The samples a stage's calibration/data `spec` describes, shaped for the model's inputs (its io.json);
+    `prefix` picks the spec's own file inputs (see files_of) when a stage has several specs."""
     import json
 
     io = json.loads((model_folder / "io.json").read_text())
-    folder = next((p for name, p in files.items() if name.endswith(".dir")), None)
-    labels = next((p for name, p in files.items() if name.endswith(".labels")), None)
+    mine = {name: p for name, p in files.items() if name.startswith(prefix)}
+    folder = next((p for name, p in mine.items() if name.endswith(".dir")), None)
+    labels = next((p for name, p in mine.items() if name.endswith(".labels")), None)
     return Samples(spec, io["inputs"], folder, labels)
 
 

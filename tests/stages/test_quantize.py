@@ -218,3 +218,62 @@ def test_reciprocal_of_small_values_is_right_on_htp(tmp_path: Path, cli: CLI) ->
     assert code == 0, err
     rewrites = json.loads((tmp_path / "artifacts/n/export/rewrites.json").read_text())
     assert any(r["rewrite"] == "reciprocal-to-div" for r in rewrites)
+
+
+def outlier_model(path: Path) -> None:
+    """Three convolutions; the first has one output channel 60x larger than the rest, so per-tensor 8-bit
+    weights crush the others (12 dB at a8w8)."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3
+    w1[0] *= 60
+    w2 = rng.standard_normal((8, 16, 3, 3)).astype(np.float32) * 0.2
+    w2[:, 0] *= 0.01
+    w3 = rng.standard_normal((4, 8, 1, 1)).astype(np.float32) * 0.3
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3", "b3"], ["output"])]
+    inits = [numpy_helper.from_array(w, n) for n, w in (("w1", w1), ("w2", w2), ("w3", w3))] + [
+        numpy_helper.from_array(np.zeros(c, np.float32), f"b{i}") for i, c in ((1, 16), (2, 8), (3, 4))]
+    graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                               [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+AMP_RECIPE = """\
+schema_version: 1
+recipe: amp
+targets: [SM8650]
+stages:
+  export: {kind: export, onnx: m.onnx}
+  quantize: {kind: quantize, model: export, calibration: {synthetic: {count: 8}}, auto_precision: %s}
+  compile: {kind: compile, model: quantize}
+  context: {kind: context-binary, compiled: compile}
+  validate: {kind: validate, context: context, reference: export, quantized: quantize, min_sqnr_db: 35}
+"""
+
+
+def test_auto_precision_reaches_the_goal_and_holds_on_htp(tmp_path: Path, cli: CLI) -> None:
+    outlier_model(tmp_path / "m.onnx")
+    write(tmp_path, "r.yaml", AMP_RECIPE % "{min_sqnr_db: 35}")
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    found = json.loads((tmp_path / "artifacts/amp/quantize/precision.json").read_text())
+    assert found["sqnr_db"] >= 35 and found["steps"][0][1] < 20 and found["steps"][-1][1] == found["sqnr_db"]
+    assert "c1" in found["promoted"]
+    # a layer goes up as a unit: its weight (16-bit symmetric), its output and the Relu fused onto it
+    assert found["overrides"]["w1"] == {"type": "int16", "symmetric": True}
+    assert found["overrides"]["c1"] == found["overrides"]["r1"] == {"type": "uint16"}
+    # the QDQ model written is the last step's, and the HTP context holds the figure (validate's gate: 35 dB)
+    metrics = json.loads((tmp_path / "artifacts/amp/validate/SM8650/metrics.json").read_text())
+    assert metrics["sqnr_db"]["output"]["htp"] >= 35
+
+
+def test_auto_precision_that_cannot_reach_names_the_best(tmp_path: Path, cli: CLI) -> None:
+    outlier_model(tmp_path / "m.onnx")
+    write(tmp_path, "r.yaml", AMP_RECIPE % "{min_sqnr_db: 200, max_promoted: 1}")
+    code, _, err = cli("run", "r.yaml")
+    assert code == 1
+    assert "auto precision could not reach 200 dB output SQNR (max_promoted 1 reached): the best was" in err
