@@ -18,45 +18,17 @@ from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
-from qnnbuild.toolchain import calibration
+from qnnbuild.toolchain import calibration, quantizer
 
-STRIDE = 16
 HELD_OUT = {"synthetic": {"count": 4, "seed": 2000}}
-QTYPES = ["uint8", "uint16", "int8", "int16", "int4", "uint4"]
+
 
 
 
 def _files(params: Params) -> dict[str, str]:
-    return {**calibration.files_of(params.get("calibration", {}), "calibration"),
+    return {**({"encodings": params["encodings"]} if "encodings" in params else {}),
+            **calibration.files_of(params.get("calibration", {}), "calibration"),
             **calibration.files_of(params.get("auto_precision", {}).get("data", {}), "auto_precision.data")}
-
-
-def stride_for(count: int) -> int:
-    """The largest stride ≤ STRIDE dividing count (onnxruntime requires it to divide the set)."""
-    return max(d for d in range(1, min(STRIDE, count) + 1) if count % d == 0)
-
-
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol, plus the range hooks its strided calibration uses."""
-
-    def __init__(self, samples: calibration.Samples) -> None:
-        self.samples = samples
-        self.start, self.end, self.next = 0, len(samples), 0
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self.start, self.end, self.next = start_index, end_index, start_index
-
-    def get_next(self) -> dict[str, Any] | None:
-        if self.next >= self.end:
-            return None
-        self.next += 1
-        return self.samples[self.next - 1]
-
-    def rewind(self) -> None:
-        self.next = self.start
 
 
 def _check_loads(path: Path) -> None:
@@ -83,45 +55,6 @@ def _check_finite(qdq: Any, source: dict[str, str]) -> None:
                           f"{', '.join(bad[:10])}" + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
 
 
-def _quantizer(ctx: StageRun, samples: calibration.Samples, cache: Path) -> Any:
-    """quantize_with(overrides) → the QDQ model path; ranges are calibrated on the first call and read from
-    onnxruntime's calibration cache after that (automatic precision quantizes once per step)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
-    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
-
-    params = ctx.params
-    qtypes = {name: getattr(QuantType, "Q" + name[0].upper() + name[1:].replace("int", "Int")) for name in QTYPES}
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    model_path = str(ctx.inputs["model"] / "model.onnx")
-    out = ctx.out / "model.qdq.onnx"
-
-    def quantize_with(overrides: dict[str, dict[str, Any]]) -> Path:
-        ort_overrides = {name: [{"quant_type": qtypes[o["type"]],
-                                 **({"symmetric": o["symmetric"]} if "symmetric" in o else {})}]
-                         for name, o in overrides.items()}
-        config = get_qnn_qdq_config(
-            model_path, _Reader(samples), calibrate_method=methods[params["method"]],
-            activation_type=qtypes[params["activations"]], weight_type=qtypes[params["weights"]],
-            per_channel=params["per_channel"], init_overrides=ort_overrides or None,
-            weight_symmetric=params["symmetric"], stride=stride_for(len(samples)))
-        try:
-            quantize_static(model_path, str(out), config.calibration_data_reader,
-                            calibrate_method=config.calibrate_method, quant_format=config.quant_format,
-                            activation_type=config.activation_type, weight_type=config.weight_type,
-                            op_types_to_quantize=config.op_types_to_quantize,
-                            nodes_to_quantize=config.nodes_to_quantize, nodes_to_exclude=config.nodes_to_exclude,
-                            per_channel=config.per_channel, reduce_range=config.reduce_range,
-                            use_external_data_format=config.use_external_data_format,
-                            calibration_providers=config.calibration_providers,
-                            extra_options=config.extra_options, calibration_cache_path=cache)
-        except (ValueError, RuntimeError, KeyError) as exc:
-            raise StageFailed(f"onnxruntime.quantization failed: {exc}") from None
-        return out
-
-    return quantize_with
-
-
 def _overrides(ctx: StageRun, model: Any, source: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The recipe's overrides, by the model's own tensor names (they may be written with source names)."""
     tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
@@ -131,6 +64,36 @@ def _overrides(ctx: StageRun, model: Any, source: dict[str, str]) -> dict[str, d
     if unknown:
         raise StageFailed(f"overrides name tensors the model does not have: {', '.join(unknown)}")
     return {(name if name in tensors else short[name]): o for name, o in ctx.params["overrides"].items()}
+
+
+def _exact(ctx: StageRun, model: Any, source: dict[str, str], base: dict[str, Any]) -> dict[str, Any]:
+    """The encodings file's tensors, each fixed to the file's scale, zero point and bit width."""
+    from onnx import numpy_helper
+
+    from qnnbuild.toolchain import encodings
+
+    path = ctx.files["encodings"]
+    try:
+        table = encodings.read(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StageFailed(f"{path}: cannot read the encodings: {exc}") from None
+    tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
+        i.name for i in model.graph.input}
+    short = {old: new for new, old in source.items()}
+    unknown = sorted(n for n in table if n not in tensors and n not in short)
+    if unknown:
+        raise StageFailed(f"{path}: the model has no tensor named {', '.join(unknown[:10])}"
+                          + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+    to_model = {n: (n if n in tensors else short[n]) for n in table}
+    both = sorted(n for n, m in to_model.items() if m in base)
+    if both:
+        raise StageFailed(f"{', '.join(both)}: set both by `overrides:` and by {path.name}; keep one")
+    shapes = {n: list(numpy_helper.to_array(i).shape) for i in model.graph.initializer
+              for n in (i.name, source.get(i.name, i.name))}
+    try:  # errors name tensors as the file does
+        return {to_model[n]: o for n, o in encodings.to_overrides(table, shapes).items()}
+    except ValueError as exc:
+        raise StageFailed(f"{path}: {exc}") from None
 
 
 def _auto_precision(ctx: StageRun, model: Any, source: dict[str, str], quantize_with: Any,
@@ -158,11 +121,14 @@ def run(ctx: StageRun) -> None:
     model = onnx.load(str(ctx.inputs["model"] / "model.onnx"))
     source = onnxgraph.source_names(ctx.inputs["model"])
     base = _overrides(ctx, model, source)
-    stride = stride_for(len(samples))
+    if "encodings" in ctx.files:
+        base = {**_exact(ctx, model, source, base), **base}
+    stride = quantizer.stride_for(len(samples))
     ctx.say(f"calibrating on {len(samples)} {next(iter(cal))} samples, {params['method']}, strides of {stride}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
-        quantize_with = _quantizer(ctx, samples, Path(tmp) / "ranges.json")
+        quantize_with = quantizer.make(ctx.inputs["model"] / "model.onnx", ctx.out / "model.qdq.onnx", samples,
+                                       ctx.params, Path(tmp) / "ranges.json")
         if params.get("auto_precision"):
             _auto_precision(ctx, model, source, quantize_with, base)
         else:
@@ -203,8 +169,11 @@ KIND = StageKind(
                       "description": "tensor name → {type, symmetric}: mixed precision per tensor",
                       "additionalProperties": {"type": "object", "additionalProperties": False,
                                                "required": ["type"],
-                                               "properties": {"type": {"enum": QTYPES},
+                                               "properties": {"type": {"enum": quantizer.QTYPES},
                                                               "symmetric": {"type": "boolean"}}}},
+        "encodings": {"type": "string", "description": "an AIMET/QNN encodings file (0.6.1 or 1.0.0, what QNN "
+                      "takes as --quantization_overrides): its tensors get exactly its scale, offset and bit width; "
+                      "the others are calibrated as usual"},
         "auto_precision": {
             "type": "object", "additionalProperties": False, "required": ["min_sqnr_db"],
             "description": "promote the worst layers (weights and activations) to 16 bits until the QDQ "

@@ -27,6 +27,7 @@ def from_qdq(model: Any) -> dict[str, Any]:
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
 
     def per_channel(scale_name: str, zp_name: str) -> list[dict[str, Any]]:
         scales = np.atleast_1d(numpy_helper.to_array(inits[scale_name])).astype(np.float64)
@@ -44,7 +45,10 @@ def from_qdq(model: Any) -> dict[str, Any]:
             continue
         zp = node.input[2] if len(node.input) > 2 else ""
         if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
-            activations.setdefault(node.input[0], per_channel(node.input[1], zp))
+            # a graph output's last Quantize reads `<output>_QuantizeLinear_Input`: name the output itself
+            name = node.input[0].removesuffix("_QuantizeLinear_Input") if node.input[0].removesuffix(
+                "_QuantizeLinear_Input") in outputs else node.input[0]
+            activations.setdefault(name, per_channel(node.input[1], zp))
         elif node.op_type == "DequantizeLinear" and node.input[0] in inits:
             name = node.input[0].removesuffix("_quantized")
             params.setdefault(name, per_channel(node.input[1], zp))
@@ -67,3 +71,70 @@ def io_quantization(model: Any) -> dict[str, dict[str, Any]]:
             if q is not None and q.input[0] in encs:
                 out[value.name] = encs[q.input[0]][0]
     return out
+
+
+SIGNED = {8: "int8", 16: "int16", 4: "int4"}
+UNSIGNED = {8: "uint8", 16: "uint16", 4: "uint4"}
+
+
+def read(path: Any) -> dict[str, list[dict[str, Any]]]:
+    """An AIMET/QNN encodings file (legacy 0.6.1, entries a dict or a list of per-channel dicts, or 1.0.0)
+    → tensor name → one {bitwidth, scale, offset, is_symmetric} per channel."""
+    import json
+
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict) or not ({"activation_encodings", "param_encodings"} & set(raw)):
+        raise ValueError("not an encodings file: no activation_encodings or param_encodings")
+    found: dict[str, list[dict[str, Any]]] = {}
+    for section in ("activation_encodings", "param_encodings"):
+        table = raw.get(section, {})
+        if isinstance(table, list):  # 1.0.0: [{name, bw, scale: [...], offset: [...], is_sym, enc_type}]
+            for entry in table:
+                scales, offsets = entry["scale"], entry["offset"]
+                found[entry["name"]] = [{"bitwidth": int(entry["bw"]), "scale": float(s), "offset": int(o),
+                                         "is_symmetric": bool(entry.get("is_sym", False))}
+                                        for s, o in zip(scales, offsets * len(scales) if len(offsets) == 1
+                                                        else offsets, strict=True)]
+        else:
+            for name, value in table.items():
+                found[name] = [{"bitwidth": int(e["bitwidth"]), "scale": float(e["scale"]),
+                                "offset": int(e["offset"]),
+                                "is_symmetric": str(e.get("is_symmetric", "False")).lower() == "true"}
+                               for e in (value if isinstance(value, list) else [value])]
+    return found
+
+
+def to_overrides(encodings: dict[str, list[dict[str, Any]]], shapes: dict[str, list[int]]) -> dict[str, Any]:
+    """onnxruntime TensorQuantOverrides that fix each tensor's scale and zero point exactly. QNN's offset is
+    over the unsigned range, so zero_point = -offset; a symmetric signed encoding (offset -2^(bw-1)) maps
+    back to the signed type with zero point 0, the form onnxruntime writes for symmetric weights.
+    `shapes`: initializer shapes, for the per-channel axis (0; 1 for ConvTranspose-style [in, out] weights is
+    not guessed: the channel count must match dimension 0)."""
+    import numpy as np
+
+    overrides: dict[str, Any] = {}
+    for name, channels in encodings.items():
+        if all(e["bitwidth"] == 32 for e in channels):
+            continue  # a bias: its scale is the input's times the weight's, which the file also fixes
+        entries = []
+        for e in channels:
+            bits = e["bitwidth"]
+            if bits not in UNSIGNED:
+                raise ValueError(f"{name}: bit width {bits} is not supported (4, 8 or 16; 32 for biases)")
+            signed = e["is_symmetric"] and e["offset"] == -(2 ** (bits - 1))
+            qtype = SIGNED[bits] if signed else UNSIGNED[bits]
+            zero_point = 0 if signed else -e["offset"]
+            if not 0 <= zero_point < 2**bits and not signed:
+                raise ValueError(f"{name}: offset {e['offset']} is outside the {bits}-bit range")
+            dtype = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16,
+                     "int4": np.int8, "uint4": np.uint8}[qtype]
+            entry: dict[str, Any] = {"type": qtype, "scale": np.array(e["scale"], np.float32),
+                                     "zero_point": np.array(zero_point, dtype)}
+            entries.append(entry)
+        if len(entries) > 1:
+            shape = shapes.get(name)
+            if shape is None or shape[0] != len(entries):
+                raise ValueError(f"{name}: {len(entries)} per-channel encodings, but the tensor has shape {shape}")
+            entries[0]["axis"] = 0
+        overrides[name] = entries
+    return overrides

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from qnnbuild.stages.quantize import stride_for
+from qnnbuild.toolchain.quantizer import stride_for
 from tests.conftest import CLI, TINY_RECIPE, make_conv_model, write
 
 
@@ -277,3 +277,49 @@ def test_auto_precision_that_cannot_reach_names_the_best(tmp_path: Path, cli: CL
     code, _, err = cli("run", "r.yaml")
     assert code == 1
     assert "auto precision could not reach 200 dB output SQNR (max_promoted 1 reached): the best was" in err
+
+
+ENC_RECIPE = """\
+schema_version: 1
+recipe: e
+stages:
+  export: {kind: export, onnx: m.onnx}
+  first: {kind: quantize, model: export, calibration: {synthetic: {count: 4}}, per_channel: true, symmetric: true}
+  again: {kind: quantize, model: export, calibration: {synthetic: {count: 4, seed: 9}}, per_channel: true,
+          symmetric: true, encodings: enc.json}
+"""
+
+
+def test_encodings_file_round_trip_exact_scales_and_refusals(tmp_path: Path, cli: CLI) -> None:
+    outlier_model(tmp_path / "m.onnx")
+    write(tmp_path, "enc.json", "{}")
+    write(tmp_path, "r.yaml", ENC_RECIPE)
+    code, _, err = cli("run", "r.yaml", "--only", "first")
+    assert code == 0, err
+    art = tmp_path / "artifacts/e"
+    (tmp_path / "enc.json").write_bytes((art / "first/encodings.json").read_bytes())
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    # other calibration data, same file: the same QDQ model, byte for byte
+    assert (art / "again/model.qdq.onnx").read_bytes() == (art / "first/model.qdq.onnx").read_bytes()
+
+    # a 1.0.0 file fixes c1's encoding exactly; everything else is calibrated
+    write(tmp_path, "enc.json", json.dumps({"version": "1.0.0", "activation_encodings": [
+        {"name": "c1", "bw": 16, "dtype": "INT", "enc_type": "PER_TENSOR", "is_sym": False,
+         "scale": [0.001], "offset": [-30000]}], "param_encodings": []}))
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    qdq = onnx.load(str(art / "again/model.qdq.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    c1 = {v: k for k, v in json.loads((art / "export/names.json").read_text()).items()}.get("c1", "c1")
+    assert np.isclose(inits[f"{c1}_scale"], 0.001) and int(inits[f"{c1}_zero_point"]) == 30000
+    assert inits[f"{c1}_zero_point"].dtype == np.uint16
+
+    write(tmp_path, "enc.json", json.dumps({"activation_encodings": {"nope": [
+        {"bitwidth": 8, "scale": 0.1, "offset": 0}]}, "param_encodings": {}}))
+    code, _, err = cli("run", "r.yaml")
+    assert code == 1 and "enc.json: the model has no tensor named nope" in err
+    write(tmp_path, "enc.json", json.dumps({"activation_encodings": {"c1": [
+        {"bitwidth": 12, "scale": 0.1, "offset": 0}]}, "param_encodings": {}}))
+    code, _, err = cli("run", "r.yaml")
+    assert code == 1 and "c1: bit width 12 is not supported" in err
