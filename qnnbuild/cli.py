@@ -115,6 +115,12 @@ def parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("-o", "--output", help="HTML file (default: artifacts/<recipe>/report.html)")
 
+    p = sub.add_parser("diff", help="two builds side by side: accuracy, SQNR, cycles, slowest ops, binary size")
+    p.add_argument("a", metavar="A", help="a recipe file (its last build) or a qnnbuild.lock")
+    p.add_argument("b", metavar="B", help="the build to compare it with")
+    p.add_argument("--json", action="store_true")
+    _add_common(p, recipe=False)
+
     p = sub.add_parser("schema", help="print the recipe JSON Schema")
     _add_common(p, recipe=False, artifacts=False)
 
@@ -259,6 +265,12 @@ def _maintenance(name: str) -> Callable[[argparse.Namespace], int]:
     return command
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from qnnbuild.commands.diff import cmd_diff as diff
+
+    return diff(args)
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from qnnbuild.commands import cache
 
@@ -267,7 +279,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "schema": cmd_schema, "infer": cmd_infer,
-            "report": cmd_report, "release": cmd_release, "cache": cmd_cache,
+            "report": cmd_report, "release": cmd_release, "cache": cmd_cache, "diff": cmd_diff,
             "clean": _maintenance("cmd_clean"), "gc": _maintenance("cmd_gc"), "verify": _maintenance("cmd_verify"),
             "doctor": _maintenance("cmd_doctor")}
 
