@@ -20,6 +20,7 @@ from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
 from qnnbuild.toolchain import calibration, quantizer
 
+TECHNIQUES = ["cle", "adaround", "seqmse"]
 HELD_OUT = {"synthetic": {"count": 4, "seed": 2000}}
 
 
@@ -66,36 +67,6 @@ def _overrides(ctx: StageRun, model: Any, source: dict[str, str]) -> dict[str, d
     return {(name if name in tensors else short[name]): o for name, o in ctx.params["overrides"].items()}
 
 
-def _exact(ctx: StageRun, model: Any, source: dict[str, str], base: dict[str, Any]) -> dict[str, Any]:
-    """The encodings file's tensors, each fixed to the file's scale, zero point and bit width."""
-    from onnx import numpy_helper
-
-    from qnnbuild.toolchain import encodings
-
-    path = ctx.files["encodings"]
-    try:
-        table = encodings.read(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StageFailed(f"{path}: cannot read the encodings: {exc}") from None
-    tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
-        i.name for i in model.graph.input}
-    short = {old: new for new, old in source.items()}
-    unknown = sorted(n for n in table if n not in tensors and n not in short)
-    if unknown:
-        raise StageFailed(f"{path}: the model has no tensor named {', '.join(unknown[:10])}"
-                          + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
-    to_model = {n: (n if n in tensors else short[n]) for n in table}
-    both = sorted(n for n, m in to_model.items() if m in base)
-    if both:
-        raise StageFailed(f"{', '.join(both)}: set both by `overrides:` and by {path.name}; keep one")
-    shapes = {n: list(numpy_helper.to_array(i).shape) for i in model.graph.initializer
-              for n in (i.name, source.get(i.name, i.name))}
-    try:  # errors name tensors as the file does
-        return {to_model[n]: o for n, o in encodings.to_overrides(table, shapes).items()}
-    except ValueError as exc:
-        raise StageFailed(f"{path}: {exc}") from None
-
-
 def _auto_precision(ctx: StageRun, model: Any, source: dict[str, str], quantize_with: Any,
                     base: dict[str, dict[str, Any]]) -> None:
     from qnnbuild.toolchain import precision
@@ -110,6 +81,41 @@ def _auto_precision(ctx: StageRun, model: Any, source: dict[str, str], quantize_
     (ctx.out / "precision.json").write_text(json.dumps(named, indent=1) + "\n")
 
 
+def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Samples, base: dict[str, Any],
+                     source: dict[str, str], tmp: Path) -> dict[str, Any]:
+    """Quantize into ctx.out: onnxruntime's quantizer (after AIMET's CLE, when asked), or AIMET's simulation
+    for AdaRound / SeqMSE. Returns what calibration.json records of the technique."""
+    import onnx
+
+    from qnnbuild.toolchain import aimet
+
+    params = ctx.params
+    techniques = [params["technique"]] if isinstance(params.get("technique"), str) else params.get("technique", [])
+    record: dict[str, Any] = {"technique": techniques} if techniques else {}
+    model_path = ctx.inputs["model"] / "model.onnx"
+    if "cle" in techniques:
+        started = time.monotonic()
+        model, fidelity = aimet.equalize(model, samples)
+        aimet.check_equalized(fidelity, model)
+        ctx.say(f"cross-layer equalization in {time.monotonic() - started:.2f} s; the equalized model is "
+                f"{fidelity:.1f} dB from the original")
+        record["cle_fidelity_db"] = round(fidelity, 2)
+        model_path = tmp / "equalized.onnx"
+        onnx.save(model, str(model_path))
+    if {"adaround", "seqmse"} & set(techniques):
+        if base or params.get("auto_precision"):
+            raise StageFailed("technique adaround/seqmse quantizes through AIMET's simulation: it cannot be "
+                              "combined with overrides, encodings or auto_precision")
+        onnx.save(aimet.simulate(model, samples, params, techniques), str(ctx.out / "model.qdq.onnx"))
+        return record
+    quantize_with = quantizer.make(model_path, ctx.out / "model.qdq.onnx", samples, params, tmp / "ranges.json")
+    if params.get("auto_precision"):
+        _auto_precision(ctx, model, source, quantize_with, base)
+    else:
+        quantize_with(base)
+    return record
+
+
 def run(ctx: StageRun) -> None:
     import onnx
 
@@ -122,17 +128,12 @@ def run(ctx: StageRun) -> None:
     source = onnxgraph.source_names(ctx.inputs["model"])
     base = _overrides(ctx, model, source)
     if "encodings" in ctx.files:
-        base = {**_exact(ctx, model, source, base), **base}
+        base = {**encodings.exact_overrides(ctx.files["encodings"], model, source, base), **base}
     stride = quantizer.stride_for(len(samples))
     ctx.say(f"calibrating on {len(samples)} {next(iter(cal))} samples, {params['method']}, strides of {stride}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
-        quantize_with = quantizer.make(ctx.inputs["model"] / "model.onnx", ctx.out / "model.qdq.onnx", samples,
-                                       ctx.params, Path(tmp) / "ranges.json")
-        if params.get("auto_precision"):
-            _auto_precision(ctx, model, source, quantize_with, base)
-        else:
-            quantize_with(base)
+        technique = _with_techniques(ctx, model, samples, base, source, Path(tmp))
     out = ctx.out / "model.qdq.onnx"
     seconds = time.monotonic() - started
     _check_loads(out)
@@ -146,7 +147,7 @@ def run(ctx: StageRun) -> None:
     ranges = {name: {"min": e[0]["min"], "max": e[0]["max"], "bitwidth": e[0]["bitwidth"]}
               for name, e in encs["activation_encodings"].items()}
     stats = {"samples": len(samples), "source": next(iter(cal)), "method": params["method"], "stride": stride,
-             "activation_ranges": ranges}
+             "activation_ranges": ranges, **technique}
     (ctx.out / "calibration.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ctx.say(f"quantized in {seconds:.2f} s; {len(ranges)} activation and {len(encs['param_encodings'])} "
@@ -174,6 +175,10 @@ KIND = StageKind(
         "encodings": {"type": "string", "description": "an AIMET/QNN encodings file (0.6.1 or 1.0.0, what QNN "
                       "takes as --quantization_overrides): its tensors get exactly its scale, offset and bit width; "
                       "the others are calibrated as usual"},
+        "technique": {"description": "AIMET techniques (the aimet extra): cle (cross-layer equalization, then "
+                      "onnxruntime's quantizer), adaround, seqmse (AIMET's simulation); a name or a list",
+                      "oneOf": [{"enum": TECHNIQUES}, {"type": "array", "items": {"enum": TECHNIQUES},
+                                                       "uniqueItems": True}]},
         "auto_precision": {
             "type": "object", "additionalProperties": False, "required": ["min_sqnr_db"],
             "description": "promote the worst layers (weights and activations) to 16 bits until the QDQ "

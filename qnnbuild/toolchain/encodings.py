@@ -7,9 +7,12 @@ writes symmetric signed weights (offset -2^(bw-1)).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from qnnbuild.errors import StageFailed
 
 BITS = {2: (8, 0), 3: (8, -128), 4: (16, 0), 5: (16, -32768), 6: (32, -(2**31)), 21: (4, 0), 22: (4, -8)}
 
@@ -138,3 +141,31 @@ def to_overrides(encodings: dict[str, list[dict[str, Any]]], shapes: dict[str, l
             entries[0]["axis"] = 0
         overrides[name] = entries
     return overrides
+
+
+def exact_overrides(path: Path, model: Any, source: dict[str, str], base: dict[str, Any]) -> dict[str, Any]:
+    """The encodings file's tensors (named as in the source model or the exported one), each fixed to the
+    file's scale, zero point and bit width; `base`: the recipe's own overrides, which may not name them too."""
+    from onnx import numpy_helper
+
+    try:
+        table = read(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StageFailed(f"{path}: cannot read the encodings: {exc}") from None
+    tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
+        i.name for i in model.graph.input}
+    short = {old: new for new, old in source.items()}
+    unknown = sorted(n for n in table if n not in tensors and n not in short)
+    if unknown:
+        raise StageFailed(f"{path}: the model has no tensor named {', '.join(unknown[:10])}"
+                          + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+    to_model = {n: (n if n in tensors else short[n]) for n in table}
+    both = sorted(n for n, m in to_model.items() if m in base)
+    if both:
+        raise StageFailed(f"{', '.join(both)}: set both by `overrides:` and by {path.name}; keep one")
+    shapes = {n: list(numpy_helper.to_array(i).shape) for i in model.graph.initializer
+              for n in (i.name, source.get(i.name, i.name))}
+    try:  # errors name tensors as the file does
+        return {to_model[n]: o for n, o in to_overrides(table, shapes).items()}
+    except ValueError as exc:
+        raise StageFailed(f"{path}: {exc}") from None
