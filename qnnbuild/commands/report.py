@@ -193,6 +193,57 @@ def _profile(inst: Instance, folder: Path) -> list[str]:
             f" <span class=muted>{html.escape(profile['note'])}.</span></p>", _img("cycle profile", plot)]
 
 
+def _quantize_of(inst: Instance, by_id: dict[str, Instance]) -> str | None:
+    """The quantize stage an instance's model comes from (following its inputs upstream)."""
+    todo = [inst]
+    while todo:
+        current = todo.pop()
+        if current.kind == "quantize":
+            return current.stage
+        todo += [by_id[i] for i in current.inputs.values() if by_id[i].kind != "export"]
+    return None
+
+
+def _variants(plan: Plan, found: dict[str, list[tuple[Instance, Path]]]) -> list[str]:
+    """Quantize variants of one recipe side by side per target: accuracy against cycles, one look."""
+    by_id = plan.by_id()
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind in ("validate", "profile"):
+        for inst, folder in found.get(kind, []):
+            variant = _quantize_of(inst, by_id)
+            data = _read(folder, "metrics.json" if kind == "validate" else "profile.json")
+            if variant is None or not data:
+                continue
+            row = rows.setdefault((str(inst.target), variant), {})
+            if kind == "validate":
+                row["sqnr"] = min(f["sqnr_db"] for f in data["outputs"].values())
+                row["top1"] = data.get("top1_accuracy", {}).get("htp")
+            else:
+                row["cycles"] = data["total_cycles_mean"]
+    if len({v for _, v in rows}) < 2:
+        return []
+    e = html.escape
+    table = [[e(t), f"<code>{e(v)}</code>", f"{r['sqnr']:.2f} dB" if "sqnr" in r else "–",
+              f"{r['top1']:.2f} %" if r.get("top1") is not None else "–",
+              f"{r['cycles']:,.0f}" if "cycles" in r else "–"] for (t, v), r in sorted(rows.items())]
+    out = ["<h2>Quantization variants (HTP emulator)</h2>",
+           _table(["target", "quantize stage", "SQNR (worst output)", "top-1", "cycles / inference"], table,
+                  {2, 3, 4})]
+    points = [(v, r["cycles"], r["sqnr"]) for (_, v), r in rows.items() if "cycles" in r and "sqnr" in r]
+    if len(points) >= 2:
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for label, cycles, sqnr in points:
+            ax.scatter([cycles], [sqnr])
+            ax.annotate(label, (cycles, sqnr), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("cycles per inference")
+        ax.set_ylabel("SQNR vs fp32 (dB)")
+        ax.set_title("Accuracy against cost")
+        out.append(_img("accuracy against cycles", _png(fig)))
+        plt.close(fig)
+    return out
+
+
 def build(plan: Plan, artifacts: Path) -> str:
     """The report's HTML."""
     session = Session(plan, artifacts)
@@ -207,6 +258,7 @@ def build(plan: Plan, artifacts: Path) -> str:
     for inst, folder in by_kind.get("convert", []):
         parts += _op_report(inst, folder)
     parts += _accuracy(by_kind.get("validate", []))
+    parts += _variants(plan, by_kind)
     for inst, folder in by_kind.get("layer-error", []):
         parts += _layers(inst, folder)
     for inst, folder in by_kind.get("profile", []):
