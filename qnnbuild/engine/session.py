@@ -102,7 +102,8 @@ class Session:
         target: Any = TARGETS[inst.target].as_dict() if inst.target else None
         if kind.all_targets:
             target = [TARGETS[t].as_dict() for t in self.plan.targets]
-        return key_document(inst.kind, kind.version, inst.params, target, upstream, files, tool_versions(kind.tools))
+        return key_document(inst.kind, kind.version, inst.params, target, upstream, files,
+                            tool_versions(kind.tools_for(inst.params)))
 
     def _with_discovered(self, declared: dict[str, Any], files: list[str]) -> tuple[str, dict[str, Any]]:
         """`files` are relative to the recipe's folder (keys stay equal across checkouts of one layout)."""
@@ -386,7 +387,7 @@ class Session:
             if result.status in ("ran", "cached"):
                 instances[result.id] = {"key": result.key, "digest": result.digest, "document": result.document,
                                         "outputs": result.files}
-        tools = sorted({t for inst in self.plan.instances for t in KINDS[inst.kind].tools})
+        tools = sorted({t for inst in self.plan.instances for t in KINDS[inst.kind].tools_for(inst.params)})
         lock = {"recipe": self.plan.recipe, "tools": tool_versions(tuple(tools)), "platform": environment(),
                 "instances": dict(sorted(instances.items()))}
         old = self.store.read_lock(self.plan.recipe)

@@ -101,7 +101,8 @@ class StageKind:
     - `files(params)`: input name → file or folder path relative to the recipe (digested into the key);
     - `checks(params)`: semantic checks the schema cannot express, as (parameter path, message);
     - `fans_out`: runs once per target even when nothing upstream does (compile);
-    - `tools`: distributions whose versions change its output (they enter the key);
+    - `tools`: distributions whose versions change its output (they enter the key); a function of the params
+      when only some instances use a tool (tensorflow for a TF-source export);
     - `reproducible`: equal inputs give equal bytes (False for measurements with timings);
     - `discovers(params)`: this instance reports files it read (`StageRun.read`), which then enter its key;
       such an instance runs where those files are (never on a cluster worker);
@@ -118,8 +119,11 @@ class StageKind:
     files: Callable[[Params], dict[str, str]] = no_files
     checks: Callable[[Params], list[tuple[tuple[str | int, ...], str]]] = no_checks
     fans_out: bool = False
-    tools: tuple[str, ...] = ()
+    tools: tuple[str, ...] | Callable[[Params], tuple[str, ...]] = ()
     reproducible: bool = True  # False: outputs carry timings, so `verify --rebuild` cannot compare them
     discovers: Callable[[Params], bool] = never
     all_targets: bool = False
     extra_schema: dict[str, Any] = field(default_factory=dict)
+
+    def tools_for(self, params: Params) -> tuple[str, ...]:
+        return self.tools(params) if callable(self.tools) else self.tools

@@ -23,19 +23,27 @@ FACTORY = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0
 SHAPE = {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 1}}
 
 
+SOURCES = ("torch", "onnx", "keras", "saved_model", "tflite")
+TF_SOURCES = ("keras", "saved_model", "tflite")
+
+
 def _files(params: Params) -> dict[str, str]:
-    files: dict[str, str] = {k: params[k] for k in ("onnx", "checkpoint") if k in params}
+    files: dict[str, str] = {k: params[k] for k in ("onnx", "checkpoint", *TF_SOURCES) if k in params}
     files.update({f"sources.{i}": s for i, s in enumerate(params.get("sources", []))})
     return files
 
 
 def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
-    has_torch, has_onnx = "torch" in params, "onnx" in params
-    if has_torch == has_onnx:
-        return [((), "give exactly one source: torch: \"module:callable\" or onnx: path/to/model.onnx")]
+    given = [k for k in SOURCES if k in params]
+    has_torch = "torch" in params
+    if len(given) != 1:
+        return [((), "give exactly one source: torch: \"module:callable\", onnx: model.onnx, keras: model.keras, "
+                     "saved_model: folder or tflite: model.tflite" + (f" (got {', '.join(given)})" if given else ""))]
+    if "layout" in params and not set(given) & set(TF_SOURCES):
+        return [(("layout",), "layout goes with a TensorFlow source (keras, saved_model, tflite)")]
     if has_torch and not params.get("inputs"):
         return [(("inputs",), "a torch export needs the input shapes, e.g. inputs: {input: [1, 3, 224, 224]}")]
-    if has_onnx and "checkpoint" in params:
+    if not has_torch and "checkpoint" in params:
         return [(("checkpoint",), "checkpoint goes with a torch factory, not an ONNX file")]
     return []
 
@@ -110,14 +118,14 @@ def _torch_export(ctx: StageRun, dest: Path) -> None:
     ctx.read(own_module_files(before))  # after the export: a factory may import lazily when called
 
 
-def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
+def _clean(ctx: StageRun, raw: Path, scratch: Path, shapes: dict[str, list[int]] | None = None) -> None:
     import onnx
 
     from qnnbuild.toolchain import onnxgraph, rewrites
     from qnnbuild.toolchain.qnn import ort
 
     model = onnx.load(str(raw))
-    problems = onnxgraph.fix_input_shapes(model, ctx.params.get("inputs", {}))
+    problems = onnxgraph.fix_input_shapes(model, shapes if shapes is not None else ctx.params.get("inputs", {}))
     if problems:
         raise StageFailed("; ".join(problems))
     renamed = onnxgraph.rename_tensors(model)
@@ -165,6 +173,32 @@ def _clean(ctx: StageRun, raw: Path, scratch: Path) -> None:
     ctx.say(f"model.onnx: {len(model.graph.node)} nodes; inputs {spec['inputs']}")
 
 
+def _tf_export(ctx: StageRun, dest: Path) -> dict[str, list[int]]:
+    """Keras / SavedModel / TFLite → ONNX by tf2onnx, then the conversion measured against the original;
+    returns the fixed input shapes by ONNX input name (tf2onnx keeps a dynamic batch dynamic)."""
+    import time
+
+    from qnnbuild.toolchain import tfconvert
+
+    kind = next(k for k in TF_SOURCES if k in ctx.params)
+    nchw = ctx.params.get("layout") == "nchw"
+    started = time.monotonic()
+    converted = tfconvert.convert(kind, ctx.files[kind], ctx.params.get("inputs", {}), nchw, ctx.params["opset"], dest)
+    found = tfconvert.fidelity(converted, dest, nchw)
+    report = {"source": kind, "converter": converted.converter, **found,
+              "seconds": round(time.monotonic() - started, 2)}
+    (ctx.out / "conversion.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    worst = min(found["fidelity_sqnr_db"].values())
+    ctx.say(f"{kind} → ONNX by {converted.converter}: fidelity {worst:.1f} dB (worst output), "
+            f"{report['seconds']:.1f} s")
+    if worst < ctx.params["min_fidelity_db"]:
+        raise StageFailed(f"the converted model is not faithful to the {kind} original: "
+                          + ", ".join(f"{n} {v:.1f} dB" for n, v in found["fidelity_sqnr_db"].items())
+                          + f" < required {ctx.params['min_fidelity_db']} dB")
+    shapes: dict[str, list[int]] = found["shapes"]
+    return shapes
+
+
 def run(ctx: StageRun) -> None:
     # fixed relative names in a scratch folder: the exporters store file names inside the model
     with tempfile.TemporaryDirectory(prefix="qnnbuild-export-") as tmp, contextlib.chdir(tmp):
@@ -172,9 +206,12 @@ def run(ctx: StageRun) -> None:
         if "torch" in ctx.params:
             _torch_export(ctx, Path("exported.onnx"))
             raw = scratch / "exported.onnx"
-        else:
+        elif "onnx" in ctx.params:
             raw = ctx.files["onnx"]
-        _clean(ctx, raw, scratch)
+        else:
+            raw = scratch / "converted.onnx"
+            shapes = _tf_export(ctx, raw)
+        _clean(ctx, raw, scratch, shapes if "onnx" not in ctx.params and "torch" not in ctx.params else None)
 
 
 KIND = StageKind(
@@ -187,6 +224,14 @@ KIND = StageKind(
                   "a torch.nn.Module; the module is searched in the recipe's folder first"},
         "checkpoint": {"type": "string", "description": "state_dict file loaded into the torch model"},
         "onnx": {"type": "string", "description": "an ONNX file (relative to the recipe)"},
+        "keras": {"type": "string", "description": "a Keras model (.keras or .h5); the tensorflow extra"},
+        "saved_model": {"type": "string", "description": "a TensorFlow SavedModel folder; the tensorflow extra"},
+        "tflite": {"type": "string", "description": "a .tflite model with float inputs and outputs; the tensorflow "
+                   "extra"},
+        "layout": {"enum": ["original", "nchw"], "default": "original",
+                   "description": "TF sources: nchw asks tf2onnx for channels-first inputs"},
+        "min_fidelity_db": {"type": "number", "default": 60, "description": "TF sources: the converted ONNX "
+                            "against the original on seeded random inputs (conversion.json); fails below"},
         "inputs": {"type": "object", "additionalProperties": SHAPE, "default": {},
                    "description": "input name → shape; fixes dynamic dimensions"},
         "outputs": {"type": "array", "items": {"type": "string"}, "description": "output names (torch)"},
@@ -196,7 +241,8 @@ KIND = StageKind(
     },
     files=_files,
     checks=_checks,
-    tools=("onnx", "onnxruntime", "torch", "qnnbuild"),
+    tools=lambda params: ("onnx", "onnxruntime", "torch", "qnnbuild",
+                          *(("tensorflow-cpu", "tf2onnx", "ai-edge-litert") if set(params) & set(TF_SOURCES) else ())),
     discovers=lambda params: "torch" in params,  # a factory's own modules; an ONNX file reads nothing else
     run=run,
 )

@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from qnnbuild.stages.layer_error import rank
 from qnnbuild.stages.profile import parse_profile, percentile
 from qnnbuild.stages.validate import verdicts
 from qnnbuild.toolchain.metrics import compare, cosine, sqnr_db
+from qnnbuild.toolchain.sensitivity import rank
 
 
 def test_sqnr_and_cosine() -> None:
