@@ -98,13 +98,17 @@ def _tflite(tf2onnx: Any, path: Path, given: dict[str, list[int]], nchw: bool, o
         raise StageFailed(f"{path.name}: stateful ops {', '.join(stateful)} cannot be converted to a QNN graph")
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     integer = [d["name"] for d in [*inputs, *outputs] if not np.issubdtype(d["dtype"], np.floating)]
-    if integer:
+    if integer:  # a quantized model with float I/O is dequantized on conversion; integer I/O is not a float model
         raise StageFailed(f"{path.name}: integer inputs/outputs ({', '.join(integer)}): a fully quantized .tflite is "
                           "not supported; give the float model (or one with float I/O)")
     specs = [(d["name"], _fixed(d["name"], [int(x) for x in d["shape"]], given), d["dtype"]) for d in inputs]
-    try:
-        tf2onnx.convert.from_tflite(str(path), opset=opset, output_path=str(out),
-                                    inputs_as_nchw=[n for n, _, _ in specs] if nchw else None)
+    try:  # from_tflite has no dequantize switch; the CLI's --dequantize goes through _convert_common
+        tf2onnx.convert._convert_common(None, tflite_path=str(path), name=path.stem, continue_on_error=True,
+                                        opset=opset, output_path=str(out), dequantize=True,
+                                        inputs_as_nchw=[n for n, _, _ in specs] if nchw else None,
+                                        outputs_as_nchw=None, shape_override=None, input_names=None,
+                                        output_names=None, tensors_to_rename=None, initialized_tables=None,
+                                        extra_opset=None, target=None)
     except Exception as exc:
         raise StageFailed(f"{path.name}: tf2onnx cannot convert it: {' '.join(str(exc).split())[:300]}") from None
     unmapped(out, path.name)

@@ -82,3 +82,38 @@ def test_tf_source_needs_one_source_and_checks_fidelity(tmp_path: Path) -> None:
                                      "  export: {kind: export, tflite: m.tflite, onnx: m.tflite}\n")
     proc = run_process(["run", "r.yaml"], tmp_path)
     assert proc.returncode == 2 and "give exactly one source" in proc.stderr and "(got onnx, tflite)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_quantized_tflite_dequantized_and_integer_io_refused(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    keras_cnn(tmp_path)
+    model = tf.keras.models.load_model(tmp_path / "cnn.keras", compile=False)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights, float inputs and outputs
+    (tmp_path / "weights8.tflite").write_bytes(converter.convert())
+
+    def representative() -> object:
+        rng = np.random.default_rng(0)
+        for _ in range(8):
+            yield [rng.uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)]
+
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    (tmp_path / "int8.tflite").write_bytes(converter.convert())
+    (tmp_path / "r.yaml").write_text("""\
+schema_version: 1
+recipe: q
+targets: [SM8650]
+stages:
+  dequantized: {kind: export, tflite: weights8.tflite, min_fidelity_db: 20}
+  integer: {kind: export, tflite: int8.tflite}
+""")
+    proc = run_process(["run", "r.yaml", "--json"], tmp_path)
+    stages = {s["id"]: s["status"] for s in json.loads(proc.stdout)["stages"]}
+    assert stages == {"dequantized": "ran", "integer": "failed"}, proc.stderr
+    assert "int8.tflite: integer inputs/outputs" in proc.stderr
+    conversion = json.loads((tmp_path / "artifacts/q/dequantized/conversion.json").read_text())
+    assert min(conversion["fidelity_sqnr_db"].values()) >= 20
