@@ -117,3 +117,14 @@ stages:
     assert "int8.tflite: integer inputs/outputs" in proc.stderr
     conversion = json.loads((tmp_path / "artifacts/q/dequantized/conversion.json").read_text())
     assert min(conversion["fidelity_sqnr_db"].values()) >= 20
+
+
+def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from qnnbuild.errors import StageFailed
+    from qnnbuild.toolchain import tfconvert
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if the extra were not installed
+    with pytest.raises(StageFailed, match=r"pip install 'qnnbuild\[tensorflow\]'"):
+        tfconvert.convert("keras", Path("m.keras"), {}, False, 17, Path("out.onnx"))
