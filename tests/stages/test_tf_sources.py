@@ -72,8 +72,10 @@ def test_keras_saved_model_and_tflite_to_a_context_binary(tmp_path: Path) -> Non
     shapes = {p: json.loads((art / f"{p}_export/io.json").read_text())["inputs"][0]["shape"] for p in "kn"}
     assert shapes == {"k": [1, 32, 32, 3], "n": [1, 3, 32, 32]}
     # tensorflow is imported by the TF exports only: a no-op of the whole recipe does not import it
-    proc = run_process(["run", "r.yaml"], tmp_path, {"PYTHONPROFILEIMPORTTIME": ""})
-    assert proc.returncode == 0 and "ran" not in proc.stderr.replace("ran ", "")
+    proc = run_process(["run", "r.yaml", "--json"], tmp_path, {"PYTHONPROFILEIMPORTTIME": "1"})
+    assert proc.returncode == 0 and {s["status"] for s in json.loads(proc.stdout)["stages"]} == {"cached"}
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert imported and not [m for m in imported if m.split(".")[0] in ("tensorflow", "tf2onnx", "keras")]
 
 
 def test_tf_source_needs_one_source_and_checks_fidelity(tmp_path: Path) -> None:
