@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tarfile
-import tempfile
 import threading
 import time
 import urllib.parse
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +235,9 @@ class RemoteCache:
 
     # --- declared input files, for Dask workers -------------------------------------------------------------
     def put_blob(self, path: Path, digest: str) -> None:
+        import tarfile
+        import tempfile
+
         target = self._path("blobs", digest)
         if self._call("look up", self.fs.exists, target):
             return
@@ -252,6 +252,9 @@ class RemoteCache:
 
     def get_blob(self, digest: str, folder: Path, name: str) -> Path:
         """The input file (or folder) with this digest at folder/name, downloaded once and checked."""
+        import tarfile
+        import uuid
+
         from qnnbuild.engine.hashing import StatCache
 
         dest = folder / name

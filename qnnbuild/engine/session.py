@@ -12,20 +12,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qnnbuild.engine.faults import checkpoint
 from qnnbuild.engine.graph import Instance, Plan
 from qnnbuild.engine.hashing import StatCache
 from qnnbuild.engine.keys import VersionCache, environment, key_document, key_of, tool_versions
-from qnnbuild.engine.remote import CacheDown, RemoteCache
 from qnnbuild.engine.status import Verdict, assess
 from qnnbuild.engine.store import Store, remove_tree, write_json_atomic
-from qnnbuild.engine.worker import spawn
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun
 from qnnbuild.toolchain.targets import TARGETS
+
+if TYPE_CHECKING:  # the shared cache and the worker spawner load only when a run needs them
+    from qnnbuild.engine.remote import RemoteCache
 
 
 @dataclass
@@ -217,6 +218,8 @@ class Session:
     # --- the shared cache ------------------------------------------------------------------------------------
     def _from_remote(self, inst: Instance, key: str, document: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """The entry for this instance from the shared cache, published locally; None to build it here."""
+        from qnnbuild.engine.remote import CacheDown
+
         if self.remote is None:
             return None
         candidates = [(key, document)]
@@ -240,6 +243,8 @@ class Session:
 
         The key is recorded as pending first and cleared once committed, so an upload cut short (cache down,
         writer killed) is retried by the next run instead of being forgotten behind a local cache hit."""
+        from qnnbuild.engine.remote import CacheDown
+
         if self.remote is None or not self.remote.writes:
             return
         self._pending(add=[key])
@@ -260,6 +265,8 @@ class Session:
         """Upload the entries an earlier run could not; a no-op with nothing pending makes no network call."""
         if self.remote is None or not self.remote.writes:
             return 0
+        from qnnbuild.engine.remote import CacheDown
+
         pushed = []
         for key in self._pending():
             if self.store.has(key):
@@ -312,6 +319,8 @@ class Session:
                         if KINDS[inst.kind].all_targets else [])
 
     def _run_worker(self, inst: Instance, work: Path) -> None:
+        from qnnbuild.engine.worker import spawn
+
         work = work.resolve()
         spawn(inst.kind, self._stage_run(inst, work), work)
 
@@ -319,6 +328,8 @@ class Session:
     def _on_cluster(self, inst: Instance, key: str, document: dict[str, Any], started: float) -> Result | None:
         """Run the instance on a cluster worker and restore its entry from the shared cache; None when the
         cache failed (the instance then runs here: a cache error never fails a build)."""
+        from qnnbuild.engine.remote import CacheDown
+
         remote, cluster = self.remote, self.executor
         if remote is None or cluster is None:
             return None
