@@ -156,7 +156,7 @@ def run(ctx: StageRun) -> None:
 
 KIND = StageKind(
     name="quantize",
-    version=3,
+    version=4,
     summary="fp32 model + calibration data → QDQ model for QNN, QNN encodings, calibration statistics",
     params={
         "model": {"type": "string", "description": "the export stage to quantize"},
