@@ -58,13 +58,12 @@ def _check_finite(qdq: Any, source: dict[str, str]) -> None:
 
 def _overrides(ctx: StageRun, model: Any, source: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The recipe's overrides, by the model's own tensor names (they may be written with source names)."""
-    tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
-        i.name for i in model.graph.input}
-    short = {old: new for new, old in source.items()}
-    unknown = sorted(n for n in ctx.params["overrides"] if n not in tensors and n not in short)
+    from qnnbuild.toolchain import onnxgraph
+
+    to_model, unknown = onnxgraph.model_names(model, source, ctx.params["overrides"])
     if unknown:
         raise StageFailed(f"overrides name tensors the model does not have: {', '.join(unknown)}")
-    return {(name if name in tensors else short[name]): o for name, o in ctx.params["overrides"].items()}
+    return {to_model[name]: o for name, o in ctx.params["overrides"].items()}
 
 
 def _auto_precision(ctx: StageRun, model: Any, source: dict[str, str], quantize_with: Any,

@@ -152,14 +152,12 @@ def exact_overrides(path: Path, model: Any, source: dict[str, str], base: dict[s
         table = read(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StageFailed(f"{path}: cannot read the encodings: {exc}") from None
-    tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
-        i.name for i in model.graph.input}
-    short = {old: new for new, old in source.items()}
-    unknown = sorted(n for n in table if n not in tensors and n not in short)
+    from qnnbuild.toolchain import onnxgraph
+
+    to_model, unknown = onnxgraph.model_names(model, source, table)
     if unknown:
         raise StageFailed(f"{path}: the model has no tensor named {', '.join(unknown[:10])}"
                           + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
-    to_model = {n: (n if n in tensors else short[n]) for n in table}
     both = sorted(n for n, m in to_model.items() if m in base)
     if both:
         raise StageFailed(f"{', '.join(both)}: set both by `overrides:` and by {path.name}; keep one")

@@ -113,6 +113,16 @@ def source_names(export_folder: Path) -> dict[str, str]:
         return {}
 
 
+def model_names(model: Any, source: dict[str, str], names: Any) -> tuple[dict[str, str], list[str]]:
+    """Tensor names a user wrote (the model's own, or the source model's from names.json) → the model's names,
+    and the sorted names the model does not have."""
+    tensors = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | {
+        i.name for i in model.graph.input}
+    short = {old: new for new, old in source.items()}
+    unknown = sorted(n for n in names if n not in tensors and n not in short)
+    return {n: (n if n in tensors else short[n]) for n in names if n not in unknown}, unknown
+
+
 def name_nodes(model: Any) -> None:
     """Every node gets a unique name (onnxruntime.quantization refuses unnamed nodes)."""
     seen: set[str] = set()
