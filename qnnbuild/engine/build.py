@@ -8,7 +8,7 @@ from typing import Any
 
 from qnnbuild.console import Console
 from qnnbuild.engine.plans import load_plan
-from qnnbuild.engine.session import Session
+from qnnbuild.engine.session import Session, label
 from qnnbuild.errors import UsageError
 
 
@@ -53,7 +53,7 @@ def build(request: Request, console: Console) -> list[Session]:
     if verdicts and all(v.fresh and v.view_current for vs in verdicts for v in vs):
         for session, vs in zip(sessions, verdicts, strict=True):  # the no-op: no doit, no toolchain import
             for result in session.accept(vs):
-                console.ended(result, _label(sessions, session, result.id))
+                console.ended(result, label(sessions, session, result.id))
             _push_pending(session, console)
         sessions[0].save_caches()  # a touched input is re-hashed once, not on every later run
         return sessions
@@ -62,7 +62,7 @@ def build(request: Request, console: Console) -> list[Session]:
     if request.remote is not None:
         request.remote.connect()  # a URL fsspec cannot open is a usage error before anything runs
 
-    selected = [_label(sessions, s, i.id) for s in sessions for i in s.plan.instances if i.stage in request.only]
+    selected = [label(sessions, s, i.id) for s in sessions for i in s.plan.instances if i.stage in request.only]
     with sessions[0].store.exclusive():
         swept = sessions[0].store.sweep()
         if swept:
@@ -72,10 +72,6 @@ def build(request: Request, console: Console) -> list[Session]:
             _push_pending(session, console)
             session.write_lock()
     return sessions
-
-
-def _label(sessions: list[Session], session: Session, inst_id: str) -> str:
-    return f"{session.plan.recipe}:{inst_id}" if len(sessions) > 1 else inst_id
 
 
 def _push_pending(session: Session, console: Console) -> None:

@@ -18,7 +18,7 @@ from doit.task import Task
 
 from qnnbuild.console import Console
 from qnnbuild.engine.graph import Instance
-from qnnbuild.engine.session import Session
+from qnnbuild.engine.session import Session, label
 from qnnbuild.errors import StageFailed
 
 Named = dict[str, tuple[Session, Instance]]
@@ -26,9 +26,7 @@ Named = dict[str, tuple[Session, Instance]]
 
 def _names(sessions: list[Session]) -> Named:
     """doit task name → (session, instance): the instance id, prefixed by its recipe when several are built."""
-    many = len(sessions) > 1
-    return {(f"{s.plan.recipe}:{inst.id}" if many else inst.id): (s, inst)
-            for s in sessions for inst in s.plan.instances}
+    return {label(sessions, s, inst.id): (s, inst) for s in sessions for inst in s.plan.instances}
 
 
 def _reporter_for(named: Named, console: Console) -> type:

@@ -58,6 +58,12 @@ class Result:
         return entry
 
 
+def label(sessions: list[Session], session: Session, inst_id: str) -> str:
+    """How an instance is named in a run (doit's task, the console line): prefixed by its recipe when a run
+    builds several."""
+    return f"{session.plan.recipe}:{inst_id}" if len(sessions) > 1 else inst_id
+
+
 class Session:
     """One plan's build. Sessions of one run (`run a.yaml b.yaml`) share a peer's caches and key locks, so an
     instance whose key another recipe is building waits for it and then takes it from the store."""
