@@ -85,15 +85,19 @@ class Cluster:
                 self.local.close()
 
 
-def _worker_store() -> Store:
-    """A store per worker process, under the worker's own directory (or the temp folder)."""
+def _this_worker() -> Any:
+    """The Dask worker running this task, or None outside one."""
     try:
         from distributed import get_worker
 
-        base = Path(get_worker().local_directory)
+        return get_worker()
     except (ImportError, ValueError):
-        base = Path(tempfile.gettempdir())
-    return Store(base / "qnnbuild")
+        return None
+
+
+def _worker_store(worker: Any) -> Store:
+    """A store per worker process, under the worker's own directory (or the temp folder)."""
+    return Store(Path(worker.local_directory if worker else tempfile.gettempdir()) / "qnnbuild")
 
 
 def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
@@ -101,9 +105,10 @@ def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
     started = time.monotonic()
     warnings: list[str] = []
     remote = RemoteCache(cache_url, "readwrite", warn=warnings.append)
-    store = _worker_store()
+    worker = _this_worker()
+    store = _worker_store(worker)
     key = request["key"]
-    me = _address()
+    me = str(worker.address) if worker else "local"
     try:
         if remote.manifest(key) is not None:
             return {"ok": True, "worker": me, "seconds": time.monotonic() - started, "note": "already in the cache"}
@@ -138,13 +143,3 @@ def _localize(request: dict[str, Any], remote: RemoteCache, store: Store) -> Sta
     for name, digest in request["file_digests"].items():
         run.files[name] = remote.get_blob(digest, store.root / ".files" / digest, Path(run.files[name]).name)
     return run
-
-
-def _address() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except (ImportError, ValueError):
-        return "local"
-
