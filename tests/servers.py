@@ -15,9 +15,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ACCESS_KEY = "qnnbuildTestKey"
 SECRET_KEY = "qnnbuild-secret-never-printed"  # noqa: S105 (a test server's key;) tests assert it appears in no output, lock, report or log
@@ -101,23 +101,28 @@ class SeaweedFS:
             return False
         return True
 
-    def bucket(self, name: str) -> str:
-        """Create a bucket (with the test credentials) and return its s3:// URL."""
+    def fs(self) -> Any:
+        """An s3fs filesystem on this server with the test credentials, given explicitly (the test process's
+        environment stays untouched)."""
         import fsspec
 
-        with _env(self.env()):
-            fs = fsspec.filesystem("s3", skip_instance_cache=True)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    fs.mkdir(name)
-                    fs.pipe_file(f"{name}/.probe", b"ok")  # the first write waits for a volume to be assigned
-                    fs.rm_file(f"{name}/.probe")
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
+        return fsspec.filesystem("s3", key=ACCESS_KEY, secret=SECRET_KEY, skip_instance_cache=True,
+                                 client_kwargs={"endpoint_url": self.endpoint, "region_name": "us-east-1"})
+
+    def bucket(self, name: str) -> str:
+        """Create a bucket (with the test credentials) and return its s3:// URL."""
+        fs = self.fs()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fs.mkdir(name)
+                fs.pipe_file(f"{name}/.probe", b"ok")  # the first write waits for a volume to be assigned
+                fs.rm_file(f"{name}/.probe")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         return f"s3://{name}"
 
     def stop(self, *, kill: bool = False) -> None:
@@ -128,20 +133,6 @@ class SeaweedFS:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-
-
-@contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @dataclass

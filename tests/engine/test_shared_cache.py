@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
 import pytest
 
 from tests.conftest import TINY_RECIPE, make_conv_model, run_process
@@ -50,11 +49,6 @@ def outputs(folder: Path) -> dict[str, bytes]:
     return found
 
 
-def bucket_fs(seaweed: SeaweedFS) -> fsspec.AbstractFileSystem:
-    os.environ.update(seaweed.env())
-    return fsspec.filesystem("s3", skip_instance_cache=True)
-
-
 def assert_no_secret(*folders_and_texts: Path | str) -> None:
     for item in folders_and_texts:
         if isinstance(item, Path):
@@ -86,7 +80,7 @@ def test_tampered_object_is_refused_rebuilt_and_replaced(tmp_path: Path, seaweed
     code, out, err = build(workspace(tmp_path, "ci"), url, seaweed.env())
     assert code == 0, err
     quantize = next(s for s in out["stages"] if s["id"] == "quantize")["key"]
-    fs = bucket_fs(seaweed)
+    fs = seaweed.fs()
     target = f"{url[5:]}/{quantize}/files/model.qdq.onnx"
     fs.pipe_file(target, fs.cat_file(target) + b"\0")  # one byte appended in the bucket
     victim = workspace(tmp_path, "laptop")
@@ -105,7 +99,7 @@ def test_read_mode_writes_nothing(tmp_path: Path, seaweed: SeaweedFS) -> None:
     url = seaweed.bucket(f"read-{uuid.uuid4().hex[:8]}")
     code, _, err = build(workspace(tmp_path, "laptop"), url, seaweed.env(), "--cache-mode", "read")
     assert code == 0, err
-    assert bucket_fs(seaweed).find(url[5:]) == []
+    assert seaweed.fs().find(url[5:]) == []
 
 
 def test_cache_down_costs_one_warning(tmp_path: Path) -> None:
@@ -144,7 +138,7 @@ def test_server_stopped_mid_upload_then_the_next_run_uploads(tmp_path: Path) -> 
         env = {**server.env(), "QNNBUILD_KILL_AT": "remote:files-uploaded@quantize"}
         proc = run_process(["run", "tiny.yaml", "--cache", url], folder, env)
         assert proc.returncode != 0
-        fs = bucket_fs(server)
+        fs = server.fs()
         keys = {p.rsplit("/", 2)[-2] for p in fs.find("kill/c") if p.endswith("/manifest.json")}
         assert len(keys) == 1  # export only
         other = workspace(tmp_path, "reader")
@@ -191,6 +185,6 @@ def test_cache_push_and_gc(tmp_path: Path, seaweed: SeaweedFS) -> None:
     assert proc.returncode == 0 and "removed 0 of 5 entries" in proc.stderr, proc.stderr
     proc = run_process(["cache", "gc", "--older-than", "0", "--cache", url], folder, seaweed.env())
     assert "removed 5 of 5 entries" in proc.stderr, proc.stderr
-    assert [p for p in bucket_fs(seaweed).find(url[5:]) if p.endswith("manifest.json")] == []
+    assert [p for p in seaweed.fs().find(url[5:]) if p.endswith("manifest.json")] == []
     proc = run_process(["cache", "gc", "--older-than", "0"], folder)
     assert proc.returncode == 2 and "--cache URL or QNNBUILD_CACHE" in proc.stderr
