@@ -54,5 +54,5 @@ def load_plan(recipe: str, artifacts: Path, *, cached: bool = True) -> Plan:
         if all(Path(p).exists() for inst in plan.instances for p in inst.files.values()):
             return plan  # else: a file vanished since; the full check names it with file:line:col
     plan = full_plan(path, recipe, raw)
-    write_json_atomic(cache, plan.to_json())
+    write_json_atomic(cache, plan.to_json(), sort_keys=False)  # inputs: order is data
     return plan

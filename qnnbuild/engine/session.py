@@ -109,7 +109,7 @@ class Session:
         target: Any = TARGETS[inst.target].as_dict() if inst.target else None
         if kind.all_targets:
             target = [TARGETS[t].as_dict() for t in self.plan.targets]
-        return key_document(inst.kind, kind.version, inst.params, target, upstream, files,
+        return key_document(inst.kind, kind.version, kind.key_params(inst.params), target, upstream, files,
                             tool_versions(kind.tools_for(inst.params)))
 
     def _with_discovered(self, declared: dict[str, Any], files: list[str]) -> tuple[str, dict[str, Any]]:

@@ -33,11 +33,12 @@ LOCK_SCHEMA_VERSION = 1
 MAX_VARIANTS = 8  # import lists remembered per declared key
 
 
-def write_json_atomic(path: Path, value: object) -> None:
+def write_json_atomic(path: Path, value: object, *, sort_keys: bool = True) -> None:
+    """`sort_keys=False` where a mapping's order is data (a plan's `inputs:` bind a model's arguments)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with tmp.open("w") as fh:
-        json.dump(value, fh, indent=1, sort_keys=True)
+        json.dump(value, fh, indent=1, sort_keys=sort_keys)
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())

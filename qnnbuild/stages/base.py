@@ -106,7 +106,9 @@ class StageKind:
     - `reproducible`: equal inputs give equal bytes (False for measurements with timings);
     - `discovers(params)`: this instance reports files it read (`StageRun.read`), which then enter its key;
       such an instance runs where those files are (never on a cluster worker);
-    - `all_targets`: the stage runs once but judges the model against every recipe target (convert).
+    - `all_targets`: the stage runs once but judges the model against every recipe target (convert);
+    - `ordered`: mapping parameters whose order is data (export's `inputs:` bind the model's arguments in
+      that order): the key holds them as [name, value] pairs, since canonical JSON sorts mapping keys.
     """
 
     name: str
@@ -124,6 +126,12 @@ class StageKind:
     discovers: Callable[[Params], bool] = never
     all_targets: bool = False
     extra_schema: dict[str, Any] = field(default_factory=dict)
+    ordered: tuple[str, ...] = ()
+
+    def key_params(self, params: Params) -> Params:
+        """The parameters as the key holds them: `ordered` mappings as lists of [name, value] pairs."""
+        return {k: [[n, v] for n, v in value.items()] if k in self.ordered and isinstance(value, dict) else value
+                for k, value in params.items()}
 
     def tools_for(self, params: Params) -> tuple[str, ...]:
         return self.tools(params) if callable(self.tools) else self.tools

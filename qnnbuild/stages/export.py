@@ -243,6 +243,7 @@ KIND = StageKind(
     checks=_checks,
     tools=lambda params: ("onnx", "onnxruntime", "torch", "qnnbuild",
                           *(("tensorflow-cpu", "tf2onnx", "ai-edge-litert") if set(params) & set(TF_SOURCES) else ())),
+    ordered=("inputs",),  # a torch factory's forward() takes its inputs in the recipe's order
     discovers=lambda params: "torch" in params,  # a factory's own modules; an ONNX file reads nothing else
     run=run,
 )

@@ -147,3 +147,47 @@ def test_imported_modules_are_discovered_inputs(tmp_path: Path, cli: CLI) -> Non
     assert channels() == 4
     lock = json.loads((tmp_path / "artifacts/disc/qnnbuild.lock").read_text())
     assert sorted(lock["instances"]["export"]["document"]["discovered"]) == ["blocks.py", "factory.py"]
+
+
+def test_inputs_bound_in_recipe_order_also_from_a_cached_plan(tmp_path: Path, cli: CLI) -> None:
+    """`x` before `mask` (not alphabetical): a --force rebuild from the cached plan must bind them the same."""
+    import numpy as np
+    import onnxruntime as ort
+
+    write(tmp_path, "twoin.py", """\
+        import torch
+        class TwoInputs(torch.nn.Module):
+            def forward(self, x, mask):
+                return 10 * x + mask
+        def build():
+            return TwoInputs()
+        """)
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: order
+        stages:
+          export: {kind: export, torch: "twoin:build", inputs: {x: [1, 4], mask: [1, 4]}}
+        """)
+    x, mask = np.ones((1, 4), np.float32), np.full((1, 4), 2.0, np.float32)
+
+    def built() -> tuple[list[str], float, str]:
+        model = tmp_path / "artifacts/order/export/model.onnx"
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        value = float(session.run(None, {"x": x, "mask": mask})[0][0, 0])
+        lock = json.loads((tmp_path / "artifacts/order/qnnbuild.lock").read_text())
+        return [i.name for i in session.get_inputs()], value, lock["instances"]["export"]["key"]
+
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    first = built()
+    assert first[:2] == (["x", "mask"], 12.0)
+    code, _, err = cli("run", "r.yaml", "--force", "export")
+    assert code == 0, err
+    assert built() == first
+    # the order is part of the key: swapping the two names is another model
+    (tmp_path / "r.yaml").write_text((tmp_path / "r.yaml").read_text().replace(
+        "{x: [1, 4], mask: [1, 4]}", "{mask: [1, 4], x: [1, 4]}"))
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    swapped = built()
+    assert swapped[0] == ["mask", "x"] and swapped[2] != first[2]
