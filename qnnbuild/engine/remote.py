@@ -1,7 +1,8 @@
 """The shared cache: the local store's entries under the same keys, on any fsspec URL (s3://, file://, ...).
 
     <url>/<key>/files/<relpath>      the entry's output files, uploaded first
-    <url>/<key>/stage.log            what the stage printed (informational: not an output, not verified)
+    <url>/<key>/meta/<name>          stage.log and timings.json: not outputs, but checked like them against
+                                     the digests the manifest's "meta" holds
     <url>/<key>/manifest.json        the local manifest, uploaded last with a conditional create: the commit
                                      marker, so an entry without it does not exist for a reader
     <url>/deps/<declared key>.json   the discovered-input lists of a declared key (see Session.key_for)
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 from qnnbuild.engine.faults import checkpoint
 from qnnbuild.engine.hashing import sha256_file, sha256_json
-from qnnbuild.engine.store import META, Store, output_files, remove_tree
+from qnnbuild.engine.store import META, META_FILES, Store, output_files, remove_tree
 from qnnbuild.errors import UsageError
 
 T = TypeVar("T")
@@ -184,12 +185,33 @@ class RemoteCache:
                               "(sha256); refused, building locally")
                     self.refused.add(key)
                     return None
-            with contextlib.suppress(FileNotFoundError, CacheDown):
-                self._call("download", self.fs.get_file, self._path(key, "stage.log"), str(work / META / "stage.log"))
+            if not self._fetch_meta(key, manifest, work):
+                return None
             return store.publish(work, key, manifest["document"], float(manifest.get("seconds", 0.0)))
         finally:
             if work.exists():
                 remove_tree(work)
+
+    def _fetch_meta(self, key: str, manifest: dict[str, Any], work: Path) -> bool:
+        """The entry's log and timings, each checked against the manifest (no byte from the cache unchecked);
+        a manifest from before they were digested brings none. False (entry refused) when one does not match."""
+        for name, digest in sorted((manifest.get("meta") or {}).items()):
+            if name not in META_FILES:
+                continue
+            dest = work / META / name
+            try:
+                self._call("download", self.fs.get_file, self._path(key, "meta", name), str(dest))
+            except FileNotFoundError:
+                dest.unlink(missing_ok=True)
+                self.once(f"shared cache entry {key[:16]}: {name} is missing; refused, building locally")
+                self.refused.add(key)
+                return False
+            if sha256_file(dest) != digest:
+                self.once(f"shared cache entry {key[:16]}: {name} does not match its manifest (sha256); "
+                          "refused, building locally")
+                self.refused.add(key)
+                return False
+        return True
 
     def discovered(self, declared_key: str) -> list[list[str]]:
         try:
@@ -208,9 +230,10 @@ class RemoteCache:
         for path in output_files(entry):
             rel = path.relative_to(entry).as_posix()
             self._call("upload", self.fs.put_file, str(path), self._path(key, "files", rel))
-        if (entry / META / "stage.log").is_file():
-            self._call("upload", self.fs.put_file, str(entry / META / "stage.log"), self._path(key, "stage.log"))
         body = (entry / META / "manifest.json").read_bytes()
+        for name in sorted(json.loads(body).get("meta") or {}):
+            if name in META_FILES:
+                self._call("upload", self.fs.put_file, str(entry / META / name), self._path(key, "meta", name))
         checkpoint("remote:files-uploaded", instance)
         if replace:
             self._call("upload manifest", self.fs.pipe_file, manifest_path, body)

@@ -29,6 +29,9 @@ from qnnbuild.engine.hashing import sha256_file, sha256_json
 from qnnbuild.errors import StageFailed, StoreError
 
 META = ".qnnbuild"
+# Files beside the manifest that are not outputs (not keyed, not compared by `verify`): what the stage printed
+# and its wall-clock figures. The manifest still records their digests, so a copy from a cache is checked.
+META_FILES = ("stage.log", "timings.json")
 LOCK_SCHEMA_VERSION = 1
 MAX_VARIANTS = 8  # import lists remembered per declared key
 
@@ -78,6 +81,14 @@ class Store:
         (work / META).mkdir(parents=True)
         return work
 
+    def timings(self, key: str) -> dict[str, Any]:
+        """The entry's wall-clock figures (`StageRun.timings`), or {}."""
+        try:
+            raw = json.loads((self.entry(key) / META / "timings.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return raw if isinstance(raw, dict) else {}
+
     def publish(self, work: Path, key: str, document: dict[str, Any], seconds: float, *,
                 replace: bool = False, instance: str = "") -> dict[str, Any]:
         """Describe `work` in a manifest and rename it to the entry for `key`; returns the manifest."""
@@ -89,8 +100,9 @@ class Store:
             files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
         if not files:
             raise StageFailed("the stage produced no output files")
+        meta = {name: sha256_file(work / META / name) for name in META_FILES if (work / META / name).is_file()}
         manifest = {"key": key, "digest": sha256_json({k: v["sha256"] for k, v in files.items()}),
-                    "files": files, "document": document, "seconds": round(seconds, 3)}
+                    "files": files, "meta": meta, "document": document, "seconds": round(seconds, 3)}
         write_json_atomic(work / META / "manifest.json", manifest)
         for path in output_files(work):
             path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)

@@ -7,6 +7,7 @@ so everything it receives is JSON-serialisable.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,13 @@ class StageRun:
         """Record files the stage read that the recipe did not declare (a depfile, as compilers write): the
         engine stores their digests with the entry and rebuilds when one of them changes."""
         self.reads.extend(paths)
+
+    def timings(self, figures: dict[str, Any]) -> None:
+        """Wall-clock figures (samples/s, seconds) go here, never into an output: outputs are keyed and must be
+        equal for equal inputs. Kept beside the manifest as `.qnnbuild/timings.json`, which `verify` skips."""
+        meta = self.out / ".qnnbuild"
+        meta.mkdir(parents=True, exist_ok=True)
+        (meta / "timings.json").write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
 
     def say(self, message: str) -> None:
         """A progress line for the stage log (stdout/stderr of a stage go to its log file)."""

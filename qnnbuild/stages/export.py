@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +26,9 @@ SHAPE = {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integ
 
 SOURCES = ("torch", "onnx", "keras", "saved_model", "tflite")
 TF_SOURCES = ("keras", "saved_model", "tflite")
+# tf2onnx's own names carry a process-wide counter (`Relu6_min__15`), and its duplicate-constant merge keeps one
+# of several such names at random: not a source name, so names.json leaves them out (the short name stands)
+GENERATED = re.compile(r"__\d+(:\d+)?$")
 
 
 def _files(params: Params) -> dict[str, str]:
@@ -144,7 +148,9 @@ def _clean(ctx: StageRun, raw: Path, scratch: Path, shapes: dict[str, list[int]]
     so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(scratch / "optimized.onnx")
     so.log_severity_level = 3
-    rt.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"])
+    # ConstantSharing merges equal small constants and keeps whichever name its hash map yields first: the
+    # model bytes stay equal, but names.json (short name → source name) would differ from run to run
+    rt.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"], disabled_optimizers=["ConstantSharing"])
 
     model, fused = rewrites.after_folding(onnx.load(str(scratch / "optimized.onnx")))
     applied += fused
@@ -153,7 +159,9 @@ def _clean(ctx: StageRun, raw: Path, scratch: Path, shapes: dict[str, list[int]]
     onnxgraph.name_nodes(model)
     source = {new: old for old, new in renamed.items()}
     short = onnxgraph.short_names(model)
-    names = {new: source.get(old, old) for new, old in short.items()}
+    made_up = GENERATED if any(k in ctx.params for k in TF_SOURCES) else None
+    names = {new: source.get(old, old) for new, old in short.items()
+             if not (made_up and made_up.search(source.get(old, old)))}
     del model.metadata_props[:]
     model.producer_name, model.producer_version = "qnnbuild", ""
     model = onnxgraph.infer_shapes(model)
@@ -185,12 +193,12 @@ def _tf_export(ctx: StageRun, dest: Path) -> dict[str, list[int]]:
     started = time.monotonic()
     converted = tfconvert.convert(kind, ctx.files[kind], ctx.params.get("inputs", {}), nchw, ctx.params["opset"], dest)
     found = tfconvert.fidelity(converted, dest, nchw)
-    report = {"source": kind, "converter": converted.converter, **found,
-              "seconds": round(time.monotonic() - started, 2)}
+    seconds = round(time.monotonic() - started, 2)
+    report = {"source": kind, "converter": converted.converter, **found}  # keyed: no wall-clock figure
     (ctx.out / "conversion.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    ctx.timings({"conversion_seconds": seconds})
     worst = min(found["fidelity_sqnr_db"].values())
-    ctx.say(f"{kind} → ONNX by {converted.converter}: fidelity {worst:.1f} dB (worst output), "
-            f"{report['seconds']:.1f} s")
+    ctx.say(f"{kind} → ONNX by {converted.converter}: fidelity {worst:.1f} dB (worst output), {seconds:.1f} s")
     if worst < ctx.params["min_fidelity_db"]:
         raise StageFailed(f"the converted model is not faithful to the {kind} original: "
                           + ", ".join(f"{n} {v:.1f} dB" for n, v in found["fidelity_sqnr_db"].items())
@@ -216,7 +224,7 @@ def run(ctx: StageRun) -> None:
 
 KIND = StageKind(
     name="export",
-    version=4,
+    version=5,
     summary="a torch factory or an ONNX file → clean fp32 model.onnx with fixed input shapes",
     params={
         "torch": {"type": "string", "pattern": FACTORY, "x-message": "is not a torch factory: write "

@@ -87,14 +87,16 @@ def short_names(model: Any) -> dict[str, str]:
     Why: onnxruntime's quantizer names a copy of a shared initializer `<name><N>` and checks only initializer
     names, so with TF-style names a copy can become an existing activation (`conv1d_25` + `2` = `conv1d_252`)
     and the QDQ model it writes is invalid. Names of one length cannot be turned into one another by a suffix.
+    Numbering follows node order and initializers are written sorted by their new names, so two conversions
+    that differ only in the names a converter made up give equal bytes.
     """
     graphs = _graphs(model.graph)
     keep = {v.name for v in [*model.graph.input, *model.graph.output]}
     names: list[str] = []
-    for g in graphs:
-        names += [i.name for i in g.initializer] + [i.name for i in g.input] + [o.name for o in g.output]
+    for g in graphs:  # by first use in node order, not by the initializer list, whose order follows the names
         for node in g.node:
             names += [*node.input, *node.output]
+        names += [i.name for i in g.initializer] + [i.name for i in g.input] + [o.name for o in g.output]
     ordered = [n for n in dict.fromkeys(names) if n and n not in keep]
     prefix = "t"
     while any(k.startswith(prefix) for k in keep):
@@ -102,6 +104,10 @@ def short_names(model: Any) -> dict[str, str]:
     width = len(str(len(ordered)))
     mapping = {old: f"{prefix}{i:0{width}d}" for i, old in enumerate(ordered)}
     _rename(mapping, graphs)
+    for g in graphs:  # equal graphs give equal bytes, whatever names (and so order) the converter chose
+        inits = sorted(g.initializer, key=lambda t: t.name)
+        del g.initializer[:]
+        g.initializer.extend(inits)
     return {new: old for old, new in mapping.items()}
 
 
