@@ -83,8 +83,9 @@ def environment() -> dict[str, Any]:
 
 
 def key_document(kind: str, version: int, params: dict[str, Any], target: dict[str, Any] | None,
-                 inputs: dict[str, str], files: dict[str, str], tools: dict[str, str]) -> dict[str, Any]:
-    return {"kind": kind, "version": version, "params": params, "target": target, "inputs": inputs,
+                 inputs: dict[str, str], files: dict[str, str], tools: dict[str, str], code: str) -> dict[str, Any]:
+    """`code`: the digest of the stage's module and the qnnbuild modules it imports (engine.codekeys)."""
+    return {"kind": kind, "version": version, "code": code, "params": params, "target": target, "inputs": inputs,
             "files": files, "tools": tools}
 
 
@@ -115,6 +116,8 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         reasons.append(f"kind {old.get('kind')} → {new.get('kind')}")
     if old.get("version") != new.get("version"):
         reasons.append(f"implementation version {old.get('version')} → {new.get('version')}")
+    if old.get("code") != new.get("code"):
+        reasons.append("qnnbuild's code for this stage changed")
     for section, word in words.items():
         before, after = _flat(old.get(section) or {}), _flat(new.get(section) or {})
         for name in sorted(set(before) | set(after)):

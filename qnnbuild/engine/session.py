@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qnnbuild.engine.codekeys import CodeDigests
 from qnnbuild.engine.faults import checkpoint
 from qnnbuild.engine.graph import Instance, Plan
 from qnnbuild.engine.hashing import StatCache
@@ -75,6 +76,7 @@ class Session:
         self.store = Store(artifacts)
         self.stat: StatCache = peer.stat if peer else StatCache(artifacts / ".qnnbuild" / "statcache.json")
         self.versions: VersionCache = peer.versions if peer else VersionCache(artifacts / ".qnnbuild" / "versions.json")
+        self.code: CodeDigests = peer.code if peer else CodeDigests(artifacts / ".qnnbuild" / "code.json")
         self.forced = forced
         self.remote = remote
         self.executor = executor
@@ -109,8 +111,10 @@ class Session:
         target: Any = TARGETS[inst.target].as_dict() if inst.target else None
         if kind.all_targets:
             target = [TARGETS[t].as_dict() for t in self.plan.targets]
+        with self._guard:
+            code = self.code.digest(kind.run.__module__)
         return key_document(inst.kind, kind.version, kind.key_params(inst.params), target, upstream, files,
-                            tool_versions(kind.tools_for(inst.params)))
+                            tool_versions(kind.tools_for(inst.params)), code)
 
     def _with_discovered(self, declared: dict[str, Any], files: list[str]) -> tuple[str, dict[str, Any]]:
         """`files` are relative to the recipe's folder (keys stay equal across checkouts of one layout)."""
@@ -417,6 +421,7 @@ class Session:
         """Input digests and tool versions, so the next run pays a stat per file instead of re-reading them."""
         self.stat.save()
         self.versions.save()
+        self.code.save()
 
     def ordered_results(self) -> list[Result]:
         return [self.results[i.id] for i in self.plan.instances if i.id in self.results]

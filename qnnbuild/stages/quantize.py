@@ -190,6 +190,6 @@ KIND = StageKind(
     required=("model",),
     refs=refs_of("model"),
     files=_files,
-    tools=("onnx", "onnxruntime"),
+    tools=lambda params: ("onnx", "onnxruntime", *(("aimet-onnx", "torch") if params.get("technique") else ())),
     run=run,
 )

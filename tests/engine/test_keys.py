@@ -27,3 +27,35 @@ def test_version_cache_is_trusted_only_while_the_site_folders_are_unchanged(tmp_
     monkeypatch.setattr(keys, "_versions", {})
     keys.VersionCache(file)
     assert keys.tool_version("pyyaml") == real  # a site folder changed: looked up again
+
+
+def test_code_digest_covers_the_stage_module_and_what_it_imports(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from qnnbuild.engine import codekeys
+
+    rel = [p.relative_to(codekeys.PACKAGE).as_posix() for p in codekeys.closure("qnnbuild.stages.quantize")]
+    assert {"stages/quantize.py", "toolchain/quantizer.py", "toolchain/calibration.py", "stages/base.py"} <= set(rel)
+    assert "stages/profile.py" not in rel and not [r for r in rel if r.startswith("engine/")]
+    # an edit to a module quantize imports (a forgotten version bump) changes quantize's digest, not profile's
+    fake = tmp_path / "qnnbuild"
+    import shutil
+
+    shutil.copytree(codekeys.PACKAGE, fake, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(codekeys, "PACKAGE", fake)
+    before = codekeys.CodeDigests(tmp_path / "a.json")
+    digests = {m: before.digest(m) for m in ("qnnbuild.stages.quantize", "qnnbuild.stages.profile")}
+    before.save()
+    with (fake / "toolchain" / "quantizer.py").open("a") as fh:
+        fh.write("\n# changed\n")
+    after = codekeys.CodeDigests(tmp_path / "a.json")  # the remembered digests are dropped: a file changed
+    assert after.digest("qnnbuild.stages.quantize") != digests["qnnbuild.stages.quantize"]
+    assert after.digest("qnnbuild.stages.profile") == digests["qnnbuild.stages.profile"]
+
+
+def test_tools_keyed_are_the_tools_that_run() -> None:
+    from qnnbuild.stages import KINDS
+
+    quantize, export = KINDS["quantize"], KINDS["export"]
+    assert "aimet-onnx" not in quantize.tools_for({})
+    assert {"aimet-onnx", "torch"} <= set(quantize.tools_for({"technique": "adaround"}))
+    assert "torch" in export.tools_for({"torch": "m:f"}) and "torch" not in export.tools_for({"onnx": "m.onnx"})

@@ -18,7 +18,7 @@ PLAN = Plan("r", "/r.yaml", (inst("a", {"n": 1}), inst("b", {"m": 2}, {"x": "a"}
 
 
 def key_for(instance: Instance, upstream: dict[str, str]) -> tuple[str, dict[str, Any]]:
-    doc = key_document("command", 1, instance.params, None, upstream, {}, {"tool": "1"})
+    doc = key_document("command", 1, instance.params, None, upstream, {}, {"tool": "1"}, "code")
     return key_of(doc), doc
 
 
@@ -77,7 +77,8 @@ def test_missing_from_store_and_explain() -> None:
     keys = all_keys()
     verdicts = assess(PLAN, key_for, digests_of(set()), lambda i, k: False, {"a": {"key": keys["a"]}})
     assert verdicts[0].reasons == ["output missing from the store"]
-    old = key_document("quantize", 1, {"a": "uint8"}, None, {"model": "x"}, {}, {"onnxruntime": "1.31"})
-    new = key_document("quantize", 2, {"a": "uint16"}, None, {"model": "y"}, {}, {"onnxruntime": "1.32"})
-    assert explain(old, new) == ["implementation version 1 → 2", "parameter a: uint8 → uint16",
+    old = key_document("quantize", 1, {"a": "uint8"}, None, {"model": "x"}, {}, {"onnxruntime": "1.31"}, "c1")
+    new = key_document("quantize", 2, {"a": "uint16"}, None, {"model": "y"}, {}, {"onnxruntime": "1.32"}, "c2")
+    assert explain(old, new) == ["implementation version 1 → 2", "qnnbuild's code for this stage changed",
+                                 "parameter a: uint8 → uint16",
                                  "input model changed", "tool onnxruntime: 1.31 → 1.32"]

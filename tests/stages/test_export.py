@@ -191,3 +191,31 @@ def test_inputs_bound_in_recipe_order_also_from_a_cached_plan(tmp_path: Path, cl
     assert code == 0, err
     swapped = built()
     assert swapped[0] == ["mask", "x"] and swapped[2] != first[2]
+
+
+def test_exporter_is_a_keyed_choice_and_a_failure_is_not_swapped(tmp_path: Path, cli: CLI) -> None:
+    """A model the TorchScript exporter cannot trace fails with the reason and the other exporter to try;
+    it is never exported by dynamo at another opset under the torchscript key."""
+    write(tmp_path, "bad.py", """\
+        import torch
+        class Sorts(torch.nn.Module):
+            def forward(self, x):
+                return torch.sort(x, stable=True).values * 2
+        def build():
+            return Sorts()
+        """)
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: ex
+        stages:
+          export: {kind: export, torch: "bad:build", inputs: {x: [1, 4]}, opset: 17}
+          dyn: {kind: export, torch: "mynet:build", inputs: {x: [1, 3, 8, 8]}, exporter: dynamo}
+        """)
+    code, _, err = cli("run", "r.yaml")
+    assert code == 2 and "dyn.opset" in err.replace("stages.", "") and "opset 18 or later" in err
+    recipe = (tmp_path / "r.yaml").read_text()
+    (tmp_path / "r.yaml").write_text("".join(line for line in recipe.splitlines(keepends=True) if "dyn:" not in line))
+    code, _, err = cli("run", "r.yaml")
+    assert code == 1
+    assert "torch.onnx.export (torchscript exporter) failed" in err and "exporter: dynamo may export" in err
+    assert not (tmp_path / "artifacts/ex/export").exists()

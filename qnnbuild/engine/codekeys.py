@@ -1,0 +1,98 @@
+"""The "code" of a stage key: a digest of the stage kind's own module and every qnnbuild module it imports.
+
+A stage's `version` is bumped by hand when its output changes; a forgotten bump would serve stale outputs
+under an unchanged key. The digest closes that gap: editing `stages/quantize.py` or `toolchain/quantizer.py`
+changes quantize's key (and so everything downstream), while editing `stages/profile.py` changes no other
+kind's key. Found by reading the imports (ast), never by importing. The closure and its digest are remembered
+in one small file, trusted while no file of the package changed its size or mtime: a no-op run pays a stat per
+file, which the plan cache pays already.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+from qnnbuild.engine.hashing import sha256_file, sha256_json
+
+PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def _file_of(module: str) -> Path | None:
+    """The source file of a qnnbuild module, by name (a package is its __init__.py)."""
+    rel = Path(*module.split(".")[1:])
+    for path in (PACKAGE / rel.with_suffix(".py"), PACKAGE / rel / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """The qnnbuild modules a file imports, wherever the import stands (functions defer heavy imports)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("qnnbuild"))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("qnnbuild"):
+            base = str(node.module)
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names if _file_of(f"{base}.{a.name}"))
+    return found
+
+
+def closure(module: str) -> list[Path]:
+    """`module`'s file and those of every qnnbuild module it imports, transitively, in a stable order."""
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = _file_of(name)
+        if name in seen or path is None:
+            continue
+        seen[name] = path
+        todo.extend(sorted(_imports(path) - set(seen)))
+    return sorted(set(seen.values()))
+
+
+def _stamp() -> list[object]:
+    return [[p.relative_to(PACKAGE).as_posix(), p.stat().st_mtime_ns, p.stat().st_size]
+            for p in sorted(PACKAGE.rglob("*.py"))]
+
+
+class CodeDigests:
+    """module → digest of its closure, remembered in `file` while the package's files are unchanged."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.stamp: list[object] | None = None
+        self.digests: dict[str, str] = {}
+        self.dirty = False
+
+    def _load(self) -> None:
+        self.stamp = _stamp()
+        try:
+            raw = json.loads(self.file.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(raw, dict) and raw.get("stamp") == self.stamp and isinstance(raw.get("digests"), dict):
+            self.digests = {str(k): str(v) for k, v in raw["digests"].items()}
+
+    def digest(self, module: str) -> str:
+        if self.stamp is None:
+            self._load()
+        if module not in self.digests:
+            files = closure(module)
+            self.digests[module] = sha256_json([[p.relative_to(PACKAGE).as_posix(), sha256_file(p)] for p in files])
+            self.dirty = True
+        return self.digests[module]
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_name(f"{self.file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"stamp": self.stamp, "digests": self.digests}))
+        tmp.replace(self.file)
+        self.dirty = False
