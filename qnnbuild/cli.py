@@ -171,7 +171,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from qnnbuild.engine.session import Session
 
     plan = load_plan(args.recipe, Path(args.artifacts))
-    session = Session(plan, Path(args.artifacts))
+    session = Session(plan, Path(args.artifacts), readonly=True)
     by_id = plan.by_id()
     rows = []
     for v in session.assess():

@@ -48,9 +48,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     store = Store(Path(args.artifacts))
-    live = {entry["key"] for lock in store.all_locks().values() for entry in lock.get("instances", {}).values()}
     dropped, freed = 0, 0
-    with store.exclusive():
+    with store.exclusive():  # the live set after any run we waited for has written its lock, never before
+        live = {entry["key"] for lock in store.all_locks().values() for entry in lock.get("instances", {}).values()}
         for key in store.entries():
             if key not in live:
                 freed += _size(store.entry(key))

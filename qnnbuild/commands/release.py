@@ -30,7 +30,7 @@ def _deliverables(plan: Plan) -> list[Any]:
 
 def bundle_files(plan: Plan, artifacts: Path) -> dict[str, bytes | Path]:
     """Archive name → content (bytes) or file to copy, for the release of `plan`'s current build."""
-    session = Session(plan, artifacts)
+    session = Session(plan, artifacts, readonly=True)
     deliverables = _deliverables(plan)
     if not deliverables:
         raise UsageError(f"{plan.recipe}: the recipe has no context-binary stage, so nothing to release")
@@ -92,7 +92,7 @@ def verify_rebuild(plan: Plan, artifacts: Path, jobs: int) -> int:
     from qnnbuild.console import Console
     from qnnbuild.engine.execute import run_with_doit
 
-    locked = Session(plan, artifacts).store.read_lock(plan.recipe).get("instances", {})
+    locked = Session(plan, artifacts, readonly=True).store.read_lock(plan.recipe).get("instances", {})
     if not locked:
         raise UsageError(f"no build of {plan.recipe!r} under {artifacts} to verify; run `qnnbuild run` first")
     console = Console()

@@ -246,7 +246,7 @@ def _variants(plan: Plan, found: dict[str, list[tuple[Instance, Path]]]) -> list
 
 def build(plan: Plan, artifacts: Path) -> str:
     """The report's HTML."""
-    session = Session(plan, artifacts)
+    session = Session(plan, artifacts, readonly=True)
     verdicts = {v.id: v for v in session.assess()}
     e = html.escape
     parts = [f"<h1>qnnbuild report: {e(plan.recipe)}</h1>",

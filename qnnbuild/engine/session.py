@@ -70,7 +70,8 @@ class Session:
     instance whose key another recipe is building waits for it and then takes it from the store."""
 
     def __init__(self, plan: Plan, artifacts: Path, forced: frozenset[str] = frozenset(),
-                 remote: RemoteCache | None = None, peer: Session | None = None, executor: Any = None) -> None:
+                 remote: RemoteCache | None = None, peer: Session | None = None, executor: Any = None,
+                 *, readonly: bool = False) -> None:
         self.plan = plan
         self.artifacts = artifacts
         self.store = Store(artifacts)
@@ -78,6 +79,7 @@ class Session:
         self.versions: VersionCache = peer.versions if peer else VersionCache(artifacts / ".qnnbuild" / "versions.json")
         self.code: CodeDigests = peer.code if peer else CodeDigests(artifacts / ".qnnbuild" / "code.json")
         self.forced = forced
+        self.readonly = readonly  # status, report, release: look at the store without the run lock, never change it
         self.remote = remote
         self.executor = executor
         self.locked: dict[str, Any] = self.store.read_lock(plan.recipe).get("instances", {})
@@ -136,7 +138,7 @@ class Session:
         """The entry's output digest, or None when it is missing or its files no longer match the manifest.
 
         Checked through the stat cache, so an untouched entry costs a stat per file; a modified or truncated
-        one is moved aside and rebuilt instead of being used.
+        one is moved aside (by a run, which holds the store's lock) and rebuilt instead of being used.
         """
         manifest = self.store.manifest(key)
         if manifest is None:
@@ -148,7 +150,8 @@ class Session:
         except OSError:
             intact = False
         if not intact:
-            self.store.quarantine(key)
+            if not self.readonly:
+                self.store.quarantine(key)
             return None
         return str(manifest["digest"])
 

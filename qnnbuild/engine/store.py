@@ -115,7 +115,11 @@ class Store:
         except OSError:
             if not self.has(key):
                 raise
-            self._discard(work)  # someone published the same key first; theirs is as good as ours
+            if not self.damaged(key):
+                self._discard(work)  # someone published the same key first; theirs is as good as ours
+            else:  # never keep a damaged entry over a fresh build
+                self.quarantine(key)
+                work.rename(target)
         checkpoint("publish:renamed", instance)
         return manifest
 
@@ -140,9 +144,14 @@ class Store:
     def quarantine(self, key: str) -> None:
         """Move a damaged entry out of the store (kept under .store/.damaged/ for inspection)."""
         damaged = self.root / ".damaged"
-        damaged.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError, OSError):
+        try:
+            damaged.mkdir(parents=True, exist_ok=True)
             self.entry(key).rename(damaged / f"{key}.{uuid.uuid4().hex[:8]}")
+        except FileNotFoundError:
+            return  # gone already: nothing damaged is left to serve
+        except OSError as exc:  # a damaged entry left in place would be served: fail loudly instead
+            raise StageFailed(f"store entry {key[:16]} is damaged and could not be moved aside "
+                              f"({exc.strerror or exc}); remove {self.entry(key)} and run again") from None
 
     def entries(self) -> list[str]:
         if not self.root.is_dir():

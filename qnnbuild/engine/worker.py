@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.engine.faults import checkpoint
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun
@@ -67,6 +68,7 @@ def main(argv: list[str]) -> int:
     ctx = StageRun.from_json(raw["run"])
     error_file = request.with_name("error.txt")
     try:
+        checkpoint("stage:running", ctx.instance)
         KINDS[raw["kind"]].run(ctx)
         if ctx.reads:
             reads = sorted({str(p.resolve()) for p in ctx.reads})

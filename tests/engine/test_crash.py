@@ -3,10 +3,12 @@ byte-identical to a clean build."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,20 +40,64 @@ def rebuild_matches(folder: Path, clean: dict[str, str]) -> str:
     return proc.stderr
 
 
+def paused(folder: Path, point: str, args: list[str]) -> tuple[subprocess.Popen[str], Path, int]:
+    """`qnnbuild ARGS` stopped at a named checkpoint (faults.py): returns it, its pause file and the pid that
+    paused (the stage worker's, for `stage:running`)."""
+    flag = folder / "paused"
+    env = {**os.environ, "QNNBUILD_PAUSE_AT": point, "QNNBUILD_PAUSE_FILE": str(flag)}
+    proc = subprocess.Popen([sys.executable, "-m", "qnnbuild", *args], cwd=folder, text=True, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (flag.is_file() and flag.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "never reached " + point
+        time.sleep(0.05)
+    return proc, flag, int(flag.read_text())
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with contextlib.suppress(OSError):  # a zombie has exited: it only waits to be reaped
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    return True
+
+
 def test_kill_during_compile(tmp_path: Path, clean_build: dict[str, str]) -> None:
     folder = project(tmp_path / "p")
-    proc = subprocess.Popen([sys.executable, "-m", "qnnbuild", "run", "tiny.yaml"], cwd=folder, text=True,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "compile[SM8650]" in line and "running" in line:
-            os.kill(proc.pid, signal.SIGKILL)  # only qnnbuild: its worker must die with it
-            break
+    proc, _, worker = paused(folder, "stage:running@compile[SM8650]", ["run", "tiny.yaml"])
+    assert worker != proc.pid  # the compile runs in its own process ...
+    os.kill(proc.pid, signal.SIGKILL)  # ... and only qnnbuild is killed: its worker must die with it
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while not _gone(worker):
+        assert time.monotonic() < deadline, "the stage worker outlived qnnbuild"
+        time.sleep(0.05)
     assert not (folder / "artifacts/tiny/compile").exists()
     log = rebuild_matches(folder, clean_build)
     assert "✓ quantize                       cached" in log and "✓ compile[SM8650]                ran" in log
+
+
+def test_gc_waits_for_a_run_and_keeps_what_it_built(tmp_path: Path, clean_build: dict[str, str]) -> None:
+    """gc computes the live set after the run it waited for wrote its lock: nothing that run built goes."""
+    folder = project(tmp_path / "p")
+    proc, flag, _ = paused(folder, "publish:renamed@export", ["run", "tiny.yaml"])
+    gc = subprocess.Popen([sys.executable, "-m", "qnnbuild", "gc"], cwd=folder, text=True,
+                          stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert gc.stderr is not None
+    assert "waiting for another qnnbuild run" in gc.stderr.readline()
+    flag.unlink()
+    assert proc.wait(timeout=300) == 0
+    out, _ = gc.communicate(timeout=60)
+    assert gc.returncode == 0 and out.startswith("dropped 0 store entries"), out
+    assert run_process(["verify"], folder).returncode == 0
+    rebuild = run_process(["run", "tiny.yaml", "--json"], folder)
+    import json
+
+    assert {s["status"] for s in json.loads(rebuild.stdout)["stages"]} == {"cached"}
+    assert digests(folder) == clean_build
 
 
 @pytest.mark.parametrize("point", ["publish:manifest@compile[SM8650]", "publish:renamed@compile[SM8650]",
