@@ -110,7 +110,8 @@ def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
     key = request["key"]
     me = str(worker.address) if worker else "local"
     try:
-        if remote.manifest(key) is not None:
+        # checked as the client checks it (every file against the manifest); a bad entry is rebuilt and replaced
+        if store.has(key) or remote.fetch(key, store) is not None:
             return {"ok": True, "worker": me, "seconds": time.monotonic() - started, "note": "already in the cache"}
         run = _localize(request, remote, store)
         work = store.new_workdir(key)
@@ -126,7 +127,7 @@ def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
         finally:
             if work.exists():
                 remove_tree(work)
-        remote.push(key, store, instance=run.instance)
+        remote.push(key, store, replace=key in remote.refused, instance=run.instance)
     except CacheDown as exc:
         return {"ok": False, "worker": me, "message": f"on worker {me}: {exc}", "log": "\n".join(warnings)}
     return {"ok": True, "worker": me, "seconds": time.monotonic() - started}

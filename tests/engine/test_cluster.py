@@ -86,3 +86,24 @@ def test_local_cluster_and_a_two_recipe_zoo(tmp_path: Path) -> None:
     # every key ran exactly once, whichever recipe got to a shared one first: 5 keys of tiny, and b's own
     # convert (judged for both targets) and SM8550's compile and context
     assert len(ran) == len(set(ran)) == len({s["key"] for s in entries}) == 8, ran
+
+
+def test_a_corrupt_shared_entry_is_rebuilt_by_the_worker(tmp_path: Path) -> None:
+    """The client refuses a damaged entry and sends the instance to a worker; the worker must check the entry
+    as the client does and replace it, not answer "already in the cache" (which failed the build for good)."""
+    cache = tmp_path / "cache"
+    first = project(tmp_path / "first")
+    args = ["run", "tiny.yaml", "--json", "--scheduler", "local:1", "--cache", cache.as_uri()]
+    proc = run_process(args, first)
+    assert proc.returncode == 0, proc.stderr
+    key = {s["id"]: s["key"] for s in json.loads(proc.stdout)["stages"]}["compile[SM8650]"]
+    binary = next((cache / key / "files").glob("*.bin"))
+    binary.write_bytes(b"corrupt" + binary.read_bytes()[7:])
+    second = project(tmp_path / "second")
+    proc = run_process(args, second)
+    assert proc.returncode == 0, proc.stderr
+    stages = {s["id"]: s for s in json.loads(proc.stdout)["stages"]}
+    assert stages["compile[SM8650]"]["status"] == "ran" and stages["compile[SM8650]"].get("worker")
+    assert stages["export"]["status"] == "cached"
+    assert "does not match its manifest" in proc.stderr
+    assert not next((cache / key / "files").glob("*.bin")).read_bytes().startswith(b"corrupt")  # replaced
