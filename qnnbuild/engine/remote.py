@@ -241,7 +241,9 @@ class RemoteCache:
         return self._call("upload manifest", self._create, manifest_path, body)
 
     def _create(self, path: str, body: bytes) -> bool:
-        """Conditional create (S3 If-None-Match: *; "xb" on a folder); False when the object was there."""
+        """Conditional create (S3 If-None-Match: *; a hard link on a folder); False when the object was there."""
+        if "file" in _protocols(self.fs):
+            return _link_create(Path(path), body)
         try:
             self.fs.pipe_file(path, body, mode="create")
         except FileExistsError:
@@ -322,3 +324,27 @@ class RemoteCache:
             self._call("delete", self.fs.rm_file, self._path(key, "manifest.json"))
         self._call("delete", self.fs.rm, self._path(key), recursive=True)
 
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    proto = getattr(fs, "protocol", ())
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _link_create(path: Path, body: bytes) -> bool:
+    """Create `path` with `body` only if it does not exist, atomically: written whole under a temporary name,
+    then hard-linked into place (link(2) fails when the name exists). fsspec's local "create" mode writes a
+    temporary file and renames it over the name, so two racing writers both "won" (found by a test)."""
+    import os
+    import uuid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(body)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True

@@ -188,3 +188,72 @@ def test_cache_push_and_gc(tmp_path: Path, seaweed: SeaweedFS) -> None:
     assert [p for p in seaweed.fs().find(url[5:]) if p.endswith("manifest.json")] == []
     proc = run_process(["cache", "gc", "--older-than", "0"], folder)
     assert proc.returncode == 2 and "--cache URL or QNNBUILD_CACHE" in proc.stderr
+
+
+def _folder_entry(tmp_path: Path) -> tuple[Path, str, dict[str, str]]:
+    """A tiny build uploaded to a shared folder: (cache folder, its URL, instance id → key)."""
+    cache = tmp_path / "cache"
+    code, out, err = build(workspace(tmp_path, "ci"), cache.as_uri(), {})
+    assert code == 0, err
+    return cache, cache.as_uri(), {s["id"]: s["key"] for s in out["stages"]}
+
+
+@pytest.mark.parametrize("damage", ["log", "manifest", "missing"])
+def test_nothing_unchecked_comes_from_the_cache(tmp_path: Path, damage: str) -> None:
+    cache, url, keys = _folder_entry(tmp_path)
+    entry = cache / keys["quantize"]
+    if damage == "log":  # not an output, but its digest is in the manifest: no byte comes unchecked
+        log = entry / "meta" / "stage.log"
+        log.write_text(log.read_text() + "injected\n")
+        expected = "stage.log does not match its manifest"
+    elif damage == "manifest":  # another entry's (valid) manifest under this key
+        (entry / "manifest.json").write_bytes((cache / keys["export"] / "manifest.json").read_bytes())
+        expected = "its manifest does not describe this key; refused"
+    else:
+        (entry / "files" / "model.qdq.onnx").unlink()
+        expected = "file model.qdq.onnx is missing; refused"
+    victim = workspace(tmp_path, "laptop")
+    code, out, err = build(victim, url, {})
+    assert code == 0, err
+    assert f"shared cache entry {keys['quantize'][:16]}: {expected}" in err
+    assert statuses(out)["quantize"] == ("ran", None) and statuses(out)["export"] == ("cached", "remote")
+    assert "injected" not in (victim / "artifacts/tiny/quantize/.qnnbuild/stage.log").read_text()
+
+
+def test_credentials_in_the_url_are_never_shown(tmp_path: Path) -> None:
+    url = "http://builder:s3cr3t-Passw0rd@127.0.0.1:9/cache"  # nothing listens on port 9: the cache is down
+    folder = workspace(tmp_path, "p")
+    code, out, err = build(folder, url, {})
+    assert code == 0, err
+    assert "http://127.0.0.1:9/cache" in err and "failed" in err
+    assert "s3cr3t" not in err and "s3cr3t" not in json.dumps(out)
+    for path in (folder / "artifacts").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert b"s3cr3t" not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("where", ["s3", "folder"])
+def test_two_writers_racing_one_manifest(tmp_path: Path, seaweed: SeaweedFS, where: str) -> None:
+    """The conditional create lets exactly one of several simultaneous writers commit an entry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qnnbuild.engine.remote import RemoteCache
+
+    url = (seaweed.bucket(f"race-{uuid.uuid4().hex[:8]}") if where == "s3" else (tmp_path / "c").as_uri())
+    env = seaweed.env() if where == "s3" else {}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        writers = [RemoteCache(url) for _ in range(6)]
+        path = writers[0]._path("k" * 64, "manifest.json")
+        with ThreadPoolExecutor(6) as pool:
+            won = list(pool.map(lambda w: w._create(path, f"{id(w)}".encode()), writers))
+        assert won.count(True) == 1, won
+        body = writers[0].fs.cat_file(path).decode()
+        assert body == str(id(writers[won.index(True)]))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
