@@ -122,7 +122,7 @@ class RemoteCache:
                 return fn(*args, **kwargs)
             except answers:
                 raise
-            except Exception as exc:
+            except _storage_errors() as exc:  # a programming error (TypeError, KeyError, ...) is not "cache down"
                 if attempt == ATTEMPTS - 1:
                     self._trip(what, exc)
                 time.sleep(BACKOFF_S * 2 ** attempt)
@@ -348,3 +348,20 @@ def _link_create(path: Path, body: bytes) -> bool:
     finally:
         tmp.unlink()
     return True
+
+
+def _storage_errors() -> tuple[type[Exception], ...]:
+    """What a flaky network or storage server raises through fsspec: OS and timeout errors (s3fs maps most S3
+    answers to them), and botocore's and aiohttp's own when they come through unmapped."""
+    import asyncio
+
+    found: list[type[Exception]] = [OSError, TimeoutError, asyncio.TimeoutError]
+    with contextlib.suppress(ImportError):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        found += [BotoCoreError, ClientError]
+    with contextlib.suppress(ImportError):
+        from aiohttp import ClientError as HttpError
+
+        found.append(HttpError)
+    return tuple(found)

@@ -56,6 +56,10 @@ class Result:
             entry["from"] = self.origin
         if self.worker:
             entry["worker"] = self.worker
+        if self.status in ("failed", "skipped") and self.message:
+            entry["message"] = self.message  # the reason the console prints beside the stage
+        if self.log:
+            entry["log"] = self.log
         return entry
 
 

@@ -98,8 +98,8 @@ def short_names(model: Any) -> dict[str, str]:
             names += [*node.input, *node.output]
         names += [i.name for i in g.initializer] + [i.name for i in g.input] + [o.name for o in g.output]
     ordered = [n for n in dict.fromkeys(names) if n and n not in keep]
-    prefix = "t"
-    while any(k.startswith(prefix) for k in keep):
+    prefix = "t"  # never a name the source model has (a model exported by qnnbuild before has t000...)
+    while any(re.fullmatch(re.escape(prefix) + r"\d+", n) for n in [*names, *keep]):
         prefix += "t"
     width = len(str(len(ordered)))
     mapping = {old: f"{prefix}{i:0{width}d}" for i, old in enumerate(ordered)}
@@ -126,7 +126,8 @@ def model_names(model: Any, source: dict[str, str], names: Any) -> tuple[dict[st
         i.name for i in model.graph.input}
     short = {old: new for new, old in source.items()}
     unknown = sorted(n for n in names if n not in tensors and n not in short)
-    return {n: (n if n in tensors else short[n]) for n in names if n not in unknown}, unknown
+    # a source name first: short names never look like a source's names (short_names), so this is exact
+    return {n: short.get(n, n) for n in names if n not in unknown}, unknown
 
 
 def name_nodes(model: Any) -> None:

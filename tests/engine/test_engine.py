@@ -248,3 +248,20 @@ def test_symlinked_declared_output_fails_the_stage(project: Path, cli: CLI) -> N
     assert code == 1
     assert "declared outputs must be regular files, not symlinks: out.txt" in err
     assert not (project / "artifacts/five/s").exists()
+
+
+def test_json_gives_a_failed_stage_its_reason(tmp_path: Path, cli: CLI) -> None:
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: f
+        stages:
+          bad: {kind: command, argv: [python3, -c, "raise SystemExit(7)"], outputs: [x.txt]}
+          after: {kind: command, argv: [python3, -c, "open('y.txt', 'w')"], outputs: [y.txt], after: [bad]}
+        """)
+    code, out, err = cli("run", "r.yaml", "--json")
+    assert code == 1
+    stages = {s["id"]: s for s in json.loads(out)["stages"]}
+    assert stages["bad"]["status"] == "failed" and stages["bad"]["message"]
+    assert stages["bad"]["message"] in err  # the same line the console prints
+    assert stages["bad"]["log"].endswith("bad.log")
+    assert stages["after"]["status"] == "skipped" and "bad" in stages["after"]["message"]

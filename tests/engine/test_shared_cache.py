@@ -257,3 +257,26 @@ def test_two_writers_racing_one_manifest(tmp_path: Path, seaweed: SeaweedFS, whe
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_a_programming_error_is_not_cache_down(tmp_path: Path) -> None:
+    """Only network and storage errors open the breaker; a bug surfaces as itself."""
+    from qnnbuild.engine.remote import RemoteCache
+
+    cache = RemoteCache((tmp_path / "c").as_uri(), warn=lambda m: None)
+
+    def buggy(*_: object) -> None:
+        raise TypeError("a bug")
+
+    with pytest.raises(TypeError, match="a bug"):
+        cache._call("read manifest", buggy)
+    assert cache.failure is None
+
+    def down(*_: object) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    from qnnbuild.engine.remote import CacheDown
+
+    with pytest.raises(CacheDown):
+        cache._call("read manifest", down)
+    assert cache.failure and "Connection refused" in cache.failure

@@ -323,3 +323,31 @@ def test_encodings_file_round_trip_exact_scales_and_refusals(tmp_path: Path, cli
         {"bitwidth": 12, "scale": 0.1, "offset": 0}]}, "param_encodings": {}}))
     code, _, err = cli("run", "r.yaml")
     assert code == 1 and "c1: bit width 12 is not supported" in err
+
+
+def test_an_override_hits_the_source_tensor_it_names_when_source_names_look_short(tmp_path: Path, cli: CLI) -> None:
+    """A source model whose tensors are called t0, t1 (one exported by qnnbuild before): short names must not
+    collide with them, and `overrides: {t1: ...}` must reach the tensor the source calls t1."""
+    model = onnx.load(str(make_conv_model(tmp_path / "m.onnx")))
+    renames = {"c1": "t1", "r1": "t0"}
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: s
+        stages:
+          export: {kind: export, onnx: m.onnx}
+          quantize: {kind: quantize, model: export, calibration: {synthetic: {count: 2}}, overrides: {t1: {type: uint16}}}
+        """)
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    names = json.loads((tmp_path / "artifacts/s/export/names.json").read_text())
+    assert not set(names) & {"t0", "t1"}  # short names never spell a source name
+    short = next(k for k, v in names.items() if v == "t1")
+    qdq = onnx.load(str(tmp_path / "artifacts/s/quantize/model.qdq.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    zero_points = {n.input[0]: inits[n.input[2]].dtype for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    assert zero_points[short] == np.uint16
+    assert zero_points["input"] == np.uint8  # the rest keeps the recipe's activations
