@@ -16,8 +16,9 @@ import numpy as np
 from qnnbuild.errors import UsageError
 from qnnbuild.toolchain.calibration import with_batch
 
-INTEGER = {"tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(int8)": np.int8,
-           "tensor(int16)": np.int16}
+DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
+          "tensor(uint16)": np.uint16, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
+          "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
 
 
 class Deployed:
@@ -42,13 +43,15 @@ class Deployed:
         array = with_batch(array, shape)
         if list(array.shape) != shape:
             raise UsageError(f"input {name!r}: shape {list(array.shape)}, the model wants {shape}")
-        kind = INTEGER.get(meta.type)
+        kind = DTYPES.get(meta.type)
         if kind is None:
-            return array.astype(np.float32)
-        q = self.quant[name] or {}
-        info = np.iinfo(kind)  # type: ignore[type-var]
-        scaled = np.round(array / q["scale"]) - q["offset"]
-        return np.asarray(np.clip(scaled, info.min, info.max).astype(kind))
+            raise UsageError(f"input {name!r}: the deliverable takes {meta.type}, which infer cannot feed")
+        q = self.quant.get(name)
+        if q and "scale" in q:  # a quantized input: the caller gives real values, QNN takes (q + offset) · scale
+            info = np.iinfo(kind)
+            scaled = np.round(array.astype(np.float64) / q["scale"]) - q["offset"]
+            return np.asarray(np.clip(scaled, info.min, info.max).astype(kind))
+        return _exact(name, array, np.dtype(kind))
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Outputs by name, as float32, for inputs by name (a missing leading batch dimension is added)."""
@@ -64,6 +67,24 @@ class Deployed:
                 and q else value
             out[name] = np.asarray(real, dtype=np.float32)
         return out
+
+
+def _exact(name: str, array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """The input in the deliverable's own dtype (token ids int64, bytes int32/uint8, images float32); a value that
+    type cannot hold exactly is refused by name instead of silently rounded or wrapped."""
+    if dtype.kind == "f" or array.dtype == dtype:
+        return np.asarray(array, dtype=dtype)
+    if dtype.kind in "iub":
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (array == np.round(array))):
+            raise UsageError(f"input {name!r}: the model takes {dtype.name}; got {array.dtype.name} values with "
+                             "fractions")
+        if dtype.kind in "iu" and array.size:
+            info = np.iinfo(dtype)
+            low, high = array.min(), array.max()
+            if low < info.min or high > info.max:
+                raise UsageError(f"input {name!r}: the model takes {dtype.name} ({info.min}..{info.max}); got values "
+                                 f"{low}..{high}")
+    return np.asarray(array).astype(dtype)
 
 
 def deliverable(recipe: str, target: str, artifacts: str | Path = "artifacts") -> Path:

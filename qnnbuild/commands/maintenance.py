@@ -112,7 +112,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for name, value in report["versions"].items():
         print(f"{name:<16} {value}")
     for name, (ok, detail) in report["backends"].items():
-        print(f"backend {name:<8} {'loads' if ok else 'unavailable'}{'' if ok else f'  ({detail})'}")
+        print(f"backend {name:<8} {'works' if ok else 'unavailable'}  ({detail})")
     for advice in report["advice"]:
         print(f"advice: {advice}")
     return 0 if report["ok"] else 1
