@@ -13,6 +13,7 @@ from typing import Any
 
 import jsonschema
 
+from qnnbuild.engine.limits import MAX_PROBLEMS
 from qnnbuild.engine.schema import NAME_MESSAGE, fill_defaults, recipe_schema, stage_schema
 from qnnbuild.engine.yamlsrc import Located, YamlPath, load_file, load_text
 from qnnbuild.errors import Problem, RecipeError
@@ -47,8 +48,11 @@ class Recipe:
 
 def _schema_problems(doc: Located) -> list[Problem]:
     validator = jsonschema.Draft202012Validator(recipe_schema())
-    problems = []
-    for err in validator.iter_errors(doc.data):
+    problems: list[Problem] = []
+    for err in validator.iter_errors(doc.data):  # lazy: stop once enough is known (a hostile recipe has 20,000)
+        if len(problems) >= MAX_PROBLEMS:
+            problems.append(doc.problem((), f"… stopped after the first {MAX_PROBLEMS} problems"))
+            break
         path: YamlPath = tuple(err.absolute_path)
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             allowed = sorted(err.schema.get("properties", {}))
@@ -76,6 +80,8 @@ def _semantic_problems(doc: Located, root: Path) -> list[Problem]:
             problems.append(doc.problem(("targets", i), f"unknown target {target!r}; known: {', '.join(TARGETS)}"))
     edges: list[tuple[str, str]] = []
     for name, spec in stages.items():
+        if len(problems) >= MAX_PROBLEMS:
+            return problems
         if isinstance(spec, dict) and spec.get("kind") in KINDS:
             problems.extend(_stage_problems(doc, root, name, spec, stages, edges, bool(targets)))
     problems.extend(_cycle_problems(doc, list(stages), edges))
@@ -154,7 +160,8 @@ def load_recipe(path: Path, shown: str | None = None, raw: bytes | None = None) 
     if not isinstance(doc.data, dict):
         raise RecipeError([doc.problem((), "a recipe is a mapping with schema_version, recipe and stages")])
     problems = _schema_problems(doc)
-    problems += _semantic_problems(doc, path.parent)
+    if len(problems) <= MAX_PROBLEMS:
+        problems += _semantic_problems(doc, path.parent)
     if problems:
         raise RecipeError(problems)
     return _build(doc, path)

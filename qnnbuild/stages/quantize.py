@@ -153,6 +153,20 @@ def run(ctx: StageRun) -> None:
             f"parameter encodings; peak RSS {peak_mb:.0f} MB")
 
 
+AIMET_FIXED = ("per_channel", "symmetric", "method")
+
+
+def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
+    """AdaRound/SeqMSE quantize with AIMET's HTP configuration (per-channel symmetric weights, min-max ranges):
+    a setting it would ignore is refused by name rather than silently dropped."""
+    technique = params.get("technique", [])
+    techniques = {technique} if isinstance(technique, str) else set(technique if isinstance(technique, list) else [])
+    used = techniques & {"adaround", "seqmse"}
+    return [((name,), f"technique {'/'.join(sorted(used))} quantizes with AIMET's HTP configuration (per-channel "
+                      f"symmetric weights, min-max ranges); {name} cannot be set with it")
+            for name in AIMET_FIXED if used and name in params]
+
+
 KIND = StageKind(
     name="quantize",
     version=4,
@@ -189,6 +203,7 @@ KIND = StageKind(
     },
     required=("model",),
     refs=refs_of("model"),
+    checks=_checks,
     files=_files,
     tools=lambda params: ("onnx", "onnxruntime", *(("aimet-onnx", "torch") if params.get("technique") else ())),
     run=run,

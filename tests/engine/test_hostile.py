@@ -37,7 +37,8 @@ HOSTILE = {
     "bad torch factory": b"schema_version: 1\nrecipe: x\nstages:\n  e: {kind: export, torch: 'os:system; rm -rf /', "
                          b"inputs: {x: [1]}}\n",
     "a list, not a mapping": b"- 1\n- 2\n",
-    "python tags": b"!!python/object/apply:os.system ['echo pwned']\n",
+    "python tags": b"!!python/object/apply:os.system ['touch pwned']\n",  # would create the file the test checks
+    "python tags in a value": b"schema_version: 1\nrecipe: !!python/object/apply:os.system ['touch pwned']\n",
 }
 
 
@@ -90,3 +91,15 @@ def test_loader_raises_nothing_but_recipe_errors(tmp_path: Path, raw: bytes) -> 
         load_recipe(path, "r.yaml")
     except RecipeError as exc:
         assert exc.problems and all(p.file == "r.yaml" and p.line >= 1 and p.column >= 1 for p in exc.problems)
+
+
+def test_many_problems_stop_at_fifty(tmp_path: Path) -> None:
+    """A recipe with thousands of problems is answered by its first 50, quickly (benchmarks/hostile.py times
+    a 900 kB one)."""
+    stages = "".join(f"  s{i}: {{kind: quantize, model: nowhere{i}, activations: int9, bogus: 1}}\n"
+                     for i in range(2000))
+    (tmp_path / "r.yaml").write_text("schema_version: 1\nrecipe: big\nstages:\n" + stages)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(tmp_path / "r.yaml", "r.yaml")
+    messages = [p.message for p in caught.value.problems]
+    assert len(messages) == 51 and "… stopped after the first 50 problems" in messages

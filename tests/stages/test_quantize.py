@@ -351,3 +351,18 @@ def test_an_override_hits_the_source_tensor_it_names_when_source_names_look_shor
     zero_points = {n.input[0]: inits[n.input[2]].dtype for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
     assert zero_points[short] == np.uint16
     assert zero_points["input"] == np.uint8  # the rest keeps the recipe's activations
+
+
+def test_adaround_refuses_settings_it_would_ignore(tmp_path: Path, cli: CLI) -> None:
+    make_conv_model(tmp_path / "m.onnx")
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: a
+        stages:
+          export: {kind: export, onnx: m.onnx}
+          quantize: {kind: quantize, model: export, technique: [cle, adaround], per_channel: false, method: entropy}
+        """)
+    code, _, err = cli("run", "r.yaml")
+    assert code == 2
+    assert "stages.quantize.per_channel: technique adaround quantizes with AIMET's HTP configuration" in err
+    assert "stages.quantize.method: technique adaround" in err
