@@ -56,18 +56,7 @@ def convert(kind: str, path: Path, given: dict[str, list[int]], nchw: bool, opse
         if kind == "tflite":
             return _tflite(tf2onnx, path, given, nchw, opset, out, converter)
         if kind == "keras":
-            model = tf.keras.models.load_model(str(path), compile=False)
-            specs = [(t.name.split(":")[0], _fixed(t.name.split(":")[0], list(t.shape), given), tf.as_dtype(t.dtype))
-                     for t in model.inputs]
-            signature = [tf.TensorSpec(shape, dtype, name=name) for name, shape, dtype in specs]
-            tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(out),
-                                       inputs_as_nchw=[s.name for s in signature] if nchw else None)
-
-            def run_keras(feed: dict[str, Any]) -> list[Any]:
-                result = model([feed[name] for name, _, _ in specs], training=False)
-                return [x.numpy() for x in tf.nest.flatten(result)]
-
-            return Converted([(n, s, d.as_numpy_dtype) for n, s, d in specs], run_keras, converter)
+            return _keras(tf, tf2onnx, path, given, nchw, opset, out, converter)
         loaded = tf.saved_model.load(str(path))
         fn = loaded.signatures["serving_default"]
         spec_dict = fn.structured_input_signature[1]
@@ -84,6 +73,47 @@ def convert(kind: str, path: Path, given: dict[str, list[int]], nchw: bool, opse
             return [x.numpy() for x in tf.nest.flatten(fn(**feed))]
 
         return Converted([(n, s, d.as_numpy_dtype) for n, s, d in specs], run_saved, converter)
+
+
+def _load_keras(tf: Any, path: Path) -> Any:
+    try:
+        return tf.keras.models.load_model(str(path), compile=False)
+    except (TypeError, ValueError) as exc:
+        cause = " ".join(str(exc).split(".")[0].split())
+        raise StageFailed(f"{path.name}: Keras cannot load it here ({cause}); a subclassed model needs its Python "
+                          "class: export it as a SavedModel (model.export(DIR)) and give saved_model: DIR") from None
+
+
+def _keras(tf: Any, tf2onnx: Any, path: Path, given: dict[str, list[int]], nchw: bool, opset: int, out: Path,
+           converter: str) -> Converted:
+    """A functional model goes through tf2onnx's from_keras (its output names stay); any other (Sequential,
+    whose Keras 3 graph from_keras cannot walk: KeyError 'keras_tensor_N') through a tf.function of the model."""
+    model = _load_keras(tf, path)
+    tensors = getattr(model, "inputs", None) or []
+    specs = [(t.name.split(":")[0], _fixed(t.name.split(":")[0], list(t.shape), given), tf.as_dtype(t.dtype))
+             for t in tensors]
+    signature = [tf.TensorSpec(shape, dtype, name=name) for name, shape, dtype in specs]
+    if not signature:
+        raise StageFailed(f"{path.name}: the model declares no inputs; build it on a keras.Input or export it as a "
+                          "SavedModel with a serving signature")
+    nchw_names = [s.name for s in signature] if nchw else None
+
+    def call(*args: Any) -> Any:
+        return model(args[0] if len(args) == 1 else list(args), training=False)
+
+    if type(model).__name__ == "Functional":
+        tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(out),
+                                   inputs_as_nchw=nchw_names)
+    else:
+        function = tf.function(call, input_signature=signature)
+        tf2onnx.convert.from_function(function, input_signature=signature, opset=opset, output_path=str(out),
+                                      inputs_as_nchw=nchw_names)
+        converter += f" (through a tf.function: {type(model).__name__} model)"
+
+    def run_keras(feed: dict[str, Any]) -> list[Any]:
+        return [x.numpy() for x in tf.nest.flatten(call(*[feed[name] for name, _, _ in specs]))]
+
+    return Converted([(n, s, d.as_numpy_dtype) for n, s, d in specs], run_keras, converter)
 
 
 def _tflite(tf2onnx: Any, path: Path, given: dict[str, list[int]], nchw: bool, opset: int, out: Path,

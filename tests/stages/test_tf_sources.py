@@ -121,12 +121,84 @@ stages:
     assert min(conversion["fidelity_sqnr_db"].values()) >= 20
 
 
-def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
+def keras_kinds(folder: Path) -> None:
+    """A Sequential model, a functional one with two outputs, and a subclassed one (as .keras and as a
+    SavedModel): the ways people build Keras models."""
+    import tensorflow as tf
 
-    from qnnbuild.errors import StageFailed
-    from qnnbuild.toolchain import tfconvert
+    tf.keras.utils.set_random_seed(0)
+    tf.keras.Sequential([tf.keras.Input((16, 16, 3), name="image"), tf.keras.layers.Conv2D(4, 3, activation="relu"),
+                         tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(5)]).save(folder / "seq.keras")
+    x = tf.keras.Input((16, 16, 3), name="image")
+    h = tf.keras.layers.Conv2D(4, 3, activation="relu")(x)
+    a = tf.keras.layers.Dense(3, name="head_a")(tf.keras.layers.GlobalAveragePooling2D()(h))
+    tf.keras.Model(x, [a, tf.keras.layers.Conv2D(2, 1, name="head_b")(h)]).save(folder / "two.keras")
 
-    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if the extra were not installed
-    with pytest.raises(StageFailed, match=r"pip install 'qnnbuild\[tensorflow\]'"):
-        tfconvert.convert("keras", Path("m.keras"), {}, False, 17, Path("out.onnx"))
+    class Sub(tf.keras.Model):
+        def __init__(self, **kw: object) -> None:
+            super().__init__(**kw)
+            self.conv = tf.keras.layers.Conv2D(4, 3, activation="relu")
+            self.pool = tf.keras.layers.GlobalAveragePooling2D()
+            self.dense = tf.keras.layers.Dense(5)
+
+        def call(self, x: object) -> object:
+            return self.dense(self.pool(self.conv(x)))
+
+    sub = Sub()
+    sub(np.zeros((1, 16, 16, 3), np.float32))
+    sub.save(folder / "sub.keras")
+    sub.export(str(folder / "sub_saved"), verbose=False)
+
+
+@pytest.mark.slow
+def test_keras_models_however_they_are_built(tmp_path: Path) -> None:
+    keras_kinds(tmp_path)
+    (tmp_path / "r.yaml").write_text("""\
+schema_version: 1
+recipe: k
+stages:
+  seq: {kind: export, keras: seq.keras}
+  two: {kind: export, keras: two.keras}
+  sub: {kind: export, keras: sub.keras}
+  subs: {kind: export, saved_model: sub_saved}
+  strict: {kind: export, keras: two.keras, min_fidelity_db: 400}
+""")
+    proc = run_process(["run", "r.yaml", "--json"], tmp_path)
+    stages = {s["id"]: s for s in json.loads(proc.stdout)["stages"]}
+    assert {k: s["status"] for k, s in stages.items()} == {"seq": "ran", "two": "ran", "sub": "failed",
+                                                          "subs": "ran", "strict": "failed"}, proc.stderr
+    for name, outputs in (("seq", 1), ("two", 2), ("subs", 1)):
+        conversion = json.loads((tmp_path / f"artifacts/k/{name}/conversion.json").read_text())
+        assert len(conversion["fidelity_sqnr_db"]) == outputs
+        assert min(conversion["fidelity_sqnr_db"].values()) >= 100, (name, conversion)
+    assert "Sequential model" in json.loads((tmp_path / "artifacts/k/seq/conversion.json").read_text())["converter"]
+    # a subclassed .keras cannot load without its class: one line with the cause and the way out, no KeyError
+    assert stages["sub"]["message"].startswith("sub.keras: Keras cannot load it here (Could not locate class 'Sub')")
+    assert "saved_model: DIR" in stages["sub"]["message"] and "Traceback" not in proc.stderr
+    # the fidelity gate names the measured figures and the requirement
+    assert "the converted model is not faithful to the keras original: " in stages["strict"]["message"]
+    assert "< required 400 dB" in stages["strict"]["message"]
+
+
+@pytest.mark.slow
+def test_stateful_tflite_is_refused_by_name(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class Counter(tf.Module):
+        def __init__(self) -> None:
+            self.count = tf.Variable(0.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+        def __call__(self, x: object) -> object:
+            self.count.assign_add(1.0)
+            return x + self.count
+
+    module = Counter()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.__call__.get_concrete_function()], module)
+    converter.experimental_enable_resource_variables = True
+    (tmp_path / "counter.tflite").write_bytes(converter.convert())
+    (tmp_path / "r.yaml").write_text("schema_version: 1\nrecipe: c\nstages:\n  export: {kind: export, tflite: counter.tflite}\n")
+    proc = run_process(["run", "r.yaml", "--json"], tmp_path)
+    assert proc.returncode == 1
+    message = json.loads(proc.stdout)["stages"][0]["message"]
+    assert message.startswith("counter.tflite: stateful ops ") and "VAR_HANDLE" in message
