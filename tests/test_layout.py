@@ -60,3 +60,16 @@ def test_the_package_has_four_wings_and_no_loose_modules() -> None:
     loose = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert loose == ["__init__.py", "__main__.py", "cli.py", "console.py", "errors.py"]
     assert {"engine", "toolchain", "stages", "commands"} <= {p.name for p in PACKAGE.iterdir() if p.is_dir()}
+
+
+def test_engine_modules_load_no_toolchain_library_even_indirectly() -> None:
+    """The per-file rule above misses an engine module importing a qnnbuild module that imports onnx at its
+    top: import every engine module (and the stage table it reads) in a fresh process and look."""
+    import subprocess
+    import sys
+
+    modules = [f"qnnbuild.engine.{p.stem}" for p in files("engine") if p.stem != "__init__"]
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules) +
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout

@@ -80,6 +80,15 @@ def test_kill_during_compile(tmp_path: Path, clean_build: dict[str, str]) -> Non
     assert "✓ quantize                       cached" in log and "✓ compile[SM8650]                ran" in log
 
 
+def test_a_killed_lock_holder_does_not_block_the_next_run(tmp_path: Path, clean_build: dict[str, str]) -> None:
+    folder = project(tmp_path / "p")
+    proc, _, _ = paused(folder, "publish:renamed@export", ["run", "tiny.yaml"])  # holds the store's lock
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log = rebuild_matches(folder, clean_build)  # the OS dropped the lock with its holder: no wait, no stale lock
+    assert "waiting for another qnnbuild run" not in log
+
+
 def test_gc_waits_for_a_run_and_keeps_what_it_built(tmp_path: Path, clean_build: dict[str, str]) -> None:
     """gc computes the live set after the run it waited for wrote its lock: nothing that run built goes."""
     folder = project(tmp_path / "p")

@@ -173,8 +173,8 @@ def test_verify_gc_and_clean(project: Path, cli: CLI) -> None:
 
     write(project, "five.yaml", recipe(d_tag="D"))
     cli("run", "five.yaml")
-    code, out, _ = cli("gc")
-    assert (code, out) == (0, out)
+    code, out, err = cli("gc")
+    assert code == 0, err
     assert out.startswith("dropped 2 store entries")
     code, out, _ = cli("clean", "five.yaml")
     assert code == 0 and not (project / "artifacts/five").exists()
@@ -208,14 +208,29 @@ def test_damaged_store_entry_is_rebuilt_not_used(project: Path, cli: CLI) -> Non
     assert cli("verify")[0] == 0
 
 
-def test_touched_input_is_hashed_once(project: Path, cli: CLI) -> None:
+def test_touched_input_is_hashed_once(project: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
     from qnnbuild.engine.hashing import StatCache
+
+    from qnnbuild.engine import hashing
 
     cli("run", "five.yaml")
     os.utime(project / "big.bin", ns=(5, 5))
+    big = (project / "big.bin").resolve()
+    hashed: list[Path] = []
+    real = hashing.sha256_file
+
+    def counting(path: Path) -> str:
+        hashed.append(Path(path).resolve())
+        return real(path)
+
+    monkeypatch.setattr(hashing, "sha256_file", counting)
     assert statuses(cli) == CACHED
+    assert hashed.count(big) == 1  # touched: read once, its digest found unchanged
     cache = StatCache(project / "artifacts/.qnnbuild/statcache.json")
-    assert cache.entries[str((project / "big.bin").resolve())][1] == 5  # the new mtime is remembered
+    assert cache.entries[str(big)][1] == 5  # the new mtime is remembered ...
+    hashed.clear()
+    assert statuses(cli) == CACHED
+    assert big not in hashed  # ... so the next run only stats it
 
 
 def test_input_deleted_after_a_build_is_a_located_recipe_error(project: Path, cli: CLI) -> None:

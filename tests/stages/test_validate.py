@@ -101,3 +101,28 @@ def test_accuracy_gate_needs_labels(tmp_path: Path, cli: CLI) -> None:
                                         "data": "{synthetic: {count: 2}}"})
     code, _, err = cli("run", "r.yaml")
     assert code == 1 and "max_accuracy_drop needs labelled data" in err
+
+
+def test_cosine_and_top1_agreement_gates_in_a_real_build(tmp_path: Path, cli: CLI) -> None:
+    """min_cosine and min_top1_agreement fail the build naming the measured and the required figure."""
+    classifier(tmp_path / "cls.onnx", 6, np.eye(6) * 4)
+    gated = """\
+schema_version: 1
+recipe: cls
+targets: [SM8650]
+stages:
+  export: {kind: export, onnx: cls.onnx}
+  quantize: {kind: quantize, model: export, calibration: {synthetic: {count: 4, seed: 0}}}
+  compile: {kind: compile, model: quantize}
+  context: {kind: context-binary, compiled: compile}
+  validate: {kind: validate, context: context, reference: export, data: {synthetic: {count: 4, seed: 9}},
+             min_cosine: %s, min_top1_agreement: %s}
+"""
+    write(tmp_path, "r.yaml", gated % (0.9, 0.5))
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    write(tmp_path, "r.yaml", gated % (1.0, 1.0))
+    code, _, err = cli("run", "r.yaml")
+    assert code == 1
+    assert "accuracy on SM8650 below the recipe's thresholds: logits: cosine 0." in err
+    assert "< required 1.0" in err
