@@ -8,7 +8,7 @@ import threading
 import time
 from typing import TextIO
 
-from qnnbuild.engine.session import Result
+from qnnbuild.engine.result import Result
 
 MARKS = {"ran": "✓", "cached": "✓", "failed": "✗", "skipped": "-"}
 

@@ -1,6 +1,8 @@
 """One build of one plan into one artifacts folder: keys, cache hits, running a stage, publishing it.
 
-Shared by `run` (through doit), `status` and the no-op fast path, so all three agree on what a key is.
+Shared by `run` (through doit), `status` and the no-op fast path, so all three agree on what a key is. The
+shared cache's traffic lives in `sync`, sending an instance to Dask in `dispatch`; every way an instance ends
+up current (found here, restored from the cache, built here or on a worker) goes through one tail, `_adopt`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +20,9 @@ from qnnbuild.engine.faults import checkpoint
 from qnnbuild.engine.graph import Instance, Plan
 from qnnbuild.engine.hashing import StatCache
 from qnnbuild.engine.keys import VersionCache, environment, key_document, key_of, tool_versions
+from qnnbuild.engine.result import Result
 from qnnbuild.engine.status import Verdict, assess
-from qnnbuild.engine.store import Store, remove_tree, write_json_atomic
+from qnnbuild.engine.store import Store, remove_tree
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun
@@ -28,39 +30,7 @@ from qnnbuild.toolchain.targets import TARGETS
 
 if TYPE_CHECKING:  # the shared cache and the worker spawner load only when a run needs them
     from qnnbuild.engine.remote import RemoteCache
-
-
-@dataclass
-class Result:
-    """How one instance ended in this run (the `--json` contract's stage entry)."""
-
-    id: str
-    stage: str
-    target: str | None
-    status: str  # ran | cached | failed | skipped
-    seconds: float = 0.0
-    key: str | None = None
-    outputs: list[str] = field(default_factory=list)
-    digest: str | None = None
-    document: dict[str, Any] | None = None
-    files: dict[str, str] = field(default_factory=dict)
-    message: str = ""
-    log: str | None = None
-    origin: str = "local"  # where a cached instance came from: local | remote
-    worker: str | None = None  # the Dask worker that ran it
-
-    def to_json(self) -> dict[str, Any]:
-        entry = {"id": self.id, "stage": self.stage, "target": self.target, "status": self.status,
-                 "seconds": round(self.seconds, 3), "key": self.key, "outputs": self.outputs}
-        if self.status == "cached":
-            entry["from"] = self.origin
-        if self.worker:
-            entry["worker"] = self.worker
-        if self.status in ("failed", "skipped") and self.message:
-            entry["message"] = self.message  # the reason the console prints beside the stage
-        if self.log:
-            entry["log"] = self.log
-        return entry
+    from qnnbuild.engine.sync import SharedSync
 
 
 def label(sessions: list[Session], session: Session, inst_id: str) -> str:
@@ -85,15 +55,20 @@ class Session:
         self.forced = forced
         self.readonly = readonly  # status, report, release: look at the store without the run lock, never change it
         self.remote = remote
+        self.sync: SharedSync | None = None
+        if remote is not None:
+            from qnnbuild.engine.sync import SharedSync
+
+            self.sync = SharedSync(self, remote)
         self.executor = executor
         self.locked: dict[str, Any] = self.store.read_lock(plan.recipe).get("instances", {})
         self.results: dict[str, Result] = {}
         self.keys: dict[str, tuple[str, dict[str, Any]]] = {}
-        self._guard: threading.Lock = peer._guard if peer else threading.Lock()
+        self.guard: threading.Lock = peer.guard if peer else threading.Lock()
         self._building: dict[str, threading.Lock] = peer._building if peer else {}
 
     def _key_lock(self, key: str) -> threading.Lock:
-        with self._guard:
+        with self.guard:
             return self._building.setdefault(key, threading.Lock())
 
     # --- keys --------------------------------------------------------------------------------------------
@@ -104,7 +79,7 @@ class Session:
         if not KINDS[inst.kind].discovers(inst.params):
             return key_of(declared), declared
         variants = self.store.discovered(key_of(declared))
-        candidates = [self._with_discovered(declared, files) for files in variants]
+        candidates = [self.with_discovered(declared, files) for files in variants]
         for key, document in candidates:
             if self.store.has(key):
                 return key, document
@@ -112,22 +87,22 @@ class Session:
 
     def declared_document(self, inst: Instance, upstream: dict[str, str]) -> dict[str, Any]:
         kind = KINDS[inst.kind]
-        with self._guard:
+        with self.guard:
             files = {name: self.stat.digest(Path(path)) for name, path in sorted(inst.files.items())}
         target: Any = TARGETS[inst.target].as_dict() if inst.target else None
         if kind.all_targets:
             target = [TARGETS[t].as_dict() for t in self.plan.targets]
-        with self._guard:
+        with self.guard:
             code = self.code.digest(kind.run.__module__)
         return key_document(inst.kind, kind.version, kind.key_params(inst.params), target, upstream, files,
                             tool_versions(kind.tools_for(inst.params)), code)
 
-    def _with_discovered(self, declared: dict[str, Any], files: list[str]) -> tuple[str, dict[str, Any]]:
+    def with_discovered(self, declared: dict[str, Any], files: list[str]) -> tuple[str, dict[str, Any]]:
         """`files` are relative to the recipe's folder (keys stay equal across checkouts of one layout)."""
         digests = {}
         for rel in files:
             try:
-                with self._guard:
+                with self.guard:
                     digests[rel] = self.stat.digest(self.root / rel)
             except OSError:
                 digests[rel] = "missing"
@@ -149,7 +124,7 @@ class Session:
             return None
         entry = self.store.entry(key)
         try:
-            with self._guard:
+            with self.guard:
                 intact = all(self.stat.digest(entry / rel) == info["sha256"] for rel, info in manifest["files"].items())
         except OSError:
             intact = False
@@ -191,129 +166,56 @@ class Session:
             return self._execute(inst, key, document, started)
 
     def _execute(self, inst: Instance, key: str, document: dict[str, Any], started: float) -> Result:
-        if inst.id not in self.forced and self.output_digest(key) is not None:
-            self.store.set_view(self.view(inst), key)
-            return self._record(inst, "cached", time.monotonic() - started, key, document)
-        restored = self._from_remote(inst, key, document) if inst.id not in self.forced else None
+        forced = inst.id in self.forced
+        if not forced and self.output_digest(key) is not None:
+            return self._adopt(inst, key, document, "cached", started)
+        restored = self.sync.restore(inst, key, document) if self.sync is not None and not forced else None
         if restored is not None:
-            key, document = restored
-            self._remember_stats(key)
-            self.store.set_view(self.view(inst), key)
-            result = self._record(inst, "cached", time.monotonic() - started, key, document)
-            result.origin = "remote"
-            return result
+            return self._adopt(inst, *restored, "cached", started, origin="remote")
         if self.executor is not None and not KINDS[inst.kind].discovers(inst.params):  # those live here
-            on_cluster = self._on_cluster(inst, key, document, started)
-            if on_cluster is not None:
-                return on_cluster
+            from qnnbuild.engine.dispatch import on_cluster
+
+            worker = on_cluster(self, inst, key, document)
+            if worker is not None:
+                return self._adopt(inst, key, document, "ran", started, worker=worker)
         work = self.store.new_workdir(key)
         try:
             self._run_worker(inst, work)
             key, document = self._rekey(work, document)
-            self.store.publish(work, key, document, time.monotonic() - started,
-                                          replace=inst.id in self.forced, instance=inst.id)
+            self.store.publish(work, key, document, time.monotonic() - started, replace=forced, instance=inst.id)
         except StageFailed as exc:
             log = self._keep_log(inst, work)
             raise StageFailed(str(exc), log) from None
         finally:
             if work.exists():
                 remove_tree(work)
+        result = self._adopt(inst, key, document, "ran", started)
+        checkpoint("view:switched", inst.id)
+        if self.sync is not None:
+            self.sync.upload(inst, key, document)
+        self.failure_log(inst).unlink(missing_ok=True)  # the last failure of this instance is history now
+        return result
+
+    def _adopt(self, inst: Instance, key: str, document: dict[str, Any], status: str, started: float, *,
+               origin: str = "local", worker: str | None = None) -> Result:
+        """The one tail of every way an entry becomes this instance's: its stats remembered (later runs check
+        it by stat), the view switched to it, the result recorded."""
         self._remember_stats(key)
         self.store.set_view(self.view(inst), key)
-        checkpoint("view:switched", inst.id)
-        self._to_remote(inst, key, document)
-        self._failure_log(inst).unlink(missing_ok=True)  # the last failure of this instance is history now
-        return self._record(inst, "ran", time.monotonic() - started, key, document)
+        result = self._record(inst, status, time.monotonic() - started, key, document)
+        result.origin, result.worker = origin, worker
+        return result
+
+    def push_pending(self) -> int:
+        """Upload what an earlier run could not (see sync.SharedSync.push_pending)."""
+        return self.sync.push_pending() if self.sync is not None else 0
 
     def _remember_stats(self, key: str) -> None:
         """Remember the published files' stats: later runs check them by stat only."""
         manifest = self.store.manifest(key) or {"files": {}}
-        with self._guard:
+        with self.guard:
             for rel in manifest["files"]:
                 self.stat.digest(self.store.entry(key) / rel)
-
-    # --- the shared cache ------------------------------------------------------------------------------------
-    def _from_remote(self, inst: Instance, key: str, document: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-        """The entry for this instance from the shared cache, published locally; None to build it here."""
-        from qnnbuild.engine.remote import CacheDown
-
-        if self.remote is None:
-            return None
-        candidates = [(key, document)]
-        if KINDS[inst.kind].discovers(inst.params):
-            declared = {k: v for k, v in document.items() if k != "discovered"}
-            try:
-                variants = self.remote.discovered(key_of(declared))
-            except CacheDown:
-                return None
-            candidates += [self._with_discovered(declared, files) for files in variants]
-        for candidate, doc in dict(candidates).items():
-            try:
-                if self.remote.fetch(candidate, self.store) is not None:
-                    return candidate, doc
-            except CacheDown:
-                return None
-        return None
-
-    def _to_remote(self, inst: Instance, key: str, document: dict[str, Any]) -> None:
-        """After a run: upload the entry (files, then the manifest as commit marker); never fails the build.
-
-        The key is recorded as pending first and cleared once committed, so an upload cut short (cache down,
-        writer killed) is retried by the next run instead of being forgotten behind a local cache hit."""
-        from qnnbuild.engine.remote import CacheDown
-
-        if self.remote is None or not self.remote.writes:
-            return
-        self._pending(add=[key])
-        try:
-            self.remote.push(key, self.store, replace=key in self.remote.refused or inst.id in self.forced,
-                             instance=inst.id)
-            if "discovered" in document:
-                declared = key_of({k: v for k, v in document.items() if k != "discovered"})
-                self.remote.remember_discovered(declared, self.store.discovered(declared))
-        except CacheDown:
-            return
-        except OSError as exc:  # reading our own entry failed: say so, never fail the build
-            self.remote.once(f"could not upload {inst.id} to the shared cache: {exc}")
-            return
-        self._pending(remove=[key])
-
-    def push_pending(self) -> int:
-        """Upload the entries an earlier run could not; a no-op with nothing pending makes no network call."""
-        if self.remote is None or not self.remote.writes:
-            return 0
-        from qnnbuild.engine.remote import CacheDown
-
-        pushed = []
-        for key in self._pending():
-            if self.store.has(key):
-                try:
-                    self.remote.push(key, self.store)
-                except CacheDown:
-                    break
-                except OSError as exc:
-                    self.remote.once(f"could not upload {key[:16]} to the shared cache: {exc}")
-                    break
-            pushed.append(key)
-        if pushed:
-            self._pending(remove=pushed)
-        return len(pushed)
-
-    def _pending(self, add: tuple[str, ...] | list[str] = (), remove: tuple[str, ...] | list[str] = ()) -> list[str]:
-        """Keys built here whose upload to this cache has not been committed yet."""
-        url = self.remote.shown if self.remote else ""
-        path = self.artifacts / ".qnnbuild" / "unpushed.json"
-        with self._guard:
-            try:
-                table = json.loads(path.read_text())
-            except (OSError, ValueError):
-                table = {}
-            keys = [k for k in table.get(url, []) if k not in remove]
-            keys += [k for k in add if k not in keys]
-            if add or remove:
-                table[url] = keys
-                write_json_atomic(path, {u: v for u, v in table.items() if v})
-            return keys
 
     def _rekey(self, work: Path, document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """After a run: the key from the declared inputs and the files the stage reported reading."""
@@ -324,9 +226,9 @@ class Session:
         files = sorted(os.path.relpath(p, self.root) for p in json.loads(report.read_text()))
         report.unlink()
         self.store.remember_discovered(key_of(declared), files)
-        return self._with_discovered(declared, files)
+        return self.with_discovered(declared, files)
 
-    def _stage_run(self, inst: Instance, work: Path) -> StageRun:
+    def stage_run(self, inst: Instance, work: Path) -> StageRun:
         return StageRun(recipe=self.plan.recipe, stage=inst.stage, instance=inst.id, params=inst.params,
                         inputs={name: self.store.entry(str(self.results[up].key)).resolve()
                                 for name, up in inst.inputs.items()},
@@ -339,54 +241,13 @@ class Session:
         from qnnbuild.engine.worker import spawn
 
         work = work.resolve()
-        spawn(inst.kind, self._stage_run(inst, work), work)
+        spawn(inst.kind, self.stage_run(inst, work), work)
 
-    # --- on a Dask cluster --------------------------------------------------------------------------------------
-    def _on_cluster(self, inst: Instance, key: str, document: dict[str, Any], started: float) -> Result | None:
-        """Run the instance on a cluster worker and restore its entry from the shared cache; None when the
-        cache failed (the instance then runs here: a cache error never fails a build)."""
-        from qnnbuild.engine.remote import CacheDown
-
-        remote, cluster = self.remote, self.executor
-        if remote is None or cluster is None:
-            return None
-        upstream = {name: str(self.results[up].key) for name, up in inst.inputs.items()}
-        try:
-            for up_key in upstream.values():  # a worker reads its inputs from the cache: make sure they are there
-                remote.push(up_key, self.store)
-            digests = {}
-            for name, path in sorted(inst.files.items()):
-                with self._guard:
-                    digests[name] = self.stat.digest(Path(path))
-                cluster.ship(Path(path), digests[name])
-        except CacheDown:
-            return None
-        request = {"kind": inst.kind, "key": key, "document": document, "upstream": upstream,
-                   "file_digests": digests, "run": self._stage_run(inst, Path("/nonexistent")).to_json()}
-        reply = cluster.run(request)
-        if not reply["ok"]:
-            log = self._failure_log(inst)
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(reply.get("log", ""))
-            raise StageFailed(f"{reply['message']} (on {reply['worker']})", log)
-        try:
-            restored = remote.fetch(key, self.store)
-        except CacheDown:
-            restored = None
-        if restored is None:
-            raise StageFailed(f"worker {reply['worker']} built {inst.id}, but the shared cache holds no valid entry "
-                              "for it")
-        self._remember_stats(key)
-        self.store.set_view(self.view(inst), key)
-        result = self._record(inst, "ran", time.monotonic() - started, key, document)
-        result.worker = str(reply["worker"])
-        return result
-
-    def _failure_log(self, inst: Instance) -> Path:
+    def failure_log(self, inst: Instance) -> Path:
         return self.artifacts / self.plan.recipe / "logs" / (inst.id.replace("[", "-").replace("]", "") + ".log")
 
     def _keep_log(self, inst: Instance, work: Path) -> Path:
-        dest = self._failure_log(inst)
+        dest = self.failure_log(inst)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(work / ".qnnbuild" / "stage.log", dest)
         return dest
@@ -397,12 +258,12 @@ class Session:
         result = Result(inst.id, inst.stage, inst.target, status, seconds, key,
                         [str(view / rel) for rel in manifest["files"]], manifest["digest"], document,
                         {rel: info["sha256"] for rel, info in manifest["files"].items()})
-        with self._guard:
+        with self.guard:
             self.results[inst.id] = result
         return result
 
     def fail(self, inst: Instance, status: str, message: str, seconds: float = 0.0, log: Path | None = None) -> None:
-        with self._guard:
+        with self.guard:
             self.results[inst.id] = Result(inst.id, inst.stage, inst.target, status, seconds,
                                            self.keys.get(inst.id, (None,))[0], message=message,
                                            log=str(log) if log else None)
