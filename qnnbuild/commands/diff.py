@@ -13,8 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.engine.graph import parse_instance_id
 from qnnbuild.engine.store import Store
 from qnnbuild.errors import UsageError
+from qnnbuild.stages import KINDS
 
 
 def _lock(arg: str, artifacts: Path) -> tuple[str, dict[str, Any], Store]:
@@ -36,26 +38,13 @@ def _lock(arg: str, artifacts: Path) -> tuple[str, dict[str, Any], Store]:
 
 
 def figures(lock: dict[str, Any], store: Store) -> dict[str, dict[str, float | str]]:
-    """target → metric → value, from the entries of the lock's validate, profile and context instances."""
+    """target → figure → value: what each locked instance's stage kind says of its entry (StageKind.summarize)."""
     found: dict[str, dict[str, float | str]] = {}
     for inst_id, entry in lock.get("instances", {}).items():
-        target = inst_id.partition("[")[2].rstrip("]") or "-"
-        folder = store.entry(str(entry["key"]))
-        row = found.setdefault(target, {})
-        kind = entry.get("document", {}).get("kind")
-        if kind == "validate" and (folder / "metrics.json").is_file():
-            metrics = json.loads((folder / "metrics.json").read_text())
-            for name, fig in metrics["outputs"].items():
-                row[f"SQNR {name} (dB)"] = fig["sqnr_db"]
-            for kind_ in ("top1_accuracy", "top5_accuracy"):
-                if kind_ in metrics:
-                    row[kind_.replace("_accuracy", " accuracy (%)").replace("top", "top-")] = metrics[kind_]["htp"]
-        elif kind == "profile" and (folder / "profile.json").is_file():
-            profile = json.loads((folder / "profile.json").read_text())
-            row["cycles per inference"] = profile["total_cycles_mean"]
-            row["slowest ops"] = ", ".join(profile["slowest"][:3])
-        elif kind == "context-binary":
-            row["context binary (kB)"] = round(sum(p.stat().st_size for p in folder.glob("*.bin")) / 1e3, 1)
+        kind = KINDS.get(entry.get("document", {}).get("kind", ""))
+        if kind is not None:
+            target = parse_instance_id(inst_id)[1] or "-"
+            found.setdefault(target, {}).update(kind.summarize(store.entry(str(entry["key"]))))
     return {t: r for t, r in sorted(found.items()) if r}
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from qnnbuild.engine.graph import parse_instance_id
 from qnnbuild.engine.store import Store, remove_tree
 from qnnbuild.errors import UsageError
 
@@ -84,8 +85,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         bad.extend(store.damaged(key))
     for name, lock in locks.items():
         for inst_id, entry in lock.get("instances", {}).items():
-            stage, _, target = inst_id.partition("[")
-            view = store.view(name, stage, target.rstrip("]") or None)
+            view = store.view(name, *parse_instance_id(inst_id))
             if not store.view_is(view, entry["key"]):
                 bad.append(f"{view} (does not show the locked build {entry['key'][:12]})")
             else:

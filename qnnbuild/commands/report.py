@@ -17,6 +17,7 @@ from typing import Any
 from qnnbuild.engine.graph import Instance, Plan
 from qnnbuild.engine.session import Session
 from qnnbuild.engine.status import Verdict
+from qnnbuild.stages import KINDS
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d232a}
@@ -211,15 +212,15 @@ def _variants(plan: Plan, found: dict[str, list[tuple[Instance, Path]]]) -> list
     for kind in ("validate", "profile"):
         for inst, folder in found.get(kind, []):
             variant = _quantize_of(inst, by_id)
-            data = _read(folder, "metrics.json" if kind == "validate" else "profile.json")
-            if variant is None or not data:
+            summary = KINDS[kind].summarize(folder)  # the same figures `qnnbuild diff` compares
+            if variant is None or not summary:
                 continue
             row = rows.setdefault((str(inst.target), variant), {})
             if kind == "validate":
-                row["sqnr"] = min(f["sqnr_db"] for f in data["outputs"].values())
-                row["top1"] = data.get("top1_accuracy", {}).get("htp")
+                row["sqnr"] = min(v for k, v in summary.items() if k.startswith("SQNR "))
+                row["top1"] = summary.get("top-1 accuracy (%)")
             else:
-                row["cycles"] = data["total_cycles_mean"]
+                row["cycles"] = summary["cycles per inference"]
     if len({v for _, v in rows}) < 2:
         return []
     e = html.escape

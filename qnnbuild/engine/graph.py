@@ -86,6 +86,12 @@ def instance_id(stage: str, target: str | None) -> str:
     return f"{stage}[{target}]" if target else stage
 
 
+def parse_instance_id(inst_id: str) -> tuple[str, str | None]:
+    """`compile[SM8650]` → ("compile", "SM8650"); `export` → ("export", None): instance_id's inverse."""
+    stage, _, rest = inst_id.partition("[")
+    return stage, rest.removesuffix("]") or None
+
+
 def _per_target(recipe: Recipe) -> dict[str, bool]:
     import networkx as nx
 

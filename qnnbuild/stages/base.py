@@ -96,6 +96,18 @@ def no_files(params: Params) -> dict[str, str]:
     return {}
 
 
+def no_summary(folder: Path) -> dict[str, Any]:
+    return {}
+
+
+def read_json(folder: Path, name: str) -> Any:
+    """An output file of an entry, or None when the entry has none (or an unreadable one)."""
+    try:
+        return json.loads((folder / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def no_checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
     return []
 
@@ -115,6 +127,8 @@ class StageKind:
     - `discovers(params)`: this instance reports files it read (`StageRun.read`), which then enter its key;
       such an instance runs where those files are (never on a cluster worker);
     - `all_targets`: the stage runs once but judges the model against every recipe target (convert);
+    - `summarize(folder)`: the few figures of an entry that compare builds (`diff`, the report's variants
+      table), read one way for everyone: e.g. validate → worst SQNR, top-1; profile → cycles per inference;
     - `ordered`: mapping parameters whose order is data (export's `inputs:` bind the model's arguments in
       that order): the key holds them as [name, value] pairs, since canonical JSON sorts mapping keys.
     """
@@ -135,6 +149,7 @@ class StageKind:
     all_targets: bool = False
     extra_schema: dict[str, Any] = field(default_factory=dict)
     ordered: tuple[str, ...] = ()
+    summarize: Callable[[Path], dict[str, Any]] = no_summary
 
     def key_params(self, params: Params) -> Params:
         """The parameters as the key holds them: `ordered` mappings as lists of [name, value] pairs."""

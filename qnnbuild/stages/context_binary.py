@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
+from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import StageKind, StageRun, refs_of
@@ -58,6 +60,10 @@ def run(ctx: StageRun) -> None:
     ctx.say(f"{stem}.bin loads and runs on the HTP emulator; outputs {[list(o.shape) for o in outputs]}")
 
 
+def summarize(folder: Path) -> dict[str, Any]:
+    return {"context binary (kB)": round(sum(p.stat().st_size for p in folder.glob("*.bin")) / 1e3, 1)}
+
+
 KIND = StageKind(
     name="context-binary",
     version=1,
@@ -66,5 +72,6 @@ KIND = StageKind(
     required=("compiled",),
     refs=refs_of("compiled"),
     tools=("onnx", "onnxruntime", "onnxruntime-qnn"),
+    summarize=summarize,
     run=run,
 )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import StageKind, StageRun, refs_of
+from qnnbuild.stages.base import StageKind, StageRun, read_json, refs_of
 
 OP = re.compile(r"^(?P<name>.+?):OpId_\d+ \(cycles\)$")
 TOKEN = re.compile(r"_token_\d+$")
@@ -110,6 +110,13 @@ def run(ctx: StageRun) -> None:
             f"slowest: {', '.join(report['slowest'])}")
 
 
+def summarize(folder: Path) -> dict[str, Any]:
+    profile = read_json(folder, "profile.json")
+    if not profile:
+        return {}
+    return {"cycles per inference": profile["total_cycles_mean"], "slowest ops": ", ".join(profile["slowest"][:3])}
+
+
 KIND = StageKind(
     name="profile",
     version=1,
@@ -125,5 +132,6 @@ KIND = StageKind(
     refs=refs_of("context", "model"),
     tools=("onnxruntime", "onnxruntime-qnn"),
     reproducible=False,
+    summarize=summarize,
     run=run,
 )

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
+from qnnbuild.stages.base import Params, StageKind, StageRun, read_json, refs_of
 from qnnbuild.toolchain import calibration
 
 HELD_OUT = {"synthetic": {"count": 8, "seed": 1000}}
@@ -141,6 +142,20 @@ def _say(ctx: StageRun, report: dict[str, Any], speed: dict[str, float]) -> None
             + ", ".join(f"{m} {v:g}" for m, v in speed.items()))
 
 
+def summarize(folder: Path) -> dict[str, Any]:
+    """Per output SQNR on HTP, the worst of them, and labelled accuracy on HTP."""
+    metrics = read_json(folder, "metrics.json")
+    if not metrics:
+        return {}
+    found: dict[str, Any] = {f"SQNR {name} (dB)": fig["sqnr_db"] for name, fig in metrics["outputs"].items()}
+    if len(metrics["outputs"]) > 1:
+        found["worst SQNR (dB)"] = min(fig["sqnr_db"] for fig in metrics["outputs"].values())
+    for kind in ("top1_accuracy", "top5_accuracy"):
+        if kind in metrics:
+            found[kind.replace("_accuracy", " accuracy (%)").replace("top", "top-")] = metrics[kind]["htp"]
+    return found
+
+
 KIND = StageKind(
     name="validate",
     version=4,
@@ -160,6 +175,7 @@ KIND = StageKind(
     },
     required=("context", "reference"),
     refs=refs_of("context", "reference", "quantized"),
+    summarize=summarize,
     files=_files,
     tools=("onnxruntime", "onnxruntime-qnn", "numpy"),
     run=run,
