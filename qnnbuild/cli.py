@@ -9,13 +9,12 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from qnnbuild import __version__
-from qnnbuild.errors import QnnbuildError, RecipeError, UsageError
+from qnnbuild.errors import QnnbuildError, RecipeError
 
 
 def _add_common(p: argparse.ArgumentParser, *, recipe: bool = True, artifacts: bool = True) -> None:
@@ -34,15 +33,6 @@ def _add_cache(p: argparse.ArgumentParser) -> None:
                    help="read: never write to the shared cache (laptops); readwrite: upload what ran (CI)")
     p.add_argument("--cache-required", action="store_true",
                    help="exit 1 when the shared cache failed (for CI jobs that must populate it)")
-
-
-def remote_cache(args: argparse.Namespace, console: Any) -> Any:
-    """The shared cache the arguments name, or None."""
-    if not args.cache:
-        return None
-    from qnnbuild.engine.remote import RemoteCache
-
-    return RemoteCache(args.cache, args.cache_mode, args.cache_required, warn=console.warn)
 
 
 def _add_cache_commands(sub: Any) -> None:
@@ -130,66 +120,6 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from qnnbuild.console import Console
-    from qnnbuild.engine.build import Request, build
-
-    started = time.monotonic()
-    console = Console()
-    remote = remote_cache(args, console)
-    cluster = None
-    if args.scheduler:
-        from qnnbuild.engine.cluster import Cluster
-
-        cluster = Cluster(args.scheduler, remote)
-        console.say(f"Dask cluster {args.scheduler}: {cluster.slots} worker thread(s)")
-    jobs = args.jobs or (cluster.slots + 1 if cluster else 1)  # +1: one submitted or restored while all work
-    request = Request(args.recipe, Path(args.artifacts), args.only, args.force, jobs, remote, cluster)
-    try:
-        sessions = build(request, console)
-    finally:
-        if cluster is not None:
-            cluster.close()
-    console.close()
-    every = [r for s in sessions for r in s.ordered_results()]
-    seconds = time.monotonic() - started
-    console.summary(every, seconds)
-    ok = all(r.status in ("ran", "cached") for r in every)
-    if remote is not None and remote.failure and args.cache_required:
-        console.say(f"qnnbuild: --cache-required: {remote.failure}")
-        ok = False
-    if args.json:
-        entries = [{"recipe": s.plan.recipe, "ok": all(r.status in ("ran", "cached") for r in s.ordered_results()),
-                    "stages": [r.to_json() for r in s.ordered_results()]} for s in sessions]
-        single = {**entries[0], "ok": ok} if len(entries) == 1 else {"ok": ok, "recipes": entries}
-        print(json.dumps({**single, "seconds": round(seconds, 3)}, indent=1))
-    return 0 if ok else 1
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from qnnbuild.engine.plans import load_plan
-    from qnnbuild.engine.session import Session
-
-    plan = load_plan(args.recipe, Path(args.artifacts))
-    session = Session(plan, Path(args.artifacts), readonly=True)
-    by_id = plan.by_id()
-    rows = []
-    for v in session.assess():
-        inst = by_id[v.id]
-        manifest = session.store.manifest(v.key) if v.key and v.fresh else None
-        view = session.view(inst)
-        rows.append({"id": v.id, "stage": inst.stage, "target": inst.target,
-                     "status": "fresh" if v.fresh else "stale", "reason": "; ".join(v.reasons),
-                     "key": v.key, "outputs": [str(view / r) for r in (manifest or {}).get("files", {})]})
-    session.save_caches()
-    if args.json:
-        print(json.dumps({"recipe": plan.recipe, "stages": rows}, indent=1))
-    else:
-        for row in rows:
-            print(f"{row['id']:<30} {row['status']:<6} {row['reason']}")
-    return 0
-
-
 def cmd_dag(args: argparse.Namespace) -> int:
     from qnnbuild.engine.graph import render
     from qnnbuild.engine.plans import load_plan
@@ -202,37 +132,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from qnnbuild.engine.schema import recipe_schema
 
     print(json.dumps(recipe_schema(), indent=2))
-    return 0
-
-
-def cmd_infer(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from qnnbuild.commands.infer import load
-    from qnnbuild.toolchain.metrics import is_classifier
-
-    deployed = load(args.recipe, args.target, args.artifacts)
-    feeds = {}
-    for item in args.input:
-        name, _, file = item.rpartition("=")
-        if not name:
-            if len(deployed.inputs) != 1:
-                raise UsageError(f"the model has inputs {', '.join(deployed.inputs)}: write --input NAME=FILE.npy")
-            name = next(iter(deployed.inputs))
-        try:
-            feeds[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--input {item}: cannot read {file}: {exc}") from None
-    outputs = deployed.run(feeds)
-    for name, value in outputs.items():
-        line = f"{name}: shape {list(value.shape)} {value.dtype}, min {value.min():.4g}, max {value.max():.4g}"
-        if is_classifier(value.shape):
-            top = np.argsort(value[0])[::-1][:5]
-            line += "; top-5 " + ", ".join(f"{int(i)} ({value[0, i]:.3f})" for i in top)
-        print(line)
-    if args.output:
-        np.savez(args.output, **outputs)  # type: ignore[arg-type]
-        print(f"wrote {args.output}")
     return 0
 
 
@@ -275,6 +174,24 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from qnnbuild.commands import cache
 
     return cache.cmd_push(args) if args.verb == "push" else cache.cmd_gc(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qnnbuild.commands.run import cmd_run as run
+
+    return run(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from qnnbuild.commands.status import cmd_status as status
+
+    return status(args)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from qnnbuild.commands.infer import cmd_infer as infer
+
+    return infer(args)
 
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:

@@ -7,6 +7,7 @@ io_spec.json (QNN's convention: real = (q + offset) · scale).
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,33 @@ def deliverable(recipe: str, target: str, artifacts: str | Path = "artifacts") -
 
 def load(recipe: str, target: str, artifacts: str | Path = "artifacts") -> Deployed:
     return Deployed(deliverable(recipe, target, artifacts))
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from qnnbuild.toolchain.metrics import is_classifier
+
+    deployed = load(args.recipe, args.target, args.artifacts)
+    feeds = {}
+    for item in args.input:
+        name, _, file = item.rpartition("=")
+        if not name:
+            if len(deployed.inputs) != 1:
+                raise UsageError(f"the model has inputs {', '.join(deployed.inputs)}: write --input NAME=FILE.npy")
+            name = next(iter(deployed.inputs))
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--input {item}: cannot read {file}: {exc}") from None
+    outputs = deployed.run(feeds)
+    for name, value in outputs.items():
+        line = f"{name}: shape {list(value.shape)} {value.dtype}, min {value.min():.4g}, max {value.max():.4g}"
+        if is_classifier(value.shape):
+            top = np.argsort(value[0])[::-1][:5]
+            line += "; top-5 " + ", ".join(f"{int(i)} ({value[0, i]:.3f})" for i in top)
+        print(line)
+    if args.output:
+        np.savez(args.output, **outputs)  # type: ignore[arg-type]
+        print(f"wrote {args.output}")
+    return 0
