@@ -48,7 +48,7 @@ class Deployed:
         if kind is None:
             raise UsageError(f"input {name!r}: the deliverable takes {meta.type}, which infer cannot feed")
         q = self.quant.get(name)
-        if q and "scale" in q:  # a quantized input: the caller gives real values, QNN takes (q + offset) · scale
+        if q and "scale" in q and np.dtype(kind).kind in "iu":  # quantized: real = (q + offset) · scale
             info = np.iinfo(kind)
             scaled = np.round(array.astype(np.float64) / q["scale"]) - q["offset"]
             return np.asarray(np.clip(scaled, info.min, info.max).astype(kind))
