@@ -142,7 +142,7 @@ def _build(doc: Located, path: Path) -> Recipe:
     stages: dict[str, Stage] = {}
     for name, spec in doc.data["stages"].items():
         kind = KINDS[spec["kind"]]
-        params = fill_defaults(stage_schema(kind.name), dict(spec))
+        params = fill_defaults(stage_schema(kind.name), kind.expand(dict(spec)))
         params.pop("kind")
         after = tuple(params.pop("after", ()))
         stages[name] = Stage(name=name, kind=kind.name, params=params, refs=kind.refs(params), after=after,

@@ -127,6 +127,8 @@ class StageKind:
     - `discovers(params)`: this instance reports files it read (`StageRun.read`), which then enter its key;
       such an instance runs where those files are (never on a cluster worker);
     - `all_targets`: the stage runs once but judges the model against every recipe target (convert);
+    - `expand(params)`: spells a preset out (quantize's `precision: w8a16`) before defaults are filled in, so
+      a preset and its spelled-out form are one key;
     - `summarize(folder)`: the few figures of an entry that compare builds (`diff`, the report's variants
       table), read one way for everyone: e.g. validate → worst SQNR, top-1; profile → cycles per inference;
     - `ordered`: mapping parameters whose order is data (export's `inputs:` bind the model's arguments in
@@ -149,6 +151,7 @@ class StageKind:
     all_targets: bool = False
     extra_schema: dict[str, Any] = field(default_factory=dict)
     ordered: tuple[str, ...] = ()
+    expand: Callable[[Params], Params] = lambda params: params  # presets → explicit parameters (before the key)
     summarize: Callable[[Path], dict[str, Any]] = no_summary
 
     def key_params(self, params: Params) -> Params:

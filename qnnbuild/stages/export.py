@@ -19,6 +19,7 @@ FACTORY = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0
 SHAPE = {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 1}}
 
 
+MASK_VALUE = -100.0  # see the `finite-mask` rewrite (toolchain/rewrites.py)
 SOURCES = ("torch", "onnx", "keras", "saved_model", "tflite")
 TF_SOURCES = ("keras", "saved_model", "tflite")
 
@@ -90,8 +91,8 @@ def run(ctx: StageRun) -> None:
             raw = scratch / "converted.onnx"
             shapes = _tf_export(ctx, raw)
         tf_source = any(k in ctx.params for k in TF_SOURCES)
-        cleaned = onnxclean.clean(raw, scratch, shapes, ctx.say, made_up=onnxclean.TF2ONNX_MADE_UP if tf_source
-                                  else None)
+        cleaned = onnxclean.clean(raw, scratch, shapes, ctx.say, mask_value=ctx.params["mask_value"],
+                                  made_up=onnxclean.TF2ONNX_MADE_UP if tf_source else None)
     import onnx
 
     onnx.save(cleaned.model, str(ctx.out / "model.onnx"))
@@ -103,7 +104,7 @@ def run(ctx: StageRun) -> None:
 
 KIND = StageKind(
     name="export",
-    version=5,
+    version=6,
     summary="a torch factory or an ONNX file → clean fp32 model.onnx with fixed input shapes",
     params={
         "torch": {"type": "string", "pattern": FACTORY, "x-message": "is not a torch factory: write "
@@ -123,6 +124,9 @@ KIND = StageKind(
                    "description": "input name → shape; fixes dynamic dimensions"},
         "outputs": {"type": "array", "items": {"type": "string"}, "description": "output names (torch)"},
         "opset": {"type": "integer", "minimum": 13, "maximum": 21, "default": 17},
+        "mask_value": {"type": "number", "maximum": -1, "minimum": -10000, "default": MASK_VALUE,
+                       "description": "what an attention mask's huge negative constant (finfo.min, -inf) reaching a "
+                       "Softmax becomes, so that the masked scores quantize (rewrites.json lists it)"},
         "exporter": {"enum": ["torchscript", "dynamo"], "default": "torchscript", "description": "torch's ONNX "
                      "exporter; one that fails is reported, never swapped for the other behind the key's back "
                      "(dynamo needs opset ≥ 18)"},

@@ -18,12 +18,18 @@ from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
-from qnnbuild.toolchain import calibration, quantizer
+from qnnbuild.toolchain import calibration, qnnrules, quantizer
 
 TECHNIQUES = ["cle", "adaround", "seqmse"]
+HUGE_RANGE = 1e4
 HELD_OUT = {"synthetic": {"count": 4, "seed": 2000}}
 
 
+
+
+def _techniques(params: Params) -> list[str]:
+    technique = params.get("technique", [])
+    return [technique] if isinstance(technique, str) else list(technique) if isinstance(technique, list) else []
 
 
 def _files(params: Params) -> dict[str, str]:
@@ -89,7 +95,7 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Samples, ba
     from qnnbuild.toolchain import aimet
 
     params = ctx.params
-    techniques = [params["technique"]] if isinstance(params.get("technique"), str) else params.get("technique", [])
+    techniques = _techniques(params)
     record: dict[str, Any] = {"technique": techniques} if techniques else {}
     model_path = ctx.inputs["model"] / "model.onnx"
     if "cle" in techniques:
@@ -128,6 +134,12 @@ def run(ctx: StageRun) -> None:
     base = _overrides(ctx, model, source)
     if "encodings" in ctx.files:
         base = {**encodings.exact_overrides(ctx.files["encodings"], model, source, base), **base}
+    qnnrules.refuse_symmetric_outputs(model, base, source)
+    rules: list[dict[str, Any]] = []
+    if not {"adaround", "seqmse"} & set(_techniques(params)):  # AIMET's HTP configuration decides those
+        base, rules = qnnrules.apply(model, params["activations"], base)
+    for rule in rules:
+        ctx.say(f"QNN rule {rule['rule']} ({rule['by']}): {len(rule['tensors'])} tensor(s)")
     stride = quantizer.stride_for(len(samples))
     ctx.say(f"calibrating on {len(samples)} {next(iter(cal))} samples, {params['method']}, strides of {stride}")
     started = time.monotonic()
@@ -143,10 +155,16 @@ def run(ctx: StageRun) -> None:
     if (ctx.inputs["model"] / "rewrites.json").is_file():  # carried forward for convert's op report
         shutil.copyfile(ctx.inputs["model"] / "rewrites.json", ctx.out / "rewrites.json")
     (ctx.out / "encodings.json").write_text(json.dumps(encs, indent=1, sort_keys=True) + "\n")
+    named_rules = [{**r, "tensors": [source.get(t, t) for t in r["tensors"]]} for r in rules]
+    (ctx.out / "rules.json").write_text(json.dumps(named_rules, indent=1) + "\n")
     ranges = {name: {"min": e[0]["min"], "max": e[0]["max"], "bitwidth": e[0]["bitwidth"]}
               for name, e in encs["activation_encodings"].items()}
+    huge = sorted(n for n, r in ranges.items() if max(abs(r["min"]), abs(r["max"])) >= HUGE_RANGE)
+    if huge:  # one such value and every other value of the tensor quantizes to the same level
+        ctx.say(f"warning: ranges of ±{HUGE_RANGE:g} or more (an attention mask's 'minus infinity'?): "
+                + ", ".join(huge[:10]))
     stats = {"samples": len(samples), "source": next(iter(cal)), "method": params["method"], "stride": stride,
-             "activation_ranges": ranges, **technique}
+             "activation_ranges": ranges, "huge_ranges": huge, **technique}
     (ctx.out / "calibration.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ctx.say(f"quantized in {seconds:.2f} s; {len(ranges)} activation and {len(encs['param_encodings'])} "
@@ -154,14 +172,24 @@ def run(ctx: StageRun) -> None:
 
 
 AIMET_FIXED = ("per_channel", "symmetric", "method")
+PRESETS: dict[str, Params] = {
+    "w8a8": {"activations": "uint8", "weights": "uint8", "per_channel": True},
+    "w8a16": {"activations": "uint16", "weights": "uint8", "per_channel": True},
+    "w4a16": {"activations": "uint16", "weights": "int4", "per_channel": True, "symmetric": True},
+    "w16a16": {"activations": "uint16", "weights": "int16", "per_channel": True, "symmetric": True},
+}
+
+
+def _expand(params: Params) -> Params:
+    """`precision: w8a16` → the explicit parameters it stands for; the recipe's explicit ones win."""
+    preset = PRESETS.get(params.get("precision", ""), {})
+    return {**preset, **{k: v for k, v in params.items() if k != "precision"}}
 
 
 def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
     """AdaRound/SeqMSE quantize with AIMET's HTP configuration (per-channel symmetric weights, min-max ranges):
     a setting it would ignore is refused by name rather than silently dropped."""
-    technique = params.get("technique", [])
-    techniques = {technique} if isinstance(technique, str) else set(technique if isinstance(technique, list) else [])
-    used = techniques & {"adaround", "seqmse"}
+    used = set(_techniques(params)) & {"adaround", "seqmse"}
     return [((name,), f"technique {'/'.join(sorted(used))} quantizes with AIMET's HTP configuration (per-channel "
                       f"symmetric weights, min-max ranges); {name} cannot be set with it")
             for name in AIMET_FIXED if used and name in params]
@@ -169,13 +197,15 @@ def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
 
 KIND = StageKind(
     name="quantize",
-    version=4,
+    version=5,
     summary="fp32 model + calibration data → QDQ model for QNN, QNN encodings, calibration statistics",
     params={
         "model": {"type": "string", "description": "the export stage to quantize"},
         "calibration": {**calibration.SCHEMA, "default": {"synthetic": {"count": 16, "seed": 0}}},
         "activations": {"enum": ["uint8", "uint16"], "default": "uint8"},
-        "weights": {"enum": ["uint8", "int8", "int4"], "default": "uint8"},
+        "weights": {"enum": ["uint8", "int8", "int4", "int16"], "default": "uint8"},
+        "precision": {"enum": list(PRESETS), "description": "Qualcomm AI Hub's names for weight/activation bits: "
+                      "sets activations, weights, per_channel and symmetric (explicit ones win)"},
         "per_channel": {"type": "boolean", "default": False},
         "symmetric": {"type": "boolean", "default": False, "description": "symmetric weight quantization"},
         "method": {"enum": ["minmax", "entropy", "percentile"], "default": "minmax"},
@@ -204,6 +234,7 @@ KIND = StageKind(
     required=("model",),
     refs=refs_of("model"),
     checks=_checks,
+    expand=_expand,
     files=_files,
     tools=lambda params: ("onnx", "onnxruntime", *(("aimet-onnx", "torch") if params.get("technique") else ())),
     run=run,

@@ -49,8 +49,9 @@ def _fold(model: Any, scratch: Path) -> Any:
 
 
 def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[[str], None], *,
-          made_up: re.Pattern[str] | None = None) -> Cleaned:
-    """`made_up`: names the converter invented (left out of `names`)."""
+          mask_value: float, made_up: re.Pattern[str] | None = None) -> Cleaned:
+    """`mask_value`: what an attention mask's "minus infinity" becomes; `made_up`: names the converter invented
+    (left out of `names`)."""
     import onnx
 
     from qnnbuild.toolchain import onnxgraph, rewrites
@@ -67,7 +68,7 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
     del model.metadata_props[:]
     model.doc_string = ""
     model.graph.doc_string = ""
-    model, fused = rewrites.after_folding(_fold(model, scratch))
+    model, fused = rewrites.after_folding(_fold(model, scratch), mask_value)
     applied += fused
     for step in applied:
         say(f"rewrite {step['rewrite']}: {', '.join(step['nodes'][:8])}")

@@ -13,6 +13,10 @@ report after it). None changes what the model computes:
   quantized with x's own encoding, which saturates when x stays below 1 (magika's LayerNorm: 1/sqrt(var) came out
   ~8x too small on HTP, 1 dB against 15 dB for the same QDQ model on the CPU); an explicit constant gets its
   own encoding;
+- an attention mask's huge negative constant (`(1 - mask) * finfo(float32).min`, a causal mask of -inf,
+  `Where(mask, scores, -inf)`) reaching a Softmax becomes a finite `mask_value`: the quantizer would give the
+  masked scores a range of ~1e38 and every real score would collapse to one value (all-MiniLM-L6-v2: embedding
+  cosine 0.08 on HTP); Qualcomm AI Hub does the same with -50 for Llama;
 - constant folding at the fixed shapes (onnxruntime's basic optimizations, run by export afterwards) removes
   shape-computing subgraphs such as Range.
 """
@@ -108,6 +112,47 @@ def reciprocal_to_div(model: Any) -> list[str]:
     return changed
 
 
+HUGE = 1e4  # a "minus infinity" in mask arithmetic; no real score or logit comes near it
+MASK_PATH = {"Mul", "Add", "Sub", "Where", "Expand", "Unsqueeze", "Reshape", "Cast", "Slice", "Squeeze", "Concat",
+             "Transpose", "Tile", "Min", "Max"}
+
+
+def _reaches_softmax(tensor: str, consumers: dict[str, list[Any]], hops: int = 8) -> bool:
+    """Whether `tensor` flows into a Softmax through mask arithmetic only (broadcasts, casts, adds)."""
+    todo, seen = [(tensor, 0)], set()
+    while todo:
+        name, depth = todo.pop()
+        for node in consumers.get(name, []):
+            if node.op_type == "Softmax":
+                return True
+            if node.op_type in MASK_PATH and depth < hops and node.name not in seen:
+                seen.add(node.name)
+                todo += [(o, depth + 1) for o in node.output]
+    return False
+
+
+def finite_masks(model: Any, value: float) -> list[str]:
+    """Float constants holding values ≤ -1e4 (or -inf) that reach a Softmax: those values become `value`."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    changed = []
+    for index, init in enumerate(list(model.graph.initializer)):
+        array = numpy_helper.to_array(init)
+        if array.dtype.kind != "f" or not array.size or array.min() > -HUGE:
+            continue
+        if not _reaches_softmax(init.name, consumers):
+            continue
+        finite = np.where(array <= -HUGE, np.asarray(value, array.dtype), array).astype(array.dtype)
+        model.graph.initializer[index].CopyFrom(numpy_helper.from_array(finite, init.name))
+        changed.append(init.name)
+    return changed
+
+
 def qnn_preprocess(model: Any) -> tuple[Any, list[str]]:
     """onnxruntime's QNN pre-processing (Erf → Gelu and other fusions); the fused op types, or nothing."""
     import onnx
@@ -138,10 +183,16 @@ def before_folding(model: Any) -> list[dict[str, Any]]:
     return applied
 
 
-def after_folding(model: Any) -> tuple[Any, list[dict[str, Any]]]:
-    """onnxruntime's QNN pre-processing, on the folded model (before folding, the quantizer later fails on
-    what onnxruntime's optimizer makes of the fused ops); only where there is an Erf to fuse."""
-    if not any(n.op_type == "Erf" for n in model.graph.node):
-        return model, []
-    model, fused = qnn_preprocess(model)
-    return model, [{"rewrite": "qnn-preprocess", "nodes": fused}] if fused else []
+def after_folding(model: Any, mask_value: float) -> tuple[Any, list[dict[str, Any]]]:
+    """On the folded model, where masks are plain constants: finite attention masks, then onnxruntime's QNN
+    pre-processing where there is an Erf to fuse (before folding, the quantizer later fails on what
+    onnxruntime's optimizer makes of the fused ops)."""
+    applied: list[dict[str, Any]] = []
+    masks = finite_masks(model, mask_value)
+    if masks:
+        applied.append({"rewrite": "finite-mask", "nodes": masks, "value": mask_value})
+    if any(n.op_type == "Erf" for n in model.graph.node):
+        model, fused = qnn_preprocess(model)
+        if fused:
+            applied.append({"rewrite": "qnn-preprocess", "nodes": fused})
+    return model, applied

@@ -1,0 +1,67 @@
+"""QNN's quantization rules for HTP, applied to a model's overrides before quantizing, each one listed.
+
+What onnxruntime's `get_qnn_qdq_config` already does is listed too, so `rules.json` says everything that was
+decided for QNN and not by the recipe:
+- `matmul-act-act-int16` (applied here): with 16-bit activations, the second input of a MatMul of two
+  activations (attention's Q·Kᵀ, attention·V) gets an int16 symmetric encoding. Otherwise the QNN EP inserts a
+  Convert that requantizes it to 8 bits (QNN_NOTES: a Q·Kᵀ alone, CPU 84 dB, HTP 41 dB; int16 symmetric: 75 dB);
+- `matmul-weights-8bit-per-tensor`, `layernorm-weights-8bit`, `sigmoid-tanh-fixed-scale` (get_qnn_qdq_config):
+  a MatMul's static weight at the 8-bit weight type and per tensor (QNN has no per-channel MatMul), LayerNorm
+  weights at 8 bits under 16-bit activations, fixed 16-bit output encodings for Sigmoid and Tanh;
+- `no-symmetric-conv-relu-clip` (refusal): HTP computes a symmetric activation encoding on a Conv, Relu or Clip
+  output wrong (QNN_NOTES: Conv+Clip, CPU 44.9 dB, HTP −0.1 dB), so an override or encodings entry asking for
+  one is refused by tensor name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qnnbuild.errors import StageFailed
+
+SIXTEEN = ("uint16", "int16")
+NO_SYMMETRIC_OUTPUT = ("Conv", "ConvTranspose", "Relu", "Clip")
+INT16_SYMMETRIC = {"type": "int16", "symmetric": True}
+
+
+def _is_symmetric(override: Any) -> bool:
+    entries = override if isinstance(override, list) else [override]
+    return any(isinstance(e, dict) and (e.get("symmetric") or e.get("is_symmetric") in (True, "True")) for e in
+               entries)
+
+
+def refuse_symmetric_outputs(model: Any, overrides: dict[str, Any], source: dict[str, str]) -> None:
+    """An override (or encodings entry) making a Conv/Relu/Clip output symmetric is refused, by tensor name."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    bad = [f"{source.get(t, t)} ({producer[t].op_type} {producer[t].name})" for t, o in sorted(overrides.items())
+           if t in producer and producer[t].op_type in NO_SYMMETRIC_OUTPUT and _is_symmetric(o)]
+    if bad:
+        raise StageFailed("a symmetric activation encoding on a Conv, Relu or Clip output is computed wrong by HTP: "
+                          + ", ".join(bad[:10]) + "; drop `symmetric` for these tensors")
+
+
+def apply(model: Any, activations: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The overrides with QNN's rules added (the recipe's own entries win), and the rules as applied:
+    [{"rule", "by", "tensors"}] with the model's tensor names."""
+    if activations not in SIXTEEN:
+        return overrides, []
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    added: dict[str, Any] = {}
+    listed: dict[str, list[str]] = {"matmul-weights-8bit-per-tensor": [], "layernorm-weights-8bit": [],
+                                    "sigmoid-tanh-fixed-scale": []}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2:
+            a, b = node.input
+            if a not in consts and b not in consts and b not in overrides:
+                added[b] = INT16_SYMMETRIC
+            elif b in consts:
+                listed["matmul-weights-8bit-per-tensor"].append(b)
+        elif node.op_type == "LayerNormalization":
+            listed["layernorm-weights-8bit"] += [i for i in node.input[1:] if i in consts]
+        elif node.op_type in ("Sigmoid", "Tanh"):
+            listed["sigmoid-tanh-fixed-scale"] += list(node.output)
+    applied = [{"rule": "matmul-act-act-int16", "by": "qnnbuild", "tensors": sorted(added)}] if added else []
+    applied += [{"rule": rule, "by": "get_qnn_qdq_config", "tensors": sorted(set(tensors))}
+                for rule, tensors in listed.items() if tensors]
+    return {**added, **overrides}, applied
