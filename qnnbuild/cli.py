@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild import __version__
+from qnnbuild.engine.limits import MAX_PROBLEMS
 from qnnbuild.errors import QnnbuildError, RecipeError
 
 
@@ -201,7 +202,7 @@ def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
             "doctor": _maintenance("cmd_doctor")}
 
 
-MAX_SHOWN_PROBLEMS = 50  # a generated recipe with 20,000 faults must not print megabytes
+MAX_SHOWN_PROBLEMS = MAX_PROBLEMS + 1  # the loader stops at 50 and says so in one more line
 
 
 def _report_problems(exc: RecipeError, *, json_out: bool) -> None:

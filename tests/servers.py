@@ -25,13 +25,13 @@ SECRET_KEY = "qnnbuild-secret-never-printed"  # noqa: S105 (a test server's key;
 
 def free_port(avoid: set[int] | None = None) -> int:
     """A port free now, whose gRPC twin (+10000, SeaweedFS's convention) is free too."""
-    avoid = avoid or set()
+    avoid = set() if avoid is None else avoid  # not `avoid or set()`: an empty set passed in must be filled
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port + 10000 < 65536 and port not in avoid and _free(port + 10000):
-            avoid.add(port)
+        if port + 10000 < 65536 and not {port, port + 10000} & avoid and _free(port + 10000):
+            avoid.update((port, port + 10000))
             return port
 
 

@@ -7,6 +7,7 @@ Nothing downstream sees raw YAML.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,26 @@ class Recipe:
         return self.path.parent
 
 
+def _errors_in_file_order(data: Any) -> Iterator[Any]:
+    """The schema's errors, the top level first, then stage by stage in the file's order: jsonschema walks a
+    mapping's extra keys as a set, so a recipe cut off after 50 problems would otherwise show random ones."""
+    schema = recipe_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    stages = data.get("stages") if isinstance(data, dict) else None
+    if not isinstance(stages, dict) or not stages:
+        yield from validator.iter_errors(data)
+        return
+    yield from (e for e in validator.iter_errors({**data, "stages": {}}) if e.validator != "minProperties")
+    for name, spec in stages.items():
+        yield from validator.descend({name: spec}, schema["properties"]["stages"], path="stages")
+
+
 def _schema_problems(doc: Located) -> list[Problem]:
-    validator = jsonschema.Draft202012Validator(recipe_schema())
     problems: list[Problem] = []
-    for err in validator.iter_errors(doc.data):  # lazy: stop once enough is known (a hostile recipe has 20,000)
-        if len(problems) >= MAX_PROBLEMS:
-            problems.append(doc.problem((), f"… stopped after the first {MAX_PROBLEMS} problems"))
+    for err in _errors_in_file_order(doc.data):  # lazy: stop once enough is known (a hostile recipe has 20,000)
+        if len(problems) >= MAX_PROBLEMS:  # placed where the next problem is, so it reads last
+            problems.append(doc.problem(tuple(err.absolute_path), f"… stopped after the first {MAX_PROBLEMS} "
+                                        "problems; fix these and run again"))
             break
         path: YamlPath = tuple(err.absolute_path)
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):

@@ -159,7 +159,7 @@ def run(ctx: StageRun) -> None:
     (ctx.out / "rules.json").write_text(json.dumps(named_rules, indent=1) + "\n")
     ranges = {name: {"min": e[0]["min"], "max": e[0]["max"], "bitwidth": e[0]["bitwidth"]}
               for name, e in encs["activation_encodings"].items()}
-    huge = sorted(n for n, r in ranges.items() if max(abs(r["min"]), abs(r["max"])) >= HUGE_RANGE)
+    huge = sorted(str(n) for n, r in ranges.items() if max(abs(r["min"]), abs(r["max"])) >= HUGE_RANGE)
     if huge:  # one such value and every other value of the tensor quantizes to the same level
         ctx.say(f"warning: ranges of ±{HUGE_RANGE:g} or more (an attention mask's 'minus infinity'?): "
                 + ", ".join(huge[:10]))

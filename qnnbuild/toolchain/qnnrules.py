@@ -5,8 +5,8 @@ decided for QNN and not by the recipe:
 - `matmul-act-act-int16` (applied here): with 16-bit activations, the second input of a MatMul of two
   activations (attention's Q·Kᵀ, attention·V) gets an int16 symmetric encoding. Otherwise the QNN EP inserts a
   Convert that requantizes it to 8 bits (QNN_NOTES: a Q·Kᵀ alone, CPU 84 dB, HTP 41 dB; int16 symmetric: 75 dB);
-- `matmul-weights-8bit-per-tensor`, `layernorm-weights-8bit`, `sigmoid-tanh-fixed-scale` (get_qnn_qdq_config):
-  a MatMul's static weight at the 8-bit weight type and per tensor (QNN has no per-channel MatMul), LayerNorm
+- `matmul-weight-per-tensor`, `layernorm-weights-8bit`, `sigmoid-tanh-fixed-scale` (get_qnn_qdq_config):
+  a MatMul's static weight per tensor at the weight type (QNN has no per-channel MatMul), LayerNorm
   weights at 8 bits under 16-bit activations, fixed 16-bit output encodings for Sigmoid and Tanh;
 - `no-symmetric-conv-relu-clip` (refusal): HTP computes a symmetric activation encoding on a Conv, Relu or Clip
   output wrong (QNN_NOTES: Conv+Clip, CPU 44.9 dB, HTP −0.1 dB), so an override or encodings entry asking for
@@ -48,7 +48,7 @@ def apply(model: Any, activations: str, overrides: dict[str, Any]) -> tuple[dict
     consts = {i.name for i in model.graph.initializer}
     consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     added: dict[str, Any] = {}
-    listed: dict[str, list[str]] = {"matmul-weights-8bit-per-tensor": [], "layernorm-weights-8bit": [],
+    listed: dict[str, list[str]] = {"matmul-weight-per-tensor": [], "layernorm-weights-8bit": [],
                                     "sigmoid-tanh-fixed-scale": []}
     for node in model.graph.node:
         if node.op_type == "MatMul" and len(node.input) == 2:
@@ -56,7 +56,7 @@ def apply(model: Any, activations: str, overrides: dict[str, Any]) -> tuple[dict
             if a not in consts and b not in consts and b not in overrides:
                 added[b] = INT16_SYMMETRIC
             elif b in consts:
-                listed["matmul-weights-8bit-per-tensor"].append(b)
+                listed["matmul-weight-per-tensor"].append(b)
         elif node.op_type == "LayerNormalization":
             listed["layernorm-weights-8bit"] += [i for i in node.input[1:] if i in consts]
         elif node.op_type in ("Sigmoid", "Tanh"):
