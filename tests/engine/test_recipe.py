@@ -148,4 +148,4 @@ def test_thousands_of_problems_print_a_bounded_list(tmp_path: Path, cli: CLI) ->
     problems = json.loads(out)["problems"]
     assert len(problems) == 51
     assert problems[0]["file"] == "big.yaml" and problems[0]["line"] == 4
-    assert {p["path"] for p in problems if p["line"] == 4} == {"stages.s0.bogus", "stages.s0.onnx"}
+    assert [p["path"] for p in problems if p["line"] == 4] == ["stages.s0.bogus"]  # file checks wait for these
