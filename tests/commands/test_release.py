@@ -57,7 +57,7 @@ def test_verify_rebuild(tmp_path: Path) -> None:
     proc = run_process(["verify", "tiny.yaml", "--rebuild"], folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "profile[SM8650]/*" in proc.stdout and "not compared (timings)" in proc.stdout
-    assert proc.stdout.splitlines()[-1] == "17 of 17 outputs reproduced; 1 stage(s) not compared (timings)"
+    assert proc.stdout.splitlines()[-1] == "18 of 18 outputs reproduced; 1 stage(s) not compared (timings)"
 
     lock_path = folder / "artifacts/tiny/qnnbuild.lock"
     lock = json.loads(lock_path.read_text())
