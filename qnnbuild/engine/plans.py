@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from qnnbuild import __version__
+from qnnbuild.engine.codekeys import package_stamp
 from qnnbuild.engine.graph import Plan
 from qnnbuild.engine.hashing import sha256_json
 from qnnbuild.engine.limits import MAX_BYTES
@@ -19,9 +20,7 @@ from qnnbuild.errors import Problem, RecipeError
 
 
 def _code_stamp() -> list[object]:
-    package = Path(__file__).parent.parent
-    return [[p.relative_to(package).as_posix(), p.stat().st_mtime_ns, p.stat().st_size]
-            for p in sorted(package.rglob("*.py"))]
+    return [list(entry) for entry in package_stamp()]
 
 
 def _read(path: Path, shown: str) -> bytes:

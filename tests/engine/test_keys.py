@@ -42,11 +42,13 @@ def test_code_digest_covers_the_stage_module_and_what_it_imports(tmp_path: Path,
 
     shutil.copytree(codekeys.PACKAGE, fake, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(codekeys, "PACKAGE", fake)
+    codekeys.package_stamp.cache_clear()
     before = codekeys.CodeDigests(tmp_path / "a.json")
     digests = {m: before.digest(m) for m in ("qnnbuild.stages.quantize", "qnnbuild.stages.profile")}
     before.save()
     with (fake / "toolchain" / "quantizer.py").open("a") as fh:
         fh.write("\n# changed\n")
+    codekeys.package_stamp.cache_clear()  # a new process would take the stamp anew
     after = codekeys.CodeDigests(tmp_path / "a.json")  # the remembered digests are dropped: a file changed
     assert after.digest("qnnbuild.stages.quantize") != digests["qnnbuild.stages.quantize"]
     assert after.digest("qnnbuild.stages.profile") == digests["qnnbuild.stages.profile"]
