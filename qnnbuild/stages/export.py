@@ -11,12 +11,21 @@ import contextlib
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun
 
 FACTORY = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 SHAPE = {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 1}}
+DTYPES = ["float32", "float16", "int64", "int32", "uint8", "bool"]
+INPUT = {"oneOf": [SHAPE, {"type": "object", "additionalProperties": False, "required": ["shape"],
+                           "properties": {"shape": SHAPE, "dtype": {"enum": DTYPES, "default": "float32"}}}]}
+
+
+def shapes_of(inputs: dict[str, Any]) -> dict[str, list[int]]:
+    """`inputs:` entries are a shape, or {shape, dtype} (token ids: int64): the shapes by name."""
+    return {name: list(spec["shape"] if isinstance(spec, dict) else spec) for name, spec in inputs.items()}
 
 
 MASK_VALUE = -100.0  # see the `finite-mask` rewrite (toolchain/rewrites.py)
@@ -57,7 +66,8 @@ def _tf_export(ctx: StageRun, dest: Path) -> dict[str, list[int]]:
     kind = next(k for k in TF_SOURCES if k in ctx.params)
     nchw = ctx.params.get("layout") == "nchw"
     started = time.monotonic()
-    converted = tfconvert.convert(kind, ctx.files[kind], ctx.params.get("inputs", {}), nchw, ctx.params["opset"], dest)
+    given = shapes_of(ctx.params.get("inputs", {}))
+    converted = tfconvert.convert(kind, ctx.files[kind], given, nchw, ctx.params["opset"], dest)
     found = tfconvert.fidelity(converted, dest, nchw)
     seconds = round(time.monotonic() - started, 2)
     report = {"source": kind, "converter": converted.converter, **found}  # keyed: no wall-clock figure
@@ -79,7 +89,7 @@ def run(ctx: StageRun) -> None:
     # fixed relative names in a scratch folder: the exporters store file names inside the model
     with tempfile.TemporaryDirectory(prefix="qnnbuild-export-") as tmp, contextlib.chdir(tmp):
         scratch = Path(tmp)
-        shapes: dict[str, list[int]] = ctx.params.get("inputs", {})
+        shapes = shapes_of(ctx.params.get("inputs", {}))
         if "torch" in ctx.params:
             from qnnbuild.toolchain import torchexport
 
@@ -120,8 +130,9 @@ KIND = StageKind(
                    "description": "TF sources: nchw asks tf2onnx for channels-first inputs"},
         "min_fidelity_db": {"type": "number", "default": 60, "description": "TF sources: the converted ONNX "
                             "against the original on seeded random inputs (conversion.json); fails below"},
-        "inputs": {"type": "object", "additionalProperties": SHAPE, "default": {},
-                   "description": "input name → shape; fixes dynamic dimensions"},
+        "inputs": {"type": "object", "additionalProperties": INPUT, "default": {},
+                   "description": "input name → shape, or {shape, dtype} (token ids: dtype int64), in the "
+                   "order a torch factory's forward() takes them; fixes dynamic dimensions"},
         "outputs": {"type": "array", "items": {"type": "string"}, "description": "output names (torch)"},
         "opset": {"type": "integer", "minimum": 13, "maximum": 21, "default": 17},
         "mask_value": {"type": "number", "maximum": -1, "minimum": -10000, "default": MASK_VALUE,

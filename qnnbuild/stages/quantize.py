@@ -86,7 +86,7 @@ def _auto_precision(ctx: StageRun, model: Any, source: dict[str, str], quantize_
     (ctx.out / "precision.json").write_text(json.dumps(named, indent=1) + "\n")
 
 
-def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Samples, base: dict[str, Any],
+def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, base: dict[str, Any],
                      source: dict[str, str], tmp: Path) -> dict[str, Any]:
     """Quantize into ctx.out: onnxruntime's quantizer (after AIMET's CLE, when asked), or AIMET's simulation
     for AdaRound / SeqMSE. Returns what calibration.json records of the technique."""

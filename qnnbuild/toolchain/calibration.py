@@ -7,9 +7,10 @@ A source is indexable and loads one sample at a time, so memory does not grow wi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qnnbuild.errors import StageFailed
+from qnnbuild.toolchain.textdata import SCHEMA as TEXT_SCHEMA
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,6 +35,7 @@ SCHEMA: dict[str, Any] = {
                                      "ranges": {"type": "object", "description": RANGES_HELP,
                                                 "additionalProperties": {"type": "array", "items": {"type": "number"},
                                                                          "minItems": 2, "maxItems": 2}}}},
+        "text": TEXT_SCHEMA,
         "npy": {"type": "object", "additionalProperties": False, "required": ["dir"],
                 "properties": {"dir": {"type": "string"}, "count": {"type": "integer", "minimum": 1},
                                "labels": {"type": "string", "description": LABELS_HELP}}},
@@ -58,6 +60,9 @@ SCHEMA: dict[str, Any] = {
 
 def files_of(calibration: dict[str, Any], prefix: str) -> dict[str, str]:
     """The folder (and labels file) a calibration spec reads, as file inputs (their content enters the key)."""
+    if "text" in calibration:
+        return {f"{prefix}.text.file": calibration["text"]["file"],
+                f"{prefix}.text.tokenizer": calibration["text"]["tokenizer"]}
     for kind in ("npy", "images"):
         if kind in calibration:
             found = {f"{prefix}.{kind}.dir": calibration[kind]["dir"]}
@@ -67,13 +72,29 @@ def files_of(calibration: dict[str, Any], prefix: str) -> dict[str, str]:
     return {}
 
 
-def samples_for(spec: dict[str, Any], files: dict[str, Path], model_folder: Path, prefix: str = "") -> Samples:
+class Source(Protocol):
+    """What every data source gives: sample i as {input name: array}, and labels when it has them."""
+
+    labels: list[int] | None
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+def samples_for(spec: dict[str, Any], files: dict[str, Path], model_folder: Path, prefix: str = "") -> Source:
     """The samples a stage's calibration/data `spec` describes, shaped for the model's inputs (its io.json);
     `prefix` picks the spec's own file inputs (see files_of) when a stage has several specs."""
     import json
 
     io = json.loads((model_folder / "io.json").read_text())
     mine = {name: p for name, p in files.items() if name.startswith(prefix)}
+    if "text" in spec:
+        from qnnbuild.toolchain.textdata import TextSamples
+
+        text, tokenizer = (next(p for n, p in mine.items() if n.endswith(f".text.{k}")) for k in ("file", "tokenizer"))
+        return TextSamples(spec["text"], io["inputs"], text, tokenizer)
     folder = next((p for name, p in mine.items() if name.endswith(".dir")), None)
     labels = next((p for name, p in mine.items() if name.endswith(".labels")), None)
     return Samples(spec, io["inputs"], folder, labels)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.toolchain.calibration import Samples
+from qnnbuild.toolchain.calibration import Source
 
 STRIDE = 16
 QTYPES = ["uint8", "uint16", "int8", "int16", "int4", "uint4"]
@@ -28,7 +28,7 @@ def stride_for(count: int) -> int:
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol, plus the range hooks its strided calibration uses."""
 
-    def __init__(self, samples: Samples) -> None:
+    def __init__(self, samples: Source) -> None:
         self.samples = samples
         self.start, self.end, self.next = 0, len(samples), 0
 
@@ -48,7 +48,7 @@ class _Reader:
         self.next = self.start
 
 
-def make(model: Path, out: Path, samples: Samples, params: dict[str, Any],
+def make(model: Path, out: Path, samples: Source, params: dict[str, Any],
          cache: Path) -> Callable[[dict[str, Any]], Path]:
     """quantize_with(overrides) → the QDQ model path; ranges are calibrated on the first call and read from
     onnxruntime's calibration cache after that (automatic precision quantizes once per step)."""

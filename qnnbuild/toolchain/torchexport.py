@@ -55,6 +55,13 @@ def load_factory(spec: str, root: Path) -> object:
     return factory
 
 
+def _example(torch: Any, spec: Any) -> Any:
+    """An example input for tracing: zeros of the shape, in the dtype the recipe gives (float32 by default;
+    token ids are int64)."""
+    shape, dtype = (spec["shape"], spec.get("dtype", "float32")) if isinstance(spec, dict) else (spec, "float32")
+    return torch.zeros(*shape, dtype=getattr(torch, dtype))
+
+
 def export(params: dict[str, Any], root: Path, checkpoint: Path | None, dest: Path,
            say: Callable[[str], None]) -> list[Path]:
     """Export the factory's model to `dest`; returns the source files of the modules it imported from outside
@@ -70,7 +77,7 @@ def export(params: dict[str, Any], root: Path, checkpoint: Path | None, dest: Pa
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
     model.eval()
     names = list(params["inputs"])  # the recipe's order: forward() binds its arguments in it
-    args = tuple(torch.zeros(*shape) for shape in params["inputs"].values())
+    args = tuple(_example(torch, spec) for spec in params["inputs"].values())
     outputs = params.get("outputs") or None
     dynamo = params["exporter"] == "dynamo"
     say(f"torch.onnx.export {params['torch']} ({params['exporter']} exporter, opset {params['opset']})")

@@ -219,3 +219,30 @@ def test_exporter_is_a_keyed_choice_and_a_failure_is_not_swapped(tmp_path: Path,
     assert code == 1
     assert "torch.onnx.export (torchscript exporter) failed" in err and "exporter: dynamo may export" in err
     assert not (tmp_path / "artifacts/ex/export").exists()
+
+
+def test_torch_inputs_with_dtypes(tmp_path: Path, cli: CLI) -> None:
+    """Token ids are int64: `inputs: {ids: {shape, dtype}}` traces them as such (the short form stays float32)."""
+    write(tmp_path, "emb.py", """\
+        import torch
+        class Embed(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.table = torch.nn.Embedding(50, 4)
+            def forward(self, ids, scale):
+                return self.table(ids) * scale
+        def build():
+            torch.manual_seed(0)
+            return Embed()
+        """)
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: emb
+        stages:
+          export: {kind: export, torch: "emb:build", inputs: {ids: {shape: [1, 8], dtype: int64}, scale: [1, 8, 4]}}
+        """)
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    spec = json.loads((tmp_path / "artifacts/emb/export/io.json").read_text())
+    assert [(i["name"], i["dtype"], i["shape"]) for i in spec["inputs"]] == [("ids", "int64", [1, 8]),
+                                                                           ("scale", "float32", [1, 8, 4])]

@@ -1,0 +1,63 @@
+"""Text as data: one sample per line of a file, tokenized with a `tokenizer.json` (Hugging Face `tokenizers`),
+padded or truncated to the model's sequence length, fed by input name (input_ids, attention_mask,
+token_type_ids) in the model's own dtypes.
+
+Lines are taken from `skip` on, so one file can calibrate on its first lines and validate on later ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.errors import StageFailed
+
+SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["file", "tokenizer"],
+    "properties": {
+        "file": {"type": "string", "description": "UTF-8 text, one sample per non-empty line"},
+        "tokenizer": {"type": "string", "description": "a tokenizer.json (Hugging Face tokenizers)"},
+        "count": {"type": "integer", "minimum": 1},
+        "skip": {"type": "integer", "minimum": 0, "default": 0, "description": "lines to skip first"},
+    },
+}
+FEEDS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class TextSamples:
+    """Sample i: the tokenized line, as {input name: array}; labels are not a text source's."""
+
+    labels: list[int] | None = None
+    classes: list[str] = []  # noqa: RUF012 - read-only, like Samples.classes
+
+    def __init__(self, spec: dict[str, Any], inputs: list[dict[str, Any]], text: Path, tokenizer: Path) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise StageFailed("text data needs the transformers extra: pip install 'qnnbuild[transformers]'") from None
+        self.inputs = {i["name"]: i for i in inputs}
+        unknown = sorted(set(self.inputs) - set(FEEDS))
+        if unknown or "input_ids" not in self.inputs:
+            raise StageFailed(f"text data feeds {', '.join(FEEDS)}; the model takes {', '.join(self.inputs)}")
+        length = int(self.inputs["input_ids"]["shape"][-1])
+        self.tokenizer = Tokenizer.from_file(str(tokenizer))
+        self.tokenizer.enable_truncation(length)
+        self.tokenizer.enable_padding(length=length)
+        lines = [ln.strip() for ln in text.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        lines = lines[spec.get("skip", 0):]
+        self.lines = lines[: spec.get("count", len(lines))]
+        if not self.lines:
+            raise StageFailed(f"{text.name}: no lines of text (after skipping {spec.get('skip', 0)})")
+        self.count = len(self.lines)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import numpy as np
+
+        encoding = self.tokenizer.encode(self.lines[index])
+        values = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask,
+                  "token_type_ids": encoding.type_ids}
+        return {name: np.asarray(values[name], dtype=spec["dtype"]).reshape(spec["shape"])
+                for name, spec in self.inputs.items()}
