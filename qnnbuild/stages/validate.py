@@ -98,19 +98,35 @@ def run(ctx: StageRun) -> None:
     sqnr = {n: {m: round(metrics.sqnr_db(np.stack(outs["fp32"][n]), np.stack(outs[m][n])), 3)
                 for m in outs if m != "fp32"} for n in outs["fp32"]}
     thresholds = {k: ctx.params.get(k) for k in ("min_sqnr_db", "min_cosine", "min_top1_agreement",
-                                                 "max_accuracy_drop")}
+                                                 "max_accuracy_drop", "min_embedding_cosine")}
     report: dict[str, Any] = {"target": target["name"], "samples": len(samples),
                               "source": next(iter(ctx.params["data"])), "outputs": figures, "sqnr_db": sqnr,
                               "thresholds": {k: v for k, v in thresholds.items() if v is not None}}
     if samples.labels is not None:
         report.update(_accuracy(outs, samples.labels))
-    misses = verdicts(figures, ctx.params) + _accuracy_misses(report, ctx.params)
+    masks = [samples[i]["attention_mask"] for i in range(len(samples))] if "text" in ctx.params["data"] else []
+    if masks:  # sentence encoders: the embedding a user gets, mean-pooled over the kept tokens
+        report["embedding_cosine"] = {n: {m: round(metrics.pooled_cosine(outs["fp32"][n], outs[m][n], masks), 6)
+                                          for m in outs if m != "fp32"} for n in outs["fp32"]}
+    misses = verdicts(figures, ctx.params) + _accuracy_misses(report, ctx.params) + _embedding_misses(report,
+                                                                                                     ctx.params)
     report["passed"] = not misses
     (ctx.out / "metrics.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     ctx.timings({"samples_per_second": speed})  # wall clock: not in the keyed metrics.json
     _say(ctx, report, speed)
     if misses:
         raise StageFailed(f"accuracy on {target['name']} below the recipe's thresholds: " + "; ".join(misses))
+
+
+def _embedding_misses(report: dict[str, Any], params: Params) -> list[str]:
+    need = params.get("min_embedding_cosine")
+    if need is None:
+        return []
+    if "embedding_cosine" not in report:
+        raise StageFailed("min_embedding_cosine needs text data (data: {text: ...}): it pools over the attention "
+                          "mask")
+    return [f"{name}: mean-pooled embedding cosine {fig['htp']:.4f} on HTP < required {need}"
+            for name, fig in report["embedding_cosine"].items() if fig["htp"] < need]
 
 
 def _accuracy_misses(report: dict[str, Any], params: Params) -> list[str]:
@@ -170,6 +186,8 @@ KIND = StageKind(
         "min_top1_agreement": {"type": "number", "minimum": 0, "maximum": 1},
         "quantized": {"type": "string", "description": "the quantize stage: adds the QDQ model on the CPU to "
                       "every figure, telling quantization loss from HTP compile loss"},
+        "min_embedding_cosine": {"type": "number", "minimum": -1, "maximum": 1, "description": "text data: the "
+                                 "mean-pooled (attention-mask weighted) embedding's cosine, HTP vs fp32"},
         "max_accuracy_drop": {"type": "number", "minimum": 0, "description": "labelled data: allowed top-1 "
                               "drop, HTP vs fp32, in percentage points"},
     },

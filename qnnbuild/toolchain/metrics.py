@@ -45,3 +45,18 @@ def compare(refs: list[np.ndarray], gots: list[np.ndarray]) -> dict[str, Any]:
         figures["top1_agreement"] = sum(top1) / len(top1)
         figures["top5_agreement"] = sum(top5) / len(top5)
     return figures
+
+
+def pooled_cosine(refs: list[np.ndarray], gots: list[np.ndarray], masks: list[np.ndarray]) -> float:
+    """Mean over samples of the cosine between mask-weighted mean-pooled embeddings, as sentence encoders pool:
+    token states [1, seq, dim] are averaged over the tokens the attention mask keeps; an output that is
+    already one vector per sample ([1, dim]) is compared as it is."""
+    found = []
+    for ref, got, mask in zip(refs, gots, masks, strict=True):
+        a, b = ref, got
+        if ref.ndim == 3 and ref.shape[1] == mask.shape[-1]:
+            weight = mask.reshape(1, -1, 1).astype(np.float64)
+            keep = max(float(weight.sum()), 1.0)
+            a, b = (ref * weight).sum(axis=1) / keep, (got * weight).sum(axis=1) / keep
+        found.append(cosine(a, b))
+    return float(np.mean(found)) if found else 1.0

@@ -75,6 +75,7 @@ def test_text_calibrates_and_validates(tmp_path: Path, cli: CLI) -> None:
           compile: {kind: compile, model: quantize}
           context: {kind: context-binary, compiled: compile}
           validate: {kind: validate, context: context, reference: export, quantized: quantize, min_cosine: 0.99,
+                     min_embedding_cosine: 0.99,
                      data: {text: {file: sentences.txt, tokenizer: tokenizer.json, skip: 16}}}
         """)
     code, _, err = cli("run", "r.yaml")
@@ -84,6 +85,8 @@ def test_text_calibrates_and_validates(tmp_path: Path, cli: CLI) -> None:
     metrics = json.loads((tmp_path / "artifacts/text/validate/SM8650/metrics.json").read_text())
     assert metrics["samples"] == 8 and metrics["source"] == "text"
     assert metrics["outputs"]["embedding"]["cosine"] > 0.99
+    assert set(metrics["embedding_cosine"]["embedding"]) == {"qdq_cpu", "htp"}
+    assert metrics["embedding_cosine"]["embedding"]["htp"] > 0.99
     # the text is an input: editing a validation line reruns validate only
     (tmp_path / "sentences.txt").write_text("\n".join([*lines[:-1], " ".join(lines[-1].split()[::-1])]) + "\n")
     code, out, err = cli("run", "r.yaml", "--json")
