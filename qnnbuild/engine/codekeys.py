@@ -13,10 +13,10 @@ from __future__ import annotations
 import ast
 import functools
 import json
-import os
 from pathlib import Path
 
 from qnnbuild.engine.hashing import sha256_file, sha256_json
+from qnnbuild.engine.store import write_json_atomic
 
 PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -102,8 +102,5 @@ class CodeDigests:
     def save(self) -> None:
         if not self.dirty:
             return
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_name(f"{self.file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"stamp": self.stamp, "digests": self.digests}))
-        tmp.replace(self.file)
+        write_json_atomic(self.file, {"stamp": self.stamp, "digests": self.digests})
         self.dirty = False

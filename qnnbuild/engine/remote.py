@@ -170,48 +170,34 @@ class RemoteCache:
         if manifest is None:
             return None
         work = store.new_workdir(key)
+        meta = {name: digest for name, digest in (manifest.get("meta") or {}).items() if name in META_FILES}
+        wanted = [(("files", rel), work / rel, f"file {rel}", info["sha256"])
+                  for rel, info in sorted(manifest["files"].items())]
+        # the log and timings too (a manifest from before they were digested brings none): no byte unchecked
+        wanted += [(("meta", name), work / META / name, name, digest) for name, digest in sorted(meta.items())]
         try:
-            for rel, info in sorted(manifest["files"].items()):
-                dest = work / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    self._call("download", self.fs.get_file, self._path(key, "files", rel), str(dest))
-                except FileNotFoundError:
-                    self.once(f"shared cache entry {key[:16]}: file {rel} is missing; refused, building locally")
-                    self.refused.add(key)
-                    return None
-                if sha256_file(dest) != info["sha256"]:
-                    self.once(f"shared cache entry {key[:16]}: file {rel} does not match its manifest "
-                              "(sha256); refused, building locally")
-                    self.refused.add(key)
-                    return None
-            if not self._fetch_meta(key, manifest, work):
+            if not all(self._download_checked(key, *item) for item in wanted):
                 return None
             return store.publish(work, key, manifest["document"], float(manifest.get("seconds", 0.0)))
         finally:
             if work.exists():
                 remove_tree(work)
 
-    def _fetch_meta(self, key: str, manifest: dict[str, Any], work: Path) -> bool:
-        """The entry's log and timings, each checked against the manifest (no byte from the cache unchecked);
-        a manifest from before they were digested brings none. False (entry refused) when one does not match."""
-        for name, digest in sorted((manifest.get("meta") or {}).items()):
-            if name not in META_FILES:
-                continue
-            dest = work / META / name
-            try:
-                self._call("download", self.fs.get_file, self._path(key, "meta", name), str(dest))
-            except FileNotFoundError:
-                dest.unlink(missing_ok=True)
-                self.once(f"shared cache entry {key[:16]}: {name} is missing; refused, building locally")
-                self.refused.add(key)
-                return False
-            if sha256_file(dest) != digest:
-                self.once(f"shared cache entry {key[:16]}: {name} does not match its manifest (sha256); "
-                          "refused, building locally")
-                self.refused.add(key)
-                return False
-        return True
+    def _download_checked(self, key: str, where: tuple[str, str], dest: Path, shown: str, digest: str) -> bool:
+        """One file of an entry, downloaded and checked against its manifest digest; False (the entry refused,
+        once said) when it is missing or differs."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._call("download", self.fs.get_file, self._path(key, *where), str(dest))
+        except FileNotFoundError:
+            problem = "is missing"
+        else:
+            if sha256_file(dest) == digest:
+                return True
+            problem = "does not match its manifest (sha256)"
+        self.once(f"shared cache entry {key[:16]}: {shown} {problem}; refused, building locally")
+        self.refused.add(key)
+        return False
 
     def discovered(self, declared_key: str) -> list[list[str]]:
         try:
