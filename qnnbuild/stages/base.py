@@ -17,6 +17,7 @@ from typing import Any
 from qnnbuild.errors import StageFailed
 
 Params = dict[str, Any]
+PREPROCESSING = "preprocessing"  # a Hugging Face source's tokenizer files, carried from export to the deliverable
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,16 @@ class StageRun:
         meta = self.out / ".qnnbuild"
         meta.mkdir(parents=True, exist_ok=True)
         (meta / "timings.json").write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
+
+    def carry(self, ref: str) -> None:
+        """Pass the `preprocessing/` folder (a Hugging Face source's tokenizer files) of input `ref` on to this
+        stage's outputs: the deliverable at the end of the chain ships what its application needs to prepare
+        inputs, and text data finds the tokenizer in any model folder."""
+        import shutil
+
+        found = self.inputs[ref] / PREPROCESSING
+        if found.is_dir():
+            shutil.copytree(found, self.out / PREPROCESSING)
 
     def say(self, message: str) -> None:
         """A progress line for the stage log (stdout/stderr of a stage go to its log file)."""

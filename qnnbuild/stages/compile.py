@@ -65,6 +65,7 @@ def run(ctx: StageRun) -> None:
     info = {"target": target, "provider_options": options, **onnxgraph.io_spec(qdq),
             "io_quantization": encodings.io_quantization(qdq)}
     (ctx.out / "compile.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    ctx.carry("model")
     size = (ctx.out / "model_ctx_qnn.bin").stat().st_size
     ctx.say(f"context binary: {size / 1e6:.2f} MB")
 

@@ -1,7 +1,8 @@
 """`context-binary`: the deliverable for one target — the EPContext model, the raw QNN context binary named
-for the target, and io_spec.json (names, shapes, dtypes and the scale/offset of quantized I/O) for people
-who load the binary with QNN directly. The binary is loaded and run once on the HTP emulator before it is
-published, so a deliverable that QNN cannot load never leaves the build.
+for the target, io_spec.json (names, shapes, dtypes and the scale/offset of quantized I/O) for people
+who load the binary with QNN directly, and a Hugging Face source's tokenizer files (tokenizer.json, ...).
+The binary is loaded and run once on the HTP emulator before it is published, so a deliverable that QNN
+cannot load never leaves the build.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import StageKind, StageRun, refs_of
+from qnnbuild.stages.base import PREPROCESSING, StageKind, StageRun, refs_of
 
 
 def run(ctx: StageRun) -> None:
@@ -42,8 +43,11 @@ def run(ctx: StageRun) -> None:
         return {**value, "quantization": None if q is None else {
             "dtype": f"uint{q['bitwidth']}", "scale": q["scale"], "offset": q["offset"]}}
 
+    carried = sorted(p.name for p in (compiled / PREPROCESSING).glob("*") if p.is_file())
+    for name in carried:  # beside the model, where onnxruntime-genai and tokenizers look for them
+        shutil.copyfile(compiled / PREPROCESSING / name, ctx.out / name)
     spec = {"target": info["target"], "context_binary": f"{stem}.bin", "epcontext_model": f"{stem}.onnx",
-            "graph_io_quantized_inside": True,
+            "preprocessing": carried, "graph_io_quantized_inside": True,
             "inputs": [entry(v) for v in info["inputs"]], "outputs": [entry(v) for v in info["outputs"]]}
     (ctx.out / "io_spec.json").write_text(json.dumps(spec, indent=1) + "\n")
 
@@ -66,7 +70,7 @@ def summarize(folder: Path) -> dict[str, Any]:
 
 KIND = StageKind(
     name="context-binary",
-    version=1,
+    version=2,
     summary="compile output → the per-target deliverable folder (EPContext model, context binary, io_spec.json)",
     params={"compiled": {"type": "string", "description": "the compile stage"}},
     required=("compiled",),

@@ -1,8 +1,9 @@
-"""`export`: a torch factory, an ONNX file or a TensorFlow source → a clean fp32 `model.onnx` with fixed
-shapes, plus `io.json`, `names.json`, `rewrites.json` (and `conversion.json` for TF sources).
+"""`export`: a torch factory, an ONNX file, a Hugging Face folder or a TensorFlow source → a clean fp32
+`model.onnx` with fixed shapes, plus `io.json`, `names.json`, `rewrites.json` (`conversion.json` for TF sources,
+and `preprocessing/` with the tokenizer files of a Hugging Face folder, which the deliverable carries).
 
-The work is the toolchain's (torchexport, tfconvert, onnxclean); this file declares the stage and writes its
-outputs.
+The work is the toolchain's (torchexport, hfexport, tfconvert, onnxclean); this file declares the stage and
+writes its outputs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import Params, StageKind, StageRun
+from qnnbuild.stages.base import PREPROCESSING, Params, StageKind, StageRun
+from qnnbuild.toolchain.hfexport import TASKS as HF_TASKS
 
 FACTORY = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 SHAPE = {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 1}}
@@ -29,31 +31,44 @@ def shapes_of(inputs: dict[str, Any]) -> dict[str, list[int]]:
 
 
 MASK_VALUE = -100.0  # see the `finite-mask` rewrite (toolchain/rewrites.py)
-SOURCES = ("torch", "onnx", "keras", "saved_model", "tflite")
+SOURCES = ("torch", "onnx", "hf", "keras", "saved_model", "tflite")
+TORCH_SOURCES = ("torch", "hf")
 TF_SOURCES = ("keras", "saved_model", "tflite")
 
 
 def _files(params: Params) -> dict[str, str]:
-    files: dict[str, str] = {k: params[k] for k in ("onnx", "checkpoint", *TF_SOURCES) if k in params}
+    files: dict[str, str] = {k: params[k] for k in ("onnx", "hf", "checkpoint", *TF_SOURCES) if k in params}
     files.update({f"sources.{i}": s for i, s in enumerate(params.get("sources", []))})
     return files
 
 
+def _source_checks(params: Params, given: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
+    """What each kind of source needs beside it."""
+    hf, torch = "hf" in params, "torch" in params
+    rules: list[tuple[bool, tuple[str | int, ...], str]] = [
+        (hf and "task" not in params, ("task",), "a Hugging Face folder needs its task, e.g. task: feature-extraction"),
+        (not hf and "task" in params, ("task",), "task goes with an hf: folder"),
+        (hf and not params.get("inputs"), ("inputs",), "an hf export needs the input shapes, e.g. inputs: "
+         "{input_ids: [1, 128], attention_mask: [1, 128]} (batch and sequence length; dtypes come from the model)"),
+        ("layout" in params and not set(given) & set(TF_SOURCES), ("layout",),
+         "layout goes with a TensorFlow source (keras, saved_model, tflite)"),
+        (torch and not params.get("inputs"), ("inputs",),
+         "a torch export needs the input shapes, e.g. inputs: {input: [1, 3, 224, 224]}"),
+        (params.get("exporter") == "dynamo" and params.get("opset", 17) < 18, ("opset",),
+         "the dynamo exporter writes opset 18 or later: set opset: 18"),
+        (not torch and "checkpoint" in params, ("checkpoint",),
+         "checkpoint goes with a torch factory, not an ONNX file"),
+    ]
+    return [(path, message) for broken, path, message in rules if broken][:1]
+
+
 def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
     given = [k for k in SOURCES if k in params]
-    has_torch = "torch" in params
     if len(given) != 1:
-        return [((), "give exactly one source: torch: \"module:callable\", onnx: model.onnx, keras: model.keras, "
-                     "saved_model: folder or tflite: model.tflite" + (f" (got {', '.join(given)})" if given else ""))]
-    if "layout" in params and not set(given) & set(TF_SOURCES):
-        return [(("layout",), "layout goes with a TensorFlow source (keras, saved_model, tflite)")]
-    if has_torch and not params.get("inputs"):
-        return [(("inputs",), "a torch export needs the input shapes, e.g. inputs: {input: [1, 3, 224, 224]}")]
-    if params.get("exporter") == "dynamo" and params.get("opset", 17) < 18:
-        return [(("opset",), "the dynamo exporter writes opset 18 or later: set opset: 18")]
-    if not has_torch and "checkpoint" in params:
-        return [(("checkpoint",), "checkpoint goes with a torch factory, not an ONNX file")]
-    return []
+        return [((), "give exactly one source: torch: \"module:callable\", onnx: model.onnx, hf: folder, keras: "
+                     "model.keras, saved_model: folder or tflite: model.tflite"
+                 + (f" (got {', '.join(given)})" if given else ""))]
+    return _source_checks(params, given)
 
 
 def _tf_export(ctx: StageRun, dest: Path) -> dict[str, list[int]]:
@@ -95,6 +110,12 @@ def run(ctx: StageRun) -> None:
 
             raw = scratch / "exported.onnx"
             ctx.read(torchexport.export(ctx.params, ctx.root, ctx.files.get("checkpoint"), Path(raw.name), ctx.say))
+        elif "hf" in ctx.params:
+            from qnnbuild.toolchain import hfexport
+
+            raw = scratch / "exported.onnx"
+            hfexport.export(ctx.params, ctx.files["hf"], Path(raw.name), ctx.say)
+            hfexport.preprocessing_files(ctx.files["hf"], ctx.out / PREPROCESSING, ctx.say)
         elif "onnx" in ctx.params:
             raw = ctx.files["onnx"]
         else:
@@ -114,14 +135,19 @@ def run(ctx: StageRun) -> None:
 
 KIND = StageKind(
     name="export",
-    version=6,
-    summary="a torch factory or an ONNX file → clean fp32 model.onnx with fixed input shapes",
+    version=7,
+    summary="a torch factory, an ONNX file, a Hugging Face folder or a TF source → clean fp32 model.onnx with "
+            "fixed input shapes",
     params={
         "torch": {"type": "string", "pattern": FACTORY, "x-message": "is not a torch factory: write "
                   "\"package.module:callable\"", "description": "\"package.module:callable\" returning "
                   "a torch.nn.Module; the module is searched in the recipe's folder first"},
         "checkpoint": {"type": "string", "description": "state_dict file loaded into the torch model"},
         "onnx": {"type": "string", "description": "an ONNX file (relative to the recipe)"},
+        "hf": {"type": "string", "description": "a Hugging Face model folder (config.json, safetensors, tokenizer "
+               "files), loaded offline; the transformers extra"},
+        "task": {"enum": list(HF_TASKS), "description": "hf: what the model is exported for (feature-extraction: "
+                 "last_hidden_state, of the encoder alone for an encoder-decoder model; the others: logits)"},
         "keras": {"type": "string", "description": "a Keras model (.keras or .h5); the tensorflow extra"},
         "saved_model": {"type": "string", "description": "a TensorFlow SavedModel folder; the tensorflow extra"},
         "tflite": {"type": "string", "description": "a .tflite model with float inputs and outputs; the tensorflow "
@@ -146,7 +172,8 @@ KIND = StageKind(
     },
     files=_files,
     checks=_checks,
-    tools=lambda params: ("onnx", "onnxruntime", *(("torch",) if "torch" in params else ()),
+    tools=lambda params: ("onnx", "onnxruntime", *(("torch",) if set(params) & set(TORCH_SOURCES) else ()),
+                          *(("transformers", "tokenizers", "safetensors") if "hf" in params else ()),
                           *(("tensorflow-cpu", "tf2onnx", "ai-edge-litert") if set(params) & set(TF_SOURCES) else ())),
     ordered=("inputs",),  # a torch factory's forward() takes its inputs in the recipe's order
     discovers=lambda params: "torch" in params,  # a factory's own modules; an ONNX file reads nothing else

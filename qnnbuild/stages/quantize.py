@@ -154,6 +154,7 @@ def run(ctx: StageRun) -> None:
             for section, table in encodings.from_qdq(qdq).items()}
     if (ctx.inputs["model"] / "rewrites.json").is_file():  # carried forward for convert's op report
         shutil.copyfile(ctx.inputs["model"] / "rewrites.json", ctx.out / "rewrites.json")
+    ctx.carry("model")
     (ctx.out / "encodings.json").write_text(json.dumps(encs, indent=1, sort_keys=True) + "\n")
     named_rules = [{**r, "tensors": [source.get(t, t) for t in r["tensors"]]} for r in rules]
     (ctx.out / "rules.json").write_text(json.dumps(named_rules, indent=1) + "\n")

@@ -61,8 +61,7 @@ SCHEMA: dict[str, Any] = {
 def files_of(calibration: dict[str, Any], prefix: str) -> dict[str, str]:
     """The folder (and labels file) a calibration spec reads, as file inputs (their content enters the key)."""
     if "text" in calibration:
-        return {f"{prefix}.text.file": calibration["text"]["file"],
-                f"{prefix}.text.tokenizer": calibration["text"]["tokenizer"]}
+        return {f"{prefix}.text.{k}": calibration["text"][k] for k in ("file", "tokenizer") if k in calibration["text"]}
     for kind in ("npy", "images"):
         if kind in calibration:
             found = {f"{prefix}.{kind}.dir": calibration[kind]["dir"]}
@@ -93,7 +92,12 @@ def samples_for(spec: dict[str, Any], files: dict[str, Path], model_folder: Path
     if "text" in spec:
         from qnnbuild.toolchain.textdata import TextSamples
 
-        text, tokenizer = (next(p for n, p in mine.items() if n.endswith(f".text.{k}")) for k in ("file", "tokenizer"))
+        text = next(p for n, p in mine.items() if n.endswith(".text.file"))
+        carried = model_folder / "preprocessing" / "tokenizer.json"  # an hf: source's (stages.base.PREPROCESSING)
+        tokenizer = next((p for n, p in mine.items() if n.endswith(".text.tokenizer")), carried)
+        if not tokenizer.is_file():
+            raise StageFailed("text data needs a tokenizer: give text: {tokenizer: tokenizer.json} (the model's "
+                              "source is not an hf: folder, which would carry one)")
         return TextSamples(spec["text"], io["inputs"], text, tokenizer)
     folder = next((p for name, p in mine.items() if name.endswith(".dir")), None)
     labels = next((p for name, p in mine.items() if name.endswith(".labels")), None)

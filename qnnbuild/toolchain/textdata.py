@@ -2,7 +2,8 @@
 padded or truncated to the model's sequence length, fed by input name (input_ids, attention_mask,
 token_type_ids) in the model's own dtypes.
 
-Lines are taken from `skip` on, so one file can calibrate on its first lines and validate on later ones.
+Without a `tokenizer:`, the one an `hf:` export carries (`preprocessing/tokenizer.json` in the model's folder)
+is used. Lines are taken from `skip` on, so one file can calibrate on its first lines and validate on later ones.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from typing import Any
 from qnnbuild.errors import StageFailed
 
 SCHEMA: dict[str, Any] = {
-    "type": "object", "additionalProperties": False, "required": ["file", "tokenizer"],
+    "type": "object", "additionalProperties": False, "required": ["file"],
     "properties": {
         "file": {"type": "string", "description": "UTF-8 text, one sample per non-empty line"},
-        "tokenizer": {"type": "string", "description": "a tokenizer.json (Hugging Face tokenizers)"},
+        "tokenizer": {"type": "string", "description": "a tokenizer.json (Hugging Face tokenizers); default: the "
+                      "one an hf: export source carries"},
+        "max_length": {"type": "integer", "minimum": 1, "description": "tokens kept per line (at most the model's "
+                       "sequence length, its default); the rest is padding"},
         "count": {"type": "integer", "minimum": 1},
         "skip": {"type": "integer", "minimum": 0, "default": 0, "description": "lines to skip first"},
     },
@@ -40,8 +44,10 @@ class TextSamples:
         if unknown or "input_ids" not in self.inputs:
             raise StageFailed(f"text data feeds {', '.join(FEEDS)}; the model takes {', '.join(self.inputs)}")
         length = int(self.inputs["input_ids"]["shape"][-1])
+        if spec.get("max_length", length) > length:
+            raise StageFailed(f"text max_length {spec['max_length']} is longer than the model's sequence ({length})")
         self.tokenizer = Tokenizer.from_file(str(tokenizer))
-        self.tokenizer.enable_truncation(length)
+        self.tokenizer.enable_truncation(spec.get("max_length", length))
         self.tokenizer.enable_padding(length=length)
         lines = [ln.strip() for ln in text.read_text(encoding="utf-8").splitlines() if ln.strip()]
         lines = lines[spec.get("skip", 0):]
