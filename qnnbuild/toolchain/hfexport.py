@@ -53,15 +53,26 @@ def import_transformers() -> Any:
         try:
             importlib.import_module("torchvision")
         except Exception:
-            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-                del sys.modules[name]
-            sys.modules["torchvision"] = None  # type: ignore[assignment]  # importlib: find_spec gives None
+            _hide("torchvision")
     try:
         transformers = importlib.import_module("transformers")
     except ImportError:
         raise StageFailed("hf: needs the transformers extra: pip install 'qnnbuild[transformers]'") from None
     transformers.logging.set_verbosity_error()
     return transformers
+
+
+def _hide(package: str) -> None:
+    """Make `package` look absent: importlib's find_spec gives None for a None entry in sys.modules. A
+    transformers imported earlier has cached that the package exists: those answers are cleared."""
+    for name in [n for n in sys.modules if n == package or n.startswith(f"{package}.")]:
+        del sys.modules[name]
+    sys.modules[package] = None  # type: ignore[assignment]
+    utils = sys.modules.get("transformers.utils.import_utils")
+    for name in dir(utils) if utils else []:
+        cached = getattr(utils, name)
+        if package in name and hasattr(cached, "cache_clear"):
+            cached.cache_clear()
 
 
 def load(folder: Path, task: str) -> Any:
