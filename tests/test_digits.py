@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_process
-from tests.test_corpus import wheel_files
+from tests.wheels import wheel_files
 
 WHEEL = "scikit-learn==1.9.1"
 MEMBER = "sklearn/datasets/data/digits.csv.gz"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_process
-from tests.test_corpus import wheel_files
+from tests.wheels import wheel_files
 
 pytest.importorskip("tensorflow")
 
