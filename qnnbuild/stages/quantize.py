@@ -9,6 +9,7 @@ between strides) from a source that loads one sample at a time.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import tempfile
@@ -97,7 +98,10 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, bas
     params = ctx.params
     techniques = _techniques(params)
     record: dict[str, Any] = {"technique": techniques} if techniques else {}
-    model_path = ctx.inputs["model"] / "model.onnx"
+    # onnxruntime's quantize_static writes `<model>-inferred.onnx` beside its input and deletes it: in the input's
+    # store entry, two quantize stages of one export (a precision sweep, -j 2) would delete each other's file
+    model_path = tmp / "model.onnx"
+    _link_or_copy(ctx.inputs["model"] / "model.onnx", model_path)
     if "cle" in techniques:
         started = time.monotonic()
         model, fidelity = aimet.equalize(model, samples)
@@ -119,6 +123,13 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, bas
     else:
         quantize_with(base)
     return record
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:  # another file system
+        shutil.copyfile(src, dest)
 
 
 def run(ctx: StageRun) -> None:

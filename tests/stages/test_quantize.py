@@ -366,3 +366,24 @@ def test_adaround_refuses_settings_it_would_ignore(tmp_path: Path, cli: CLI) -> 
     assert code == 2
     assert "stages.quantize.per_channel: technique adaround quantizes with AIMET's HTP configuration" in err
     assert "stages.quantize.method: technique adaround" in err
+
+
+def test_quantize_never_writes_into_its_input_entry(tmp_path: Path, cli: CLI) -> None:
+    """onnxruntime's quantize_static writes `<model>-inferred.onnx` beside its input and deletes it: inside the
+    export's store entry, two quantize stages of one export (a precision sweep, -j 2) deleted each other's file
+    (FileNotFoundError, or a half-written model: 'Wire format was corrupt'). The entry's folder stays untouched."""
+    make_conv_model(tmp_path / "m.onnx")
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: r
+        stages:
+          export: {kind: export, onnx: m.onnx}
+          quantize: {kind: quantize, model: export, calibration: {synthetic: {count: 2}}}
+        """)
+    code, _, err = cli("run", "r.yaml", "--only", "export")
+    assert code == 0, err
+    entry = (tmp_path / "artifacts/r/export").resolve()
+    before = (entry.stat().st_mtime_ns, sorted(p.name for p in entry.iterdir()))
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    assert (entry.stat().st_mtime_ns, sorted(p.name for p in entry.iterdir())) == before

@@ -6,7 +6,7 @@ Whisper-tiny-sized encoders, each at w8a8, w8a16, w4a16 and w16a16, plus w8a8 wi
 Per build: SQNR of HTP and of the same QDQ model on the CPU against fp32, the mean-pooled embedding cosine for
 the sentence encoder, HTP samples/s on the emulator; a precision QNN refuses is shown with its error.
 
-    python benchmarks/transformers.py [--held-out 100]
+    python benchmarks/transformer_precision.py [--held-out 100]
 """
 
 from __future__ import annotations
@@ -87,10 +87,14 @@ def _row(folder: Path, name: str, failures: dict[str, str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--held-out", type=int, default=100, help="sentences validated per MiniLM build")
-    held_out = parser.parse_args().held_out
+    parser.add_argument("--only", nargs="+", help="builds to run (default: all)")
+    parser.add_argument("--keep", type=Path, help="build in this folder and keep it (default: a temporary one)")
+    args = parser.parse_args()
+    held_out = args.held_out
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        builds = _builds(folder, held_out)
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        builds = {n: t for n, t in _builds(folder, held_out).items() if not args.only or n in args.only}
         for name, text in builds.items():
             (folder / f"{name}.yaml").write_text(text)
         started = time.monotonic()
