@@ -148,7 +148,7 @@ def run(ctx: StageRun) -> None:
     qnnrules.refuse_symmetric_outputs(model, base, source)
     rules: list[dict[str, Any]] = []
     if not {"adaround", "seqmse"} & set(_techniques(params)):  # AIMET's HTP configuration decides those
-        base, rules = qnnrules.apply(model, params["activations"], base)
+        base, rules = qnnrules.apply(model, params["activations"], base, params["weights"])
     for rule in rules:
         ctx.say(f"QNN rule {rule['rule']} ({rule['by']}): {len(rule['tensors'])} tensor(s)")
     stride = quantizer.stride_for(len(samples))

@@ -159,6 +159,23 @@ def failure_log(model: str, provider: dict[str, str], *, fallback: bool = False)
     return proc.stderr
 
 
+def _owner(qnn_name: str, node_types: dict[str, str]) -> str:
+    owners = [n for n in node_types if qnn_name.startswith(n)]
+    return max(owners, key=len) if owners else qnn_name
+
+
+def _validation_failures(log: str, node_types: dict[str, str]) -> list[dict[str, str]]:
+    """Nodes QNN's op validation refused before finalize (the EP then leaves them to the CPU, which a build
+    forbids): `backendValidateOpConfig() failed for node `X` of type `LayerNorm` with error code 3110`."""
+    found: dict[str, dict[str, str]] = {}
+    pattern = r"backendValidateOpConfig\(\) failed for node `([^`]+)` of type `([^`]+)` with error code (\d+)"
+    for qnn_name, qnn_type, code in re.findall(pattern, log):
+        name = _owner(qnn_name, node_types)
+        found.setdefault(name, {"name": name, "op_type": node_types.get(name, qnn_type),
+                                "reason": f"QNN's op validation refused it as {qnn_type} (error {code})"})
+    return list(found.values())
+
+
 def finalize_failures(log: str, node_types: dict[str, str]) -> list[dict[str, str]]:
     """What HTP finalize refused, per ONNX node: `[{name, op_type, reason}]` from QNN's verbose log.
 
@@ -167,12 +184,14 @@ def finalize_failures(log: str, node_types: dict[str, str]) -> list[dict[str, st
     when the op it could not create names an ONNX op type (`q::QNN_LSTM_FAIL`), the nodes of that type are
     the ones at fault.
     """
+    refused = _validation_failures(log, node_types)
+    if refused:
+        return refused
     qnn_ops = list(dict.fromkeys(re.findall(r"could not create op: (\S+)", log)))
     reason = f"could not create op {', '.join(qnn_ops)}" if qnn_ops else "HTP finalize failed"
     nodes: dict[str, dict[str, str]] = {}
     for qnn_name, what in re.findall(r'<E> "([^"]+)" generated: ([^\n]+)', log):
-        owners = [n for n in node_types if qnn_name.startswith(n)]
-        name = max(owners, key=len) if owners else qnn_name
+        name = _owner(qnn_name, node_types)
         detail = reason if "could not create op" in what else what.strip()
         nodes.setdefault(name, {"name": name, "op_type": node_types.get(name, "?"), "reason": detail})
     named = [n for n in nodes.values() if any(n["op_type"].upper() in op.upper() for op in qnn_ops)]

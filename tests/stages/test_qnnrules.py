@@ -149,3 +149,50 @@ def test_attention_mask_made_finite_quantizes(tmp_path: Path, cli: CLI) -> None:
     print(f"masked attention w8a16: mask -100 {results['finite'][0]}, mask -1e4 {results['huge'][0]}")
     assert results["finite"][1] == [] and results["huge"][1]  # quantize names the tensors a huge mask dominates
     assert results["finite"][0]["htp"] > 20 and results["finite"][0]["htp"] > results["huge"][0]["htp"] + 6
+
+
+def layernorm_matmul(path: Path, dim: int = 64) -> None:
+    """LayerNorm → MatMul → LayerNorm, the two LayerNorms sharing gamma (ones, as initialized) and beta (zeros), as
+    torch exports a freshly initialized transformer."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((dim, dim)) * 0.1).astype(np.float32), "w"),
+             numpy_helper.from_array(np.ones(dim, np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(dim, np.float32), "beta")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["l1"], axis=-1, name="ln1"),
+             helper.make_node("MatMul", ["l1", "w"], ["mm"], name="mm"),
+             helper.make_node("LayerNormalization", ["mm", "gamma", "beta"], ["y"], axis=-1, name="ln2")]
+    graph = helper.make_graph(nodes, "lin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, dim])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, dim])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+
+
+def test_w4a16_keeps_4_bits_to_matmul_weights(tmp_path: Path, cli: CLI) -> None:
+    """QNN refuses a LayerNorm with 4-bit weights in some configurations (here: an int4 gamma of ones under w8a16,
+    op validation error 3110; all-int4 BERT at w4a16 too) and accepts it in others, so w4a16 gives 4 bits to the
+    MatMul weight only and uint8 to the other constants (LayerNorm's gamma and beta)."""
+    layernorm_matmul(tmp_path / "m.onnx")
+    write(tmp_path, "r.yaml", """\
+        schema_version: 1
+        recipe: r
+        targets: [SM8650]
+        stages:
+          export: {kind: export, onnx: m.onnx}
+          quantize: {kind: quantize, model: export, precision: w4a16, calibration: {synthetic: {count: 4}}}
+          compile: {kind: compile, model: quantize}
+          forced: {kind: quantize, model: export, precision: w8a16, calibration: {synthetic: {count: 4}},
+                   overrides: {gamma: {type: int4}}}
+          forced_compile: {kind: compile, model: forced}
+        """)
+    code, _, err = cli("run", "r.yaml")
+    rules = json.loads((tmp_path / "artifacts/r/quantize/rules.json").read_text())
+    assert sorted({r["rule"]: r["tensors"] for r in rules}["int4-only-conv-matmul-weights"]) == ["beta", "gamma"]
+    encodings = json.loads((tmp_path / "artifacts/r/quantize/encodings.json").read_text())["param_encodings"]
+    assert encodings["w"][0]["bitwidth"] == 4 and encodings["gamma"][0]["bitwidth"] == 8
+    assert (tmp_path / "artifacts/r/compile/SM8650/model_ctx_qnn.bin").is_file()
+    # an int4 gamma asked for by the recipe is kept (the recipe wins) and QNN's refusal names the nodes and why
+    assert code == 1
+    assert "✗ forced_compile[SM8650]" in err and "ln1 (LayerNormalization): QNN's op validation refused it" in err
