@@ -57,7 +57,7 @@ def _builds(folder: Path, held_out: int) -> dict[str, str]:
     }
     builds = {}
     variants = [(m, p, "") for m in models for p in PRECISIONS]
-    variants.append(("minilm", "w8a8", f", auto_precision: {{min_sqnr_db: 20, data: {text % (8, 64)}}}"))
+    variants.append(("minilm", "w8a8", f", auto_precision: {{min_sqnr_db: 17, max_promoted: 128, data: {text % (8, 64)}}}"))
     for model, precision, extra in variants:
         export, calibration, data = models[model]
         name = f"{model}_{precision}" + ("_auto" if extra else "")
