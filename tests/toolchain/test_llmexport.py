@@ -1,0 +1,89 @@
+"""Static prefill/decode graphs of a causal LM (toolchain/llmexport.py): the exported ONNX graphs, run on
+onnxruntime's CPU, give the transformers model's own logits over a padded prompt and decode steps after it, for
+Llama and Qwen2 configs (grouped KV heads; Qwen2 has attention biases); both graphs build for HTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import CLI, write
+
+pytest.importorskip("transformers")
+C, N = 32, 8  # context length, prefill length
+
+
+def _tiny(family: str) -> Any:
+    import torch
+
+    from qnnbuild.toolchain.hfexport import import_transformers
+
+    tf = import_transformers()
+    kwargs = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
+    config = tf.LlamaConfig(**kwargs) if family == "llama" else tf.Qwen2Config(**kwargs)
+    torch.manual_seed(0)
+    model = (tf.LlamaForCausalLM if family == "llama" else tf.Qwen2ForCausalLM)(config).eval()
+    if family == "qwen2":  # biases are zero-initialized: make them count
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.bias.normal_(0, 0.5)
+                layer.self_attn.k_proj.bias.normal_(0, 0.5)
+    return model
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_static_graphs_reproduce_the_model(tmp_path: Path, family: str) -> None:
+    import torch
+
+    from qnnbuild.toolchain import llmexport
+
+    model = _tiny(family)
+    for name, tokens in (("prefill", N), ("decode", 1)):
+        llmexport.export(model, tokens, C, -100.0, 17, tmp_path / f"{name}.onnx")
+    prefill, decode = _session(tmp_path / "prefill.onnx"), _session(tmp_path / "decode.onnx")
+    dims = llmexport.shape_of(model)
+    prompt, generated = [5, 17, 42, 9, 100], [7, 8, 200]
+    with torch.no_grad():
+        reference = model(torch.tensor([prompt + generated])).logits[0].numpy()
+    names = [i.name for i in prefill.get_inputs()]
+    ids = np.zeros((1, N), np.int64)
+    ids[0, :len(prompt)] = prompt  # padded: the pad rows are written, never attended, then overwritten
+    mask = np.zeros((1, C), np.int64)
+    mask[0, :len(prompt)] = 1
+    cache = [np.zeros((1, dims["kv_heads"], C, dims["head_dim"]), np.float32) for _ in range(2 * dims["layers"])]
+    out = prefill.run(None, dict(zip(names, [ids, np.arange(N)[None], mask, *cache], strict=True)))
+    assert np.abs(out[0][0, :len(prompt)] - reference[:len(prompt)]).max() < 1e-4
+    for step, token in enumerate(generated):
+        position = len(prompt) + step
+        mask[0, position] = 1
+        out = decode.run(None, dict(zip(names, [np.array([[token]]), np.array([[position]]), mask, *out[1:]],
+                                        strict=True)))
+        assert np.abs(out[0][0, 0] - reference[position]).max() < 1e-4, f"decode step {step}"
+
+
+def test_both_graphs_build_for_htp(tmp_path: Path, cli: CLI) -> None:
+    from qnnbuild.toolchain import llmexport
+
+    model = _tiny("qwen2")
+    for name, tokens in (("prefill", N), ("decode", 1)):
+        llmexport.export(model, tokens, C, -100.0, 17, tmp_path / f"{name}.onnx")
+    data = "{synthetic: {count: 2, ranges: {input_ids: [0, 255], position_ids: [0, 31], attention_mask: [0, 1]}}}"
+    stages = "".join(f"""
+          {g}: {{kind: export, onnx: {g}.onnx}}
+          {g}_q: {{kind: quantize, model: {g}, precision: w8a16, calibration: {data}}}
+          {g}_c: {{kind: compile, model: {g}_q}}
+          {g}_x: {{kind: context-binary, compiled: {g}_c}}""" for g in ("prefill", "decode"))
+    write(tmp_path, "r.yaml", "schema_version: 1\nrecipe: llm\ntargets: [SM8650]\nstages:" + stages + "\n")
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err  # the context-binary stage loads and runs each binary on the HTP emulator
+    assert (tmp_path / "artifacts/llm/decode_x/SM8650/llm_SM8650.bin").is_file()
