@@ -114,3 +114,48 @@ def whisper_folder(folder: Path, *, frames: int = 200) -> Path:
     torch.manual_seed(0)
     WhisperModel(config).save_pretrained(folder)
     return folder
+
+
+def bpe_tokenizer(lines: list[str], vocab: int = 512) -> Any:
+    """A byte-level BPE tokenizer trained on `lines` (GPT-2's scheme, with <s> and </s>), as transformers'
+    PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<pad>", "<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = import_transformers().PreTrainedTokenizerFast
+    return fast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")  # noqa: S106
+
+
+def trained_llama(folder: Path, lines: list[str], *, steps: int = 300, seq: int = 32, seed: int = 0) -> dict[str, float]:
+    """A tiny Llama (2 layers, 128 wide, grouped KV heads) trained on `lines` for `steps` steps on the CPU and
+    saved with save_pretrained into `folder`, with its tokenizer; returns the training loss before and after (so
+    perplexity on held-out text means something)."""
+    import torch
+
+    transformers = import_transformers()
+    tokenizer = bpe_tokenizer(lines)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                                      tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config)
+    ids = [t for line in lines for t in [1, *tokenizer.encode(line, add_special_tokens=False), 2]]
+    chunks = torch.tensor(ids[: len(ids) // seq * seq]).view(-1, seq)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = chunks[torch.randint(len(chunks), (16,), generator=generator)]
+        loss = model(batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {"loss_first": losses[0], "loss_last": sum(losses[-20:]) / 20}
