@@ -138,3 +138,37 @@ def test_a_trained_tiny_llama_generates_through_the_static_graphs(tmp_path: Path
     got = _greedy(_session(tmp_path / "prefill.onnx"), _session(tmp_path / "decode.onnx"), prompt, 10,
                   llmexport.shape_of(model))
     assert got == expected.tolist()
+
+
+def test_runner_generates_and_scores_like_transformers(tmp_path: Path) -> None:
+    """llmrun.Runner over the fp32 graphs: greedy tokens equal to transformers' generate(), perplexity equal to
+    the model's own (teacher forcing, prompts longer than the prefill length run in chunks), and every feed
+    recorded for calibration, the decode graph's with a cache that is not empty."""
+    import math
+
+    import torch
+
+    from qnnbuild.toolchain import llmexport, llmrun
+    from qnnbuild.toolchain.hfexport import import_transformers
+    from tests.hfmodels import stdlib_sentences, trained_llama
+
+    trained_llama(tmp_path / "llama", stdlib_sentences(200), steps=60)
+    tf = import_transformers()
+    model = tf.AutoModelForCausalLM.from_pretrained(str(tmp_path / "llama")).eval()
+    tokenizer = tf.AutoTokenizer.from_pretrained(str(tmp_path / "llama"))
+    for name, tokens in (("prefill", N), ("decode", 1)):
+        llmexport.export(model, tokens, C, -100.0, 17, tmp_path / f"{name}.onnx")
+    seen: list[tuple[str, Any]] = []
+    runner = llmrun.Runner(_session(tmp_path / "prefill.onnx"), _session(tmp_path / "decode.onnx"),
+                           record=lambda graph, feeds: seen.append((graph, feeds)))
+    prompt = tokenizer.encode("The file is")
+    with torch.no_grad():
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0, len(prompt):]
+    assert runner.generate(prompt, 6) == expected.tolist()
+    assert [g for g, _ in seen] == ["prefill"] + ["decode"] * 5
+    assert np.abs(seen[-1][1]["past_key_values.0.key"]).sum() > 0
+
+    ids = tokenizer.encode(" ".join(stdlib_sentences(3, skip=300)))[:C]  # several prefill chunks
+    with torch.no_grad():
+        want = math.exp(float(model(torch.tensor([ids]), labels=torch.tensor([ids])).loss))
+    assert llmrun.perplexity(runner, [ids]) == pytest.approx(want, rel=1e-4)
