@@ -17,6 +17,7 @@ from typing import Any
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import PREPROCESSING, Params, StageKind, StageRun
 from qnnbuild.toolchain.hfexport import TASKS as HF_TASKS
+from qnnbuild.toolchain.llmexport import SCHEMA as LLM_SCHEMA
 
 FACTORY = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 SHAPE = {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 1}}
@@ -48,8 +49,13 @@ def _source_checks(params: Params, given: list[str]) -> list[tuple[tuple[str | i
     rules: list[tuple[bool, tuple[str | int, ...], str]] = [
         (hf and "task" not in params, ("task",), "a Hugging Face folder needs its task, e.g. task: feature-extraction"),
         (not hf and "task" in params, ("task",), "task goes with an hf: folder"),
-        (hf and not params.get("inputs"), ("inputs",), "an hf export needs the input shapes, e.g. inputs: "
-         "{input_ids: [1, 128], attention_mask: [1, 128]} (batch and sequence length; dtypes come from the model)"),
+        ("llm" in params and (not hf or params.get("task") != "causal-lm"), ("llm",),
+         "llm goes with an hf: folder and task: causal-lm"),
+        ("llm" in params and bool(params.get("inputs")), ("inputs",),
+         "an llm export takes its shapes from llm: {context_length, prefill}; drop inputs"),
+        (hf and "llm" not in params and not params.get("inputs"), ("inputs",), "an hf export needs the input "
+         "shapes, e.g. inputs: {input_ids: [1, 128], attention_mask: [1, 128]} (batch and sequence length; "
+         "dtypes come from the model)"),
         ("layout" in params and not set(given) & set(TF_SOURCES), ("layout",),
          "layout goes with a TensorFlow source (keras, saved_model, tflite)"),
         (torch and not params.get("inputs"), ("inputs",),
@@ -98,6 +104,30 @@ def _tf_export(ctx: StageRun, dest: Path) -> dict[str, list[int]]:
     return shapes
 
 
+def _write(cleaned: Any, folder: Path) -> None:
+    import onnx
+
+    folder.mkdir(exist_ok=True)
+    onnx.save(cleaned.model, str(folder / "model.onnx"))
+    (folder / "io.json").write_text(json.dumps(cleaned.io, indent=1) + "\n")
+    (folder / "rewrites.json").write_text(json.dumps(cleaned.rewrites, indent=1) + "\n")
+    # short tensor name → the name in the source model: reports and `overrides:` speak the user's names
+    (folder / "names.json").write_text(json.dumps(cleaned.names, indent=1, sort_keys=True) + "\n")
+
+
+def _llm(ctx: StageRun, scratch: Path) -> None:
+    """A causal LM's prefill graph is the stage's model.onnx, its decode graph decode/model.onnx; llm.json says
+    how they go together (toolchain/llmexport)."""
+    from qnnbuild.toolchain import hfexport, llmexport, onnxclean
+
+    files, info = llmexport.export_pair(ctx.files["hf"], ctx.params["llm"], ctx.params["mask_value"],
+                                        ctx.params["opset"], scratch, ctx.say)
+    hfexport.preprocessing_files(ctx.files["hf"], ctx.out / PREPROCESSING, ctx.say)
+    for graph, folder in (("prefill", ctx.out), ("decode", ctx.out / "decode")):
+        _write(onnxclean.clean(files[graph], scratch, {}, ctx.say, mask_value=ctx.params["mask_value"]), folder)
+    (ctx.out / "llm.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
 def run(ctx: StageRun) -> None:
     from qnnbuild.toolchain import onnxclean
 
@@ -105,6 +135,9 @@ def run(ctx: StageRun) -> None:
     with tempfile.TemporaryDirectory(prefix="qnnbuild-export-") as tmp, contextlib.chdir(tmp):
         scratch = Path(tmp)
         shapes = shapes_of(ctx.params.get("inputs", {}))
+        if "llm" in ctx.params:
+            _llm(ctx, scratch)
+            return
         if "torch" in ctx.params:
             from qnnbuild.toolchain import torchexport
 
@@ -124,13 +157,7 @@ def run(ctx: StageRun) -> None:
         tf_source = any(k in ctx.params for k in TF_SOURCES)
         cleaned = onnxclean.clean(raw, scratch, shapes, ctx.say, mask_value=ctx.params["mask_value"],
                                   made_up=onnxclean.TF2ONNX_MADE_UP if tf_source else None)
-    import onnx
-
-    onnx.save(cleaned.model, str(ctx.out / "model.onnx"))
-    (ctx.out / "io.json").write_text(json.dumps(cleaned.io, indent=1) + "\n")
-    (ctx.out / "rewrites.json").write_text(json.dumps(cleaned.rewrites, indent=1) + "\n")
-    # short tensor name → the name in the source model: reports and `overrides:` speak the user's names
-    (ctx.out / "names.json").write_text(json.dumps(cleaned.names, indent=1, sort_keys=True) + "\n")
+    _write(cleaned, ctx.out)
 
 
 KIND = StageKind(
@@ -164,6 +191,7 @@ KIND = StageKind(
         "mask_value": {"type": "number", "maximum": -1, "minimum": -10000, "default": MASK_VALUE,
                        "description": "what an attention mask's huge negative constant (finfo.min, -inf) reaching a "
                        "Softmax becomes, so that the masked scores quantize (rewrites.json lists it)"},
+        "llm": LLM_SCHEMA,
         "exporter": {"enum": ["torchscript", "dynamo"], "default": "torchscript", "description": "torch's ONNX "
                      "exporter; one that fails is reported, never swapped for the other behind the key's back "
                      "(dynamo needs opset ≥ 18)"},

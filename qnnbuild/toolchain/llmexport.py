@@ -16,6 +16,7 @@ attention: ops QNN runs, and a mask that quantizes (see the `finite-mask` rewrit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,35 @@ def export(model: Any, tokens: int, context_length: int, mask_value: float, opse
         torch.onnx.export(static_decoder(model, context_length, mask_value), example(model, tokens, context_length),
                           str(dest), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False,
                           do_constant_folding=True)
+
+
+SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["context_length", "prefill"],
+    "description": "a causal LM as two static graphs: prefill (`prefill` tokens) and decode (1 token), with the KV "
+                   "cache as inputs and outputs of `context_length` rows",
+    "properties": {"context_length": {"type": "integer", "minimum": 2, "maximum": 32768},
+                   "prefill": {"type": "integer", "minimum": 1, "maximum": 4096}},
+}
+GRAPHS = ("prefill", "decode")
+
+
+def export_pair(folder: Path, llm: dict[str, Any], mask_value: float, opset: int, scratch: Path,
+                say: Callable[[str], None]) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Both graphs of the Hugging Face causal LM in `folder` → (graph → ONNX file in `scratch`, llm.json's
+    content: the shapes an application and the later stages need)."""
+    from qnnbuild.toolchain import hfexport
+
+    model = hfexport.load(folder, "causal-lm")
+    dims = shape_of(model)
+    context, prefill = llm["context_length"], llm["prefill"]
+    files = {}
+    for graph, tokens in zip(GRAPHS, (prefill, 1), strict=True):
+        say(f"{type(model).__name__}: {graph} graph, {tokens} token(s), context {context}, {dims['layers']} layers")
+        files[graph] = scratch / f"{graph}.onnx"
+        export(model, tokens, context, mask_value, opset, files[graph])
+    config = model.config
+    info = {"context_length": context, "prefill": prefill, "graphs": list(GRAPHS), **dims,
+            "hidden_size": config.hidden_size, "num_attention_heads": config.num_attention_heads,
+            "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+            "pad_token_id": config.pad_token_id, "model_type": config.model_type}
+    return files, info
