@@ -12,6 +12,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
@@ -36,16 +37,12 @@ def provider_options(params: Params, target: dict[str, int | str]) -> dict[str, 
     return options
 
 
-def run(ctx: StageRun) -> None:
+def _finalize(source: Path, dest: Path, options: dict[str, str], target: dict[str, Any]) -> None:
+    """`source` (a QDQ model) → dest/model_ctx.onnx + model_ctx_qnn.bin + compile.json."""
     import onnx
 
     from qnnbuild.toolchain import encodings, onnxgraph, qnn
 
-    target = ctx.require_target()
-    options = provider_options(ctx.params, target)
-    source = ctx.inputs["model"] / "model.qdq.onnx"
-    ctx.say(f"finalizing the HTP graph for {target['name']} ({target['product']}, HTP v"
-            f"{target['htp_arch']}), optimization level {ctx.params['optimization_level']}")
     with tempfile.TemporaryDirectory(prefix="qnnbuild-compile-") as tmp, contextlib.chdir(tmp):
         shutil.copyfile(source, "model.onnx")
         config = {"ep.context_enable": "1", "ep.context_file_path": "model_ctx.onnx",
@@ -57,16 +54,29 @@ def run(ctx: StageRun) -> None:
             refused = qnn.finalize_failures(qnn.failure_log("model.onnx", options), types)
             why = qnn.describe(refused) if refused else str(exc).strip()
             raise StageFailed(f"HTP compile for {target['name']} failed: {why}") from None
+        dest.mkdir(exist_ok=True)
         for name in ("model_ctx.onnx", "model_ctx_qnn.bin"):
             if not Path(name).is_file():
                 raise StageFailed(f"QNN did not write {name}")
-            shutil.move(name, ctx.out / name)
+            shutil.move(name, dest / name)
     qdq = onnx.load(str(source))
     info = {"target": target, "provider_options": options, **onnxgraph.io_spec(qdq),
             "io_quantization": encodings.io_quantization(qdq)}
-    (ctx.out / "compile.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    (dest / "compile.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+
+
+def run(ctx: StageRun) -> None:
+    target = ctx.require_target()
+    options = provider_options(ctx.params, target)
+    ctx.say(f"finalizing the HTP graph for {target['name']} ({target['product']}, HTP v"
+            f"{target['htp_arch']}), optimization level {ctx.params['optimization_level']}")
+    model = ctx.inputs["model"]
+    _finalize(model / "model.qdq.onnx", ctx.out, options, target)
+    if (model / "llm.json").is_file():  # an LLM: its decode graph too, in the same folder layout
+        _finalize(model / "decode" / "model.qdq.onnx", ctx.out / "decode", options, target)
+        shutil.copyfile(model / "llm.json", ctx.out / "llm.json")
     ctx.carry("model")
-    size = (ctx.out / "model_ctx_qnn.bin").stat().st_size
+    size = sum(p.stat().st_size for p in ctx.out.rglob("*_qnn.bin"))
     ctx.say(f"context binary: {size / 1e6:.2f} MB")
 
 

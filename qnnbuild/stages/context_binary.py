@@ -16,15 +16,10 @@ from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import PREPROCESSING, StageKind, StageRun, refs_of
 
 
-def run(ctx: StageRun) -> None:
-    import numpy as np
+def _deliver(compiled: Path, out: Path, stem: str) -> dict[str, Any]:
+    """compiled/model_ctx.onnx + its binary → out/<stem>.onnx + <stem>.bin; returns the graph's io_spec."""
     import onnx
 
-    from qnnbuild.toolchain import qnn
-
-    target = ctx.require_target()
-    compiled = ctx.inputs["compiled"]
-    stem = f"{ctx.recipe}_{target['name']}"
     model = onnx.load(str(compiled / "model_ctx.onnx"))
     nodes = [n for n in model.graph.node if n.op_type == "EPContext"]
     if len(nodes) != 1:
@@ -32,9 +27,8 @@ def run(ctx: StageRun) -> None:
     for attr in nodes[0].attribute:
         if attr.name == "ep_cache_context":
             attr.s = f"{stem}.bin".encode()
-    onnx.save(model, str(ctx.out / f"{stem}.onnx"))
-    shutil.copyfile(compiled / "model_ctx_qnn.bin", ctx.out / f"{stem}.bin")
-
+    onnx.save(model, str(out / f"{stem}.onnx"))
+    shutil.copyfile(compiled / "model_ctx_qnn.bin", out / f"{stem}.bin")
     info = json.loads((compiled / "compile.json").read_text())
     quant = info["io_quantization"]
 
@@ -43,25 +37,49 @@ def run(ctx: StageRun) -> None:
         return {**value, "quantization": None if q is None else {
             "dtype": f"uint{q['bitwidth']}", "scale": q["scale"], "offset": q["offset"]}}
 
+    return {"target": info["target"], "context_binary": f"{stem}.bin", "epcontext_model": f"{stem}.onnx",
+            "graph_io_quantized_inside": True,
+            "inputs": [entry(v) for v in info["inputs"]], "outputs": [entry(v) for v in info["outputs"]]}
+
+
+def _run_once(out: Path, name: str, graph: str | None) -> list[list[int]]:
+    """Load the deliverable's graph on the HTP emulator and run it on zeros; the output shapes."""
+    import numpy as np
+
+    from qnnbuild.toolchain import qnn
+
+    session = qnn.deliverable_session(out, graph=graph)
+    dtypes = {"tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
+              "tensor(float16)": np.float16}  # float32 otherwise
+    feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtypes.get(i.type, np.float32))
+             for i in session.get_inputs()}
+    return [list(o.shape) for o in session.run(None, feeds)]
+
+
+def run(ctx: StageRun) -> None:
+    target = ctx.require_target()
+    compiled = ctx.inputs["compiled"]
+    stem = f"{ctx.recipe}_{target['name']}"
+    llm = (compiled / "llm.json").is_file()
+    spec = _deliver(compiled, ctx.out, f"{stem}_prefill" if llm else stem)
+    if llm:  # the decode graph beside the prefill graph, and what onnxruntime-genai needs to run the pair
+        from qnnbuild.toolchain import genai
+
+        spec["decode"] = _deliver(compiled / "decode", ctx.out, f"{stem}_decode")
+        spec["llm"] = json.loads((compiled / "llm.json").read_text())
+        genai.write_config(ctx.out / "genai_config.json", spec)
     carried = sorted(p.name for p in (compiled / PREPROCESSING).glob("*") if p.is_file())
     for name in carried:  # beside the model, where onnxruntime-genai and tokenizers look for them
         shutil.copyfile(compiled / PREPROCESSING / name, ctx.out / name)
-    spec = {"target": info["target"], "context_binary": f"{stem}.bin", "epcontext_model": f"{stem}.onnx",
-            "preprocessing": carried, "graph_io_quantized_inside": True,
-            "inputs": [entry(v) for v in info["inputs"]], "outputs": [entry(v) for v in info["outputs"]]}
+    spec["preprocessing"] = carried
     (ctx.out / "io_spec.json").write_text(json.dumps(spec, indent=1) + "\n")
-
-    try:
-        session = qnn.deliverable_session(ctx.out)
-        dtypes = {"tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
-                  "tensor(float16)": np.float16}  # float32 otherwise
-        feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtypes.get(i.type, np.float32))
-                 for i in session.get_inputs()}
-        outputs = session.run(None, feeds)
-    except Exception as exc:
-        raise StageFailed(f"the context binary for {target['name']} does not load/run on the HTP emulator: "
-                          f"{str(exc).strip()}") from None
-    ctx.say(f"{stem}.bin loads and runs on the HTP emulator; outputs {[list(o.shape) for o in outputs]}")
+    for graph in ("prefill", "decode") if llm else (None,):
+        try:
+            shapes = _run_once(ctx.out, stem, graph)
+        except Exception as exc:
+            raise StageFailed(f"the context binary{f' ({graph})' if graph else ''} for {target['name']} does not "
+                              f"load/run on the HTP emulator: {str(exc).strip()}") from None
+        ctx.say(f"{graph or stem} loads and runs on the HTP emulator; outputs {shapes[:3]}")
 
 
 def summarize(folder: Path) -> dict[str, Any]:

@@ -73,12 +73,14 @@ def htp_session(model: str | bytes, provider: dict[str, str], config: dict[str, 
     return session
 
 
-def deliverable_session(folder: Path, provider: dict[str, str] | None = None) -> Any:
+def deliverable_session(folder: Path, provider: dict[str, str] | None = None, graph: str | None = None) -> Any:
     """A session on a context-binary folder: its EPContext model (named in io_spec.json) refers to the binary
-    by a path relative to itself, so it is opened from inside the folder."""
+    by a path relative to itself, so it is opened from inside the folder. An LLM's deliverable holds two graphs:
+    `graph` "decode" picks the second (the prefill graph is the folder's first)."""
     import json
 
-    model = json.loads((folder / "io_spec.json").read_text())["epcontext_model"]
+    spec = json.loads((folder / "io_spec.json").read_text())
+    model = (spec[graph] if graph == "decode" else spec)["epcontext_model"]
     with contextlib.chdir(folder):
         return htp_session(model, provider or {})
 

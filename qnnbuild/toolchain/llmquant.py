@@ -1,0 +1,116 @@
+"""Quantizing an LLM's prefill and decode graphs together (toolchain/llmexport.py made them).
+
+Calibration runs the fp32 graphs the way an application does (llmrun.Runner): each line of text through prefill,
+then greedy decode steps after it, so the decode graph is calibrated on real caches, not zeros. Each graph is then
+quantized on its own feeds, with one encoding per KV-cache tensor shared by both graphs and by a layer's past
+input and present output (the cache a graph writes is the cache the next run reads, bit for bit, so its scale and
+zero point must be one), at `kv_bits` (8: the cache is most of an LLM's memory traffic). Weights are calibrated
+from the weights themselves, which both graphs share, so their encodings come out identical; `check_shared`
+proves it on the written models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.errors import StageFailed
+from qnnbuild.toolchain import llmrun
+
+Feeds = dict[str, Any]
+
+
+class FeedList:
+    """A calibration Source over recorded feeds."""
+
+    labels: list[int] | None = None
+    classes: list[str] = []  # noqa: RUF012 - read-only, like Samples.classes
+
+    def __init__(self, feeds: list[Feeds]) -> None:
+        self.feeds = feeds
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def __getitem__(self, index: int) -> Feeds:
+        return self.feeds[index]
+
+
+def token_lines(text: Path, tokenizer: Path, spec: dict[str, Any], bos: int | None) -> list[list[int]]:
+    """The text spec's lines as token ids, each starting with the model's bos token (as in training)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer))
+    tok.no_padding()
+    tok.no_truncation()
+    lines = [ln.strip() for ln in text.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = lines[spec.get("skip", 0):]
+    lines = lines[: spec.get("count", len(lines))]
+    ids = [tok.encode(line).ids for line in lines]
+    return [([bos] if bos is not None and (not i or i[0] != bos) else []) + i for i in ids]
+
+
+def calibration_feeds(folder: Path, lines: list[list[int]], new_tokens: int) -> dict[str, list[Feeds]]:
+    """graph → the feeds it saw while the fp32 graphs read each line and generated `new_tokens` after it."""
+    from qnnbuild.toolchain import qnn
+
+    seen: dict[str, list[Feeds]] = {"prefill": [], "decode": []}
+    runner = llmrun.Runner(qnn.cpu_session(str(folder / "model.onnx")),
+                           qnn.cpu_session(str(folder / "decode" / "model.onnx")),
+                           record=lambda graph, feeds: seen[graph].append(feeds))
+    for ids in lines:
+        runner.generate(ids[: runner.context - new_tokens], new_tokens)
+    if not seen["decode"]:
+        raise StageFailed("llm calibration ran no decode step: give longer text or a larger context_length")
+    return seen
+
+
+def kv_overrides(feeds: dict[str, list[Feeds]], layers: int, bits: int) -> dict[str, Any]:
+    """One exact encoding per cache tensor (layer i's key, layer i's value), over every cache both graphs read,
+    for the past input and the present output alike."""
+    import numpy as np
+
+    overrides: dict[str, Any] = {}
+    for i in range(layers):
+        for part in ("key", "value"):
+            name = f"past_key_values.{i}.{part}"
+            values = [f[name] for graph in feeds.values() for f in graph]
+            low = min(0.0, *(float(v.min()) for v in values))
+            high = max(0.0, *(float(v.max()) for v in values))
+            levels = 2**bits - 1
+            scale = (high - low) / levels or 1.0
+            zero_point = round(-low / scale)
+            dtype = np.uint8 if bits == 8 else np.uint16
+            entry = [{"type": f"uint{bits}", "scale": np.array(scale, np.float32),
+                      "zero_point": np.array(zero_point, dtype)}]
+            overrides[name] = entry
+            overrides[f"present.{i}.{part}"] = entry
+    return overrides
+
+
+def check_shared(prefill: Path, decode: Path) -> int:
+    """Both QDQ graphs' weight encodings are equal (one set, shared); returns how many were compared."""
+    import onnx
+
+    from qnnbuild.toolchain import encodings
+
+    first, second = (encodings.from_qdq(onnx.load(str(p)))["param_encodings"] for p in (prefill, decode))
+    differ = sorted(n for n in first if n in second and first[n] != second[n])
+    if differ or set(first) != set(second):
+        raise StageFailed("the prefill and decode graphs' weights were quantized differently: "
+                          + ", ".join(differ[:5] or sorted(set(first) ^ set(second))[:5]))
+    return len(first)
+
+
+def quantize_pair(folder: Path, out: Path, feeds: dict[str, list[Feeds]], overrides: dict[str, dict[str, Any]],
+                  make: Callable[[Path, Path, Any, Path], Callable[[dict[str, Any]], Path]], scratch: Path) -> None:
+    """Quantize prefill (folder/model.onnx → out/model.qdq.onnx) and decode (folder/decode → out/decode) on
+    their own feeds, each with its overrides (the recipe's, QNN's rules and the shared KV encodings)."""
+    (out / "decode").mkdir(exist_ok=True)
+    for graph, source, dest in (("prefill", folder, out), ("decode", folder / "decode", out / "decode")):
+        work = scratch / graph
+        work.mkdir()
+        model = work / "model.onnx"  # onnxruntime writes beside its input: never in the store entry
+        model.write_bytes((source / "model.onnx").read_bytes())
+        make(model, dest / "model.qdq.onnx", FeedList(feeds[graph]), work / "ranges.json")(overrides[graph])
