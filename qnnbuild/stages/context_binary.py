@@ -67,7 +67,7 @@ def run(ctx: StageRun) -> None:
 
         spec["decode"] = _deliver(compiled / "decode", ctx.out, f"{stem}_decode")
         spec["llm"] = json.loads((compiled / "llm.json").read_text())
-        genai.write_config(ctx.out / "genai_config.json", spec)
+        spec["genai"] = genai.write(ctx.out, spec)
     carried = sorted(p.name for p in (compiled / PREPROCESSING).glob("*") if p.is_file())
     for name in carried:  # beside the model, where onnxruntime-genai and tokenizers look for them
         shutil.copyfile(compiled / PREPROCESSING / name, ctx.out / name)

@@ -1,9 +1,9 @@
 """A causal LM from transformers → the two static graphs an NPU runs: prefill (N tokens) and decode (1 token),
 with the KV cache as explicit inputs and outputs of a fixed context length C.
 
-Each graph takes `input_ids [1, n]`, `position_ids [1, n]`, `attention_mask [1, C]` (1 where a cache row holds a
+Each graph takes `step_ids [1, n]`, `step_positions [1, n]`, `cache_mask [1, C]` (1 where a cache row holds a
 token, the new ones included) and `past_key_values.{i}.key|value [1, kv_heads, C, head_dim]`, and returns
-`logits [1, n, vocab]` and `present.{i}.key|value`, the same buffers with the new rows written at the tokens'
+`step_logits [1, n, vocab]` and `present.{i}.key|value`, the same buffers with the new rows written at the tokens'
 positions: the layout onnxruntime-genai uses with `past_present_share_buffer` (present is past, updated in place).
 Nothing has a dynamic shape, so both graphs compile for HTP.
 
@@ -22,12 +22,17 @@ from typing import Any
 
 from qnnbuild.errors import StageFailed
 
+# Not onnxruntime-genai's own input_ids / position_ids / attention_mask / logits: those have the prompt's length
+# there, and small CPU models in its pipeline pad them to these fixed shapes (toolchain/genai.py)
+STEP_INPUTS = ("step_ids", "step_positions", "cache_mask")
+STEP_LOGITS = "step_logits"
+
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:
     """(input names, output names) of both graphs, in order."""
     parts = [f"{i}.{part}" for i in range(layers) for part in ("key", "value")]
-    return (["input_ids", "position_ids", "attention_mask", *(f"past_key_values.{p}" for p in parts)],
-            ["logits", *(f"present.{p}" for p in parts)])
+    return ([*STEP_INPUTS, *(f"past_key_values.{p}" for p in parts)],
+            [STEP_LOGITS, *(f"present.{p}" for p in parts)])
 
 
 def shape_of(model: Any) -> dict[str, int]:

@@ -77,7 +77,7 @@ def test_both_graphs_build_for_htp(tmp_path: Path, cli: CLI) -> None:
     model = _tiny("qwen2")
     for name, tokens in (("prefill", N), ("decode", 1)):
         llmexport.export(model, tokens, C, -100.0, 17, tmp_path / f"{name}.onnx")
-    data = "{synthetic: {count: 2, ranges: {input_ids: [0, 255], position_ids: [0, 31], attention_mask: [0, 1]}}}"
+    data = "{synthetic: {count: 2, ranges: {step_ids: [0, 255], step_positions: [0, 31], cache_mask: [0, 1]}}}"
     stages = "".join(f"""
           {g}: {{kind: export, onnx: {g}.onnx}}
           {g}_q: {{kind: quantize, model: {g}, precision: w8a16, calibration: {data}}}
