@@ -134,39 +134,11 @@ def _link_or_copy(src: Path, dest: Path) -> None:
 
 def _llm(ctx: StageRun) -> None:
     """An LLM's prefill and decode graphs, calibrated by running them on text (toolchain/llmquant)."""
-    import onnx
-
     from qnnbuild.toolchain import llmquant, onnxgraph
 
-    folder, params = ctx.inputs["model"], ctx.params
-    info = json.loads((folder / "llm.json").read_text())
-    if "text" not in params["calibration"]:
-        raise StageFailed("an LLM is calibrated on text: calibration: {text: {file, count}}")
-    tokenizer = ctx.files.get("calibration.text.tokenizer", folder / "preprocessing" / "tokenizer.json")
-    lines = llmquant.token_lines(ctx.files["calibration.text.file"], tokenizer, params["calibration"]["text"],
-                                 info["bos_token_id"])
-    feeds = llmquant.calibration_feeds(folder, lines, LLM_DECODE_STEPS)
-    ctx.say(f"calibrating on {len(lines)} lines of text: {len(feeds['prefill'])} prefill and "
-            f"{len(feeds['decode'])} decode runs")
-    kv = llmquant.kv_overrides(feeds, info["layers"], 8)
-    overrides, listed = {}, []
-    for graph, sub in (("prefill", folder), ("decode", folder / "decode")):
-        model = onnx.load(str(sub / "model.onnx"))
-        base = _overrides(ctx, model, onnxgraph.source_names(sub))
-        overrides[graph], rules = qnnrules.apply(model, params["activations"], {**kv, **base}, params["weights"])
-        listed.append({"graph": graph, "rules": rules})
-    with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
-        llmquant.quantize_pair(folder, ctx.out, feeds, overrides, lambda m, o, s, c: quantizer.make(m, o, s, params, c),
-                               Path(tmp))
-    shared = llmquant.check_shared(ctx.out / "model.qdq.onnx", ctx.out / "decode" / "model.qdq.onnx")
-    ctx.say(f"both graphs quantized; {shared} weight encodings identical in both; KV cache at 8 bits")
+    llmquant.quantize_llm(ctx.inputs["model"], ctx.out, ctx.params, ctx.files,
+                          lambda model, folder: _overrides(ctx, model, onnxgraph.source_names(folder)), ctx.say)
     ctx.carry("model")
-    shutil.copyfile(folder / "llm.json", ctx.out / "llm.json")
-    (ctx.out / "rules.json").write_text(json.dumps(listed, indent=1) + "\n")
-    stats = {"source": "text", "lines": len(lines), "runs": {g: len(f) for g, f in feeds.items()},
-             "kv_cache": {n: {"scale": float(e[0]["scale"]), "zero_point": int(e[0]["zero_point"])}
-                          for n, e in kv.items() if n.startswith("past_")}}
-    (ctx.out / "calibration.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
 
 
 def run(ctx: StageRun) -> None:
@@ -224,7 +196,6 @@ def run(ctx: StageRun) -> None:
 
 
 AIMET_FIXED = ("per_channel", "symmetric", "method")
-LLM_DECODE_STEPS = 8  # greedy decode steps after each calibration line: the decode graph sees real caches
 PRESETS: dict[str, Params] = {
     "w8a8": {"activations": "uint8", "weights": "uint8", "per_channel": True},
     "w8a16": {"activations": "uint16", "weights": "uint8", "per_channel": True},

@@ -114,3 +114,46 @@ def quantize_pair(folder: Path, out: Path, feeds: dict[str, list[Feeds]], overri
         model = work / "model.onnx"  # onnxruntime writes beside its input: never in the store entry
         model.write_bytes((source / "model.onnx").read_bytes())
         make(model, dest / "model.qdq.onnx", FeedList(feeds[graph]), work / "ranges.json")(overrides[graph])
+
+
+DECODE_STEPS = 8  # greedy decode steps after each calibration line: the decode graph sees real caches
+
+
+def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[str, Path],
+                 recipe_overrides: Callable[[Any, Path], dict[str, Any]], say: Callable[[str], None]) -> None:
+    """The quantize stage for an LLM: `folder` holds the export (model.onnx = prefill, decode/, llm.json);
+    writes both QDQ graphs, rules.json (per graph), calibration.json (with the KV cache encodings) and llm.json."""
+    import json
+    import shutil
+    import tempfile
+
+    import onnx
+
+    from qnnbuild.toolchain import qnnrules, quantizer
+
+    info = json.loads((folder / "llm.json").read_text())
+    if "text" not in params["calibration"]:
+        raise StageFailed("an LLM is calibrated on text: calibration: {text: {file, count}}")
+    tokenizer = files.get("calibration.text.tokenizer", folder / "preprocessing" / "tokenizer.json")
+    lines = token_lines(files["calibration.text.file"], tokenizer, params["calibration"]["text"],
+                        info["bos_token_id"])
+    feeds = calibration_feeds(folder, lines, DECODE_STEPS)
+    say(f"calibrating on {len(lines)} lines of text: {len(feeds['prefill'])} prefill and {len(feeds['decode'])} "
+        "decode runs")
+    kv = kv_overrides(feeds, info["layers"], 8)
+    overrides, listed = {}, []
+    for graph, sub in (("prefill", folder), ("decode", folder / "decode")):
+        model = onnx.load(str(sub / "model.onnx"))
+        base = {**kv, **recipe_overrides(model, sub)}
+        overrides[graph], rules = qnnrules.apply(model, params["activations"], base, params["weights"])
+        listed.append({"graph": graph, "rules": rules})
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
+        quantize_pair(folder, out, feeds, overrides, lambda m, o, s, c: quantizer.make(m, o, s, params, c), Path(tmp))
+    shared = check_shared(out / "model.qdq.onnx", out / "decode" / "model.qdq.onnx")
+    say(f"both graphs quantized; {shared} weight encodings identical in both; KV cache at 8 bits")
+    shutil.copyfile(folder / "llm.json", out / "llm.json")
+    (out / "rules.json").write_text(json.dumps(listed, indent=1) + "\n")
+    stats = {"source": "text", "lines": len(lines), "runs": {g: len(f) for g, f in feeds.items()},
+             "kv_cache": {n: {"scale": float(e[0]["scale"]), "zero_point": int(e[0]["zero_point"])}
+                          for n, e in kv.items() if n.startswith("past_")}}
+    (out / "calibration.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
