@@ -92,6 +92,9 @@ def run(ctx: StageRun) -> None:
     from qnnbuild.toolchain import metrics
 
     target = ctx.require_target()
+    if (ctx.inputs["reference"] / "llm.json").is_file():
+        _llm(ctx, target["name"])
+        return
     samples = calibration.samples_for(ctx.params["data"], ctx.files, ctx.inputs["reference"])
     outs, speed = _collect(ctx, samples)
     figures = {n: metrics.compare(outs["fp32"][n], outs["htp"][n]) for n in outs["fp32"]}
@@ -116,6 +119,25 @@ def run(ctx: StageRun) -> None:
     _say(ctx, report, speed)
     if misses:
         raise StageFailed(f"accuracy on {target['name']} below the recipe's thresholds: " + "; ".join(misses))
+
+
+def _llm(ctx: StageRun, target: str) -> None:
+    """An LLM: perplexity and greedy agreement of QDQ-CPU and HTP against fp32 on text (toolchain/llmrun)."""
+    from qnnbuild.toolchain import llmrun
+
+    report, speed = llmrun.validate(ctx.inputs, ctx.files, ctx.params["data"])
+    ppl, limit = report["perplexity"], ctx.params.get("max_perplexity_ratio")
+    miss = limit is not None and ppl["htp"] > limit * ppl["fp32"]
+    report.update(target=target, passed=not miss)
+    (ctx.out / "metrics.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    ctx.timings({"decode_tokens_per_second": speed})
+    ctx.say(f"{report['samples']} texts: perplexity " + ", ".join(f"{m} {v:.3f}" for m, v in ppl.items())
+            + "; greedy agreement with fp32 " + ", ".join(f"{m} {v:.0%}" for m, v in
+                                                         report["greedy_agreement"].items())
+            + "; decode tokens/s " + ", ".join(f"{m} {v:g}" for m, v in speed.items()))
+    if miss:
+        raise StageFailed(f"accuracy on {target} below the recipe's thresholds: perplexity {ppl['htp']:.3f} on "
+                          f"HTP > {limit} x fp32's {ppl['fp32']:.3f}")
 
 
 def _embedding_misses(report: dict[str, Any], params: Params) -> list[str]:
@@ -188,6 +210,8 @@ KIND = StageKind(
                       "every figure, telling quantization loss from HTP compile loss"},
         "min_embedding_cosine": {"type": "number", "minimum": -1, "maximum": 1, "description": "text data: the "
                                  "mean-pooled (attention-mask weighted) embedding's cosine, HTP vs fp32"},
+        "max_perplexity_ratio": {"type": "number", "minimum": 1, "description": "an LLM on text: HTP's "
+                                 "perplexity over fp32's; fails above"},
         "max_accuracy_drop": {"type": "number", "minimum": 0, "description": "labelled data: allowed top-1 "
                               "drop, HTP vs fp32, in percentage points"},
     },

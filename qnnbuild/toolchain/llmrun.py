@@ -9,8 +9,10 @@ the prompt only), and overwritten by the tokens that follow.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 Feeds = dict[str, Any]
@@ -25,6 +27,8 @@ class Runner:
     record: Callable[[str, Feeds], None] | None = None
     cache: list[Any] = field(default_factory=list)
     length: int = 0  # tokens in the cache
+    seconds: dict[str, float] = field(default_factory=lambda: {"prefill": 0.0, "decode": 0.0})
+    runs: dict[str, int] = field(default_factory=lambda: {"prefill": 0, "decode": 0})
 
     def __post_init__(self) -> None:
         import numpy as np
@@ -58,7 +62,10 @@ class Runner:
         feeds = dict(zip(self.names, [padded, positions, self.mask.copy(), *self.cache], strict=True))
         if self.record is not None:
             self.record(graph, feeds)
+        started = time.perf_counter()
         out = session.run(None, feeds)
+        self.seconds[graph] += time.perf_counter() - started
+        self.runs[graph] += 1
         self.cache = out[1:]
         self.length += count
         return out[0][0, :count]
@@ -117,3 +124,43 @@ def agreement(runner: Runner, reference: Runner, prompts: list[list[int]], new_t
         same += sum(a == b for a, b in zip(want, got, strict=False))
         total += len(want)
     return same / max(total, 1)
+
+
+def evaluate(runners: dict[str, Runner], texts: list[list[int]], new_tokens: int = 32,
+             prompt_tokens: int = 8) -> dict[str, Any]:
+    """Perplexity of each runner on `texts` (teacher forcing) and the share of greedy tokens equal to fp32's,
+    generating `new_tokens` after the first `prompt_tokens` of each text."""
+    prompts = [ids[:prompt_tokens] for ids in texts if len(ids) > 1]
+    return {"perplexity": {m: round(perplexity(r, texts), 4) for m, r in runners.items()},
+            "greedy_agreement": {m: round(agreement(r, runners["fp32"], prompts, new_tokens), 4)
+                                 for m, r in runners.items() if m != "fp32"}}
+
+
+def decode_speed(runner: Runner) -> float:
+    """Decode tokens/s of `runner` so far."""
+    return round(runner.runs["decode"] / runner.seconds["decode"], 2) if runner.seconds["decode"] else 0.0
+
+
+def validate(inputs: dict[str, Path], files: dict[str, Path], data: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                                          dict[str, float]]:
+    """The validate stage's figures for an LLM: `inputs` are its reference (export), quantized and context
+    folders; returns (metrics, decode tokens/s per model)."""
+    import json
+
+    from qnnbuild.errors import StageFailed
+    from qnnbuild.toolchain import llmquant, qnn
+
+    ref = inputs["reference"]
+    if "text" not in data:
+        raise StageFailed("an LLM is validated on text: data: {text: {file, skip, count}}")
+    info = json.loads((ref / "llm.json").read_text())
+    tokenizer = files.get("data.text.tokenizer", ref / "preprocessing" / "tokenizer.json")
+    texts = llmquant.token_lines(files["data.text.file"], tokenizer, data["text"], info["bos_token_id"])
+    pairs = {"fp32": (ref / "model.onnx", ref / "decode" / "model.onnx")}
+    if "quantized" in inputs:
+        pairs["qdq_cpu"] = (inputs["quantized"] / "model.qdq.onnx", inputs["quantized"] / "decode" / "model.qdq.onnx")
+    runners = {m: Runner(qnn.cpu_session(str(p)), qnn.cpu_session(str(d))) for m, (p, d) in pairs.items()}
+    runners["htp"] = Runner(qnn.deliverable_session(inputs["context"]),
+                            qnn.deliverable_session(inputs["context"], graph="decode"))
+    report = {"samples": len(texts), "source": "text", **evaluate(runners, texts)}
+    return report, {m: decode_speed(r) for m, r in runners.items()}
