@@ -70,7 +70,8 @@ def _overrides(ctx: StageRun, model: Any, source: dict[str, str]) -> dict[str, d
     to_model, unknown = onnxgraph.model_names(model, source, ctx.params["overrides"])
     if unknown:
         raise StageFailed(f"overrides name tensors the model does not have: {', '.join(unknown)}")
-    return {to_model[name]: o for name, o in ctx.params["overrides"].items()}
+    kept = qnnrules.keep_8bit(model, ctx.params["keep_8bit"], source)
+    return {**kept, **{to_model[name]: o for name, o in ctx.params["overrides"].items()}}
 
 
 def _auto_precision(ctx: StageRun, model: Any, source: dict[str, str], quantize_with: Any,
@@ -173,8 +174,7 @@ def run(ctx: StageRun) -> None:
     _check_loads(out)
     qdq = onnx.load(str(out))
     _check_finite(qdq, source)
-    encs = {section: {source.get(k, k): v for k, v in table.items()} if isinstance(table, dict) else table
-            for section, table in encodings.from_qdq(qdq).items()}
+    encs = encodings.named(qdq, source)
     if (ctx.inputs["model"] / "rewrites.json").is_file():  # carried forward for convert's op report
         shutil.copyfile(ctx.inputs["model"] / "rewrites.json", ctx.out / "rewrites.json")
     ctx.carry("model")
@@ -233,6 +233,9 @@ KIND = StageKind(
         "per_channel": {"type": "boolean", "default": False},
         "symmetric": {"type": "boolean", "default": False, "description": "symmetric weight quantization"},
         "method": {"enum": ["minmax", "entropy", "percentile"], "default": "minmax"},
+        "keep_8bit": {"type": "array", "items": {"type": "string"}, "default": [], "description": "regular "
+                      "expressions: Conv/MatMul/Gemm nodes whose name or output matches keep 8-bit weights (int8 "
+                      "symmetric) under 4-bit weights, e.g. [lm_head] for an LLM's LM head"},
         "overrides": {"type": "object", "default": {},
                       "description": "tensor name → {type, symmetric}: mixed precision per tensor",
                       "additionalProperties": {"type": "object", "additionalProperties": False,

@@ -167,3 +167,9 @@ def exact_overrides(path: Path, model: Any, source: dict[str, str], base: dict[s
         return {to_model[n]: o for n, o in to_overrides(table, shapes).items()}
     except ValueError as exc:
         raise StageFailed(f"{path}: {exc}") from None
+
+
+def named(qdq: Any, source: dict[str, str]) -> dict[str, Any]:
+    """from_qdq(qdq) with tensors by the source model's names (what reports and `overrides:` speak)."""
+    return {section: {source.get(k, k): v for k, v in table.items()} if isinstance(table, dict) else table
+            for section, table in from_qdq(qdq).items()}

@@ -103,6 +103,18 @@ def check_shared(prefill: Path, decode: Path) -> int:
     return len(first)
 
 
+def write_encodings(out: Path, export: Path) -> None:
+    """out/encodings.json (QNN's layout) of out/model.qdq.onnx, by the source model's tensor names."""
+    import json
+
+    import onnx
+
+    from qnnbuild.toolchain import encodings, onnxgraph
+
+    found = encodings.named(onnx.load(str(out / "model.qdq.onnx")), onnxgraph.source_names(export))
+    (out / "encodings.json").write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+
+
 def quantize_pair(folder: Path, out: Path, feeds: dict[str, list[Feeds]], overrides: dict[str, dict[str, Any]],
                   make: Callable[[Path, Path, Any, Path], Callable[[dict[str, Any]], Path]], scratch: Path) -> None:
     """Quantize prefill (folder/model.onnx → out/model.qdq.onnx) and decode (folder/decode → out/decode) on
@@ -150,6 +162,8 @@ def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[st
     with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
         quantize_pair(folder, out, feeds, overrides, lambda m, o, s, c: quantizer.make(m, o, s, params, c), Path(tmp))
     shared = check_shared(out / "model.qdq.onnx", out / "decode" / "model.qdq.onnx")
+    for sub, dest in ((folder, out), (folder / "decode", out / "decode")):
+        write_encodings(dest, sub)
     say(f"both graphs quantized; {shared} weight encodings identical in both; KV cache at 8 bits")
     shutil.copyfile(folder / "llm.json", out / "llm.json")
     (out / "rules.json").write_text(json.dumps(listed, indent=1) + "\n")

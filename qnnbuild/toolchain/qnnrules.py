@@ -84,3 +84,23 @@ def apply(model: Any, activations: str, overrides: dict[str, Any],
     applied += [{"rule": rule, "by": "get_qnn_qdq_config", "tensors": sorted(set(tensors))}
                 for rule, tensors in listed.items() if tensors]
     return {**added, **eight, **overrides}, applied
+
+
+def keep_8bit(model: Any, patterns: list[str], source: dict[str, str]) -> dict[str, Any]:
+    """`keep_8bit: [patterns]`: the weights of Conv/MatMul/Gemm nodes whose name or output (in the model's or the
+    source's spelling) matches a pattern (a regular expression, searched) stay 8-bit when the weights are 4-bit —
+    an LLM's LM head, sensitive projections. Exported weights often carry no module path (`onnx::MatMul_557`);
+    their node's output does (`/lm_head/MatMul_output_0`). A pattern matching nothing is refused by name."""
+    import re
+
+    consts = {i.name for i in model.graph.initializer}
+    found: dict[str, Any] = {}
+    for pattern in patterns:
+        regex = re.compile(pattern)
+        hits = [n for n in model.graph.node if n.op_type in INT4_WEIGHTED and len(n.input) > 1
+                and n.input[1] in consts and any(regex.search(x) for x in
+                                                  (n.name, n.output[0], source.get(n.output[0], "")))]
+        if not hits:
+            raise StageFailed(f"keep_8bit: {pattern!r} matches no Conv/MatMul/Gemm with a constant weight")
+        found.update({n.input[1]: {"type": "int8", "symmetric": True} for n in hits})
+    return found
