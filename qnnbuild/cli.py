@@ -50,6 +50,18 @@ def _add_cache_commands(sub: Any) -> None:
                           help="shared cache URL (default: $QNNBUILD_CACHE)")
 
 
+def _infer_parser(sub: Any) -> None:
+    p = sub.add_parser("infer", help="run a built target on the HTP emulator")
+    _add_common(p)
+    p.add_argument("--target", required=True, help="Snapdragon part, e.g. SM8650")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--input", action="append", metavar="[NAME=]FILE.npy",
+                       help="an input array (.npy); NAME= may be left out for a single-input model")
+    given.add_argument("--prompt", help="an LLM deliverable: generate greedily after this text")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="with --prompt (default: 32)")
+    p.add_argument("-o", "--output", help="write the outputs to this .npz file")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="qnnbuild", description="Incremental, reproducible builds for Qualcomm NPUs.")
     top.add_argument("--version", action="version", version=f"qnnbuild {__version__}")
@@ -95,12 +107,7 @@ def parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("-o", "--output", required=True, help="the bundle to write (.tar.gz)")
 
-    p = sub.add_parser("infer", help="run a built target on the HTP emulator")
-    _add_common(p)
-    p.add_argument("--target", required=True, help="Snapdragon part, e.g. SM8650")
-    p.add_argument("--input", action="append", required=True, metavar="[NAME=]FILE.npy",
-                   help="an input array (.npy); NAME= may be left out for a single-input model")
-    p.add_argument("-o", "--output", help="write the outputs to this .npz file")
+    _infer_parser(sub)
 
     p = sub.add_parser("report", help="write an HTML report of the last build")
     _add_common(p)

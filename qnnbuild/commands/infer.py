@@ -1,4 +1,5 @@
-"""Run a built context binary on the HTP emulator: `qnnbuild.load(recipe, target).run({...})`.
+"""Run a built context binary on the HTP emulator: `qnnbuild.load(recipe, target).run({...})`, or for an LLM
+`.generate(prompt, max_new_tokens)`.
 
 What the seed's QNNInference class promised: the caller passes and gets float arrays; if the deliverable
 takes or returns quantized tensors, this module quantizes and dequantizes with the scale/offset recorded in
@@ -53,6 +54,26 @@ class Deployed:
             scaled = np.round(array.astype(np.float64) / q["scale"]) - q["offset"]
             return np.asarray(np.clip(scaled, info.min, info.max).astype(kind))
         return _exact(name, array, np.dtype(kind))
+
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 32) -> str | list[int]:
+        """An LLM deliverable: greedy generation on the emulator, prefill then decode. Text in (tokenized with
+        the deliverable's tokenizer.json, after the model's bos token), text out; token ids in, the prompt's
+        ids and the new ones out. Stops at the eos token or the context length."""
+        from qnnbuild.toolchain import llmrun, qnn
+
+        llm = self.spec.get("llm")
+        if llm is None:
+            raise UsageError(f"{self.folder} is not an LLM deliverable (no llm: in its export): use run()")
+        with qnn.stdout_to_stderr():
+            runner = llmrun.Runner(self.session, qnn.deliverable_session(self.folder, graph="decode"))
+        if isinstance(prompt, str):
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+            ids = [llm["bos_token_id"]] * (llm["bos_token_id"] is not None) + tokenizer.encode(prompt).ids
+            new = runner.generate(ids, max_new_tokens, stop=llm["eos_token_id"])
+            return str(tokenizer.decode(new))
+        return list(prompt) + runner.generate(list(prompt), max_new_tokens, stop=llm["eos_token_id"])
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Outputs by name, as float32, for inputs by name (a missing leading batch dimension is added)."""
@@ -114,6 +135,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from qnnbuild.toolchain.metrics import is_classifier
 
     deployed = load(args.recipe, args.target, args.artifacts)
+    if args.prompt is not None:
+        print(deployed.generate(args.prompt, args.max_new_tokens))
+        return 0
     feeds = {}
     for item in args.input:
         name, _, file = item.rpartition("=")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, write
+from tests.conftest import CLI, run_process, write
 
 pytest.importorskip("transformers")
 
@@ -25,6 +25,8 @@ RECIPE = """\
       quantize: {kind: quantize, model: export, precision: w8a16, calibration: {text: {file: text.txt, count: 12}}}
       compile: {kind: compile, model: quantize}
       context: {kind: context-binary, compiled: compile}
+      validate: {kind: validate, context: context, reference: export, quantized: quantize, max_perplexity_ratio: 1.05,
+                 data: {text: {file: text.txt, skip: 96, count: 4}}}
     """
 
 GENERATE = """
@@ -49,7 +51,7 @@ while not generator.is_done() and len(genai) < 10:
 htp = llmrun.Runner(qnn.deliverable_session(deliverable), qnn.deliverable_session(deliverable, graph="decode"))
 fp32 = llmrun.Runner(qnn.cpu_session(str(art / "export/model.onnx")), qnn.cpu_session(str(art / "export/decode/model.onnx")))
 from tokenizers import Tokenizer
-lines = [l for l in (art.parent.parent / "text.txt").read_text().splitlines()[-8:]]
+lines = [l for l in (art.parent.parent / "text.txt").read_text().splitlines()[-4:]]
 tok = Tokenizer.from_file(str(deliverable / "tokenizer.json"))
 texts = [[1] + tok.encode(l).ids for l in lines]
 print(json.dumps({"genai": genai, "htp": htp.generate(prompt, len(genai)), "fp32": fp32.generate(prompt, len(genai)),
@@ -91,8 +93,19 @@ def test_llm_builds_and_genai_generates_on_htp(tmp_path: Path, cli: CLI, llama: 
     assert proc.returncode == 0, proc.stderr[-3000:]
     tokens = json.loads(proc.stdout.strip().splitlines()[-1])
     assert tokens["genai"] == tokens["htp"]  # genai runs the same binaries the way qnnbuild does
-    ppl = tokens["ppl"]  # teacher-forced on 8 held-out lines: w8a16 on HTP stays near fp32
+    ppl = tokens["ppl"]  # teacher-forced on 4 held-out lines: w8a16 on HTP stays near fp32
     assert ppl["htp"] <= 1.05 * ppl["fp32"], ppl
+    metrics = json.loads((art / "validate/SM8650/metrics.json").read_text())
+    assert metrics["perplexity"]["htp"] == pytest.approx(ppl["htp"], rel=1e-6)  # the same 4 lines
+    assert set(metrics["greedy_agreement"]) == {"qdq_cpu", "htp"} and metrics["passed"]
+
+    proc = run_process(["infer", "r.yaml", "--target", "SM8650", "--prompt", "Return the value of the",
+                        "--max-new-tokens", "10"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from tokenizers import Tokenizer
+
+    text = Tokenizer.from_file(str(deliverable / "tokenizer.json")).decode(tokens["htp"])
+    assert proc.stdout.strip() == text.strip()  # the same greedy tokens, as text
 
     # only quantize's settings changed: export is not redone
     write(tmp_path, "r.yaml", RECIPE.replace("count: 12", "count: 10"))
