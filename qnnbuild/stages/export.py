@@ -51,6 +51,8 @@ def _source_checks(params: Params, given: list[str]) -> list[tuple[tuple[str | i
         (not hf and "task" in params, ("task",), "task goes with an hf: folder"),
         ("llm" in params and (not hf or params.get("task") != "causal-lm"), ("llm",),
          "llm goes with an hf: folder and task: causal-lm"),
+        ("llm" in params and params["llm"].get("prefill", 0) > params["llm"].get("context_length", 0), ("llm",),
+         "llm: prefill is longer than context_length"),
         ("llm" in params and bool(params.get("inputs")), ("inputs",),
          "an llm export takes its shapes from llm: {context_length, prefill}; drop inputs"),
         (hf and "llm" not in params and not params.get("inputs"), ("inputs",), "an hf export needs the input "

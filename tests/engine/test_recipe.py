@@ -35,7 +35,7 @@ def test_valid_recipe_fills_defaults(tmp_path: Path) -> None:
 def test_unknown_key(tmp_path: Path) -> None:
     assert problems(tmp_path, "  e: {kind: export, onnx: model.onnx, colour: red}\n") == [
         "r.yaml:5:39: stages.e.colour: unknown key 'colour'; allowed: after, checkpoint, exporter, hf, inputs, "
-        "keras, kind, layout, mask_value, min_fidelity_db, onnx, opset, outputs, saved_model, sources, task, tflite, "
+        "keras, kind, layout, llm, mask_value, min_fidelity_db, onnx, opset, outputs, saved_model, sources, task, tflite, "
         "torch"]
 
 

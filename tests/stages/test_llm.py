@@ -113,3 +113,24 @@ def test_llm_builds_and_genai_generates_on_htp(tmp_path: Path, cli: CLI, llama: 
     assert code == 0, err
     status = {s["id"]: s["status"] for s in json.loads(out)["stages"]}
     assert status["export"] == "cached" and status["quantize"] == "ran"
+
+
+@pytest.mark.parametrize(("export", "field", "words"), [
+    ("{kind: export, onnx: m.onnx, llm: {context_length: 64, prefill: 16}}", "llm", "goes with an hf: folder"),
+    ("{kind: export, hf: llama, task: feature-extraction, llm: {context_length: 64, prefill: 16}}", "llm",
+     "task: causal-lm"),
+    ("{kind: export, hf: llama, task: causal-lm, llm: {context_length: 64, prefill: 16}, inputs: {x: [1, 8]}}",
+     "inputs", "drop inputs"),
+    ("{kind: export, hf: llama, task: causal-lm, llm: {context_length: 64}}", "prefill", "required"),
+    ("{kind: export, hf: llama, task: causal-lm, llm: {context_length: 16, prefill: 32}}", "llm",
+     "prefill is longer than context_length"),
+])
+def test_llm_recipe_errors(tmp_path: Path, cli: CLI, export: str, field: str, words: str) -> None:
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "m.onnx").write_bytes(b"")
+    write(tmp_path, "r.yaml", f"schema_version: 1\nrecipe: e\nstages:\n  export: {export}\n")
+    code, _, err = cli("run", "r.yaml")
+    assert code == 2 and "r.yaml:4" in err and field in err and words in err, err
+    assert "Traceback" not in err
+
+
