@@ -1,49 +1,19 @@
 """Real English and small Hugging Face model folders for the transformer tests.
 
-The sentences are the standard library's docstrings (real English that ships with Python); the folders hold
-random-weight models of real architectures (BERT, ViT, Whisper), written by transformers' own save_pretrained,
-with a tokenizer trained here on the same sentences.
+The sentences are the standard library's docstrings (real English that ships with Python, qnnbuild.zoo.tinyllama);
+the folders hold random-weight models of real architectures (BERT, ViT, Whisper), written by transformers' own
+save_pretrained, with a tokenizer trained here on the same sentences; the trained tiny Llama is the zoo's.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from qnnbuild.toolchain.hfexport import import_transformers
-
-MODULES = ("argparse", "collections", "csv", "datetime", "email", "functools", "http.client", "json", "logging",
-           "os", "pathlib", "random", "shutil", "string", "subprocess", "tarfile", "textwrap", "threading",
-           "unittest", "urllib.request", "zipfile")
-
-
-def _docstrings(name: str) -> list[str]:
-    module = importlib.import_module(name)
-    members = [obj for _, obj in sorted(vars(module).items())
-               if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", "") == name]
-    return [inspect.getdoc(module) or "", *(inspect.getdoc(obj) or "" for obj in members)]
-
-
-def stdlib_sentences(count: int, skip: int = 0) -> list[str]:
-    """`count` distinct English sentences of 6-30 words from the standard library's docstrings, in a fixed
-    order, from the `skip`-th on (about 640 in Python 3.11)."""
-    seen: set[str] = set()
-    found: list[str] = []
-    for name in MODULES:
-        for doc in _docstrings(name):
-            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
-                words = sentence.split()
-                if (6 <= len(words) <= 30 and sentence[0].isupper() and sentence.endswith(".")
-                        and ">>>" not in sentence and sentence not in seen):
-                    seen.add(sentence)
-                    found.append(sentence)
-    chosen = found[skip:skip + count]
-    assert len(chosen) == count, f"only {len(found)} sentences in the standard library's docstrings"
-    return chosen
+from qnnbuild.zoo.tinyllama import stdlib_sentences  # noqa: F401 - re-exported for the tests
+from qnnbuild.zoo.tinyllama import train as trained_llama  # noqa: F401 - re-exported for the tests
 
 
 def wordpiece_tokenizer(lines: list[str], vocab: int = 500) -> Any:
@@ -116,46 +86,3 @@ def whisper_folder(folder: Path, *, frames: int = 200) -> Path:
     return folder
 
 
-def bpe_tokenizer(lines: list[str], vocab: int = 512) -> Any:
-    """A byte-level BPE tokenizer trained on `lines` (GPT-2's scheme, with <s> and </s>), as transformers'
-    PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<pad>", "<s>", "</s>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = import_transformers().PreTrainedTokenizerFast
-    return fast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")  # noqa: S106
-
-
-def trained_llama(folder: Path, lines: list[str], *, steps: int = 300, seq: int = 32, seed: int = 0) -> dict[str, float]:
-    """A tiny Llama (2 layers, 128 wide, grouped KV heads) trained on `lines` for `steps` steps on the CPU and
-    saved with save_pretrained into `folder`, with its tokenizer; returns the training loss before and after (so
-    perplexity on held-out text means something)."""
-    import torch
-
-    transformers = import_transformers()
-    tokenizer = bpe_tokenizer(lines)
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                                      tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(config)
-    ids = [t for line in lines for t in [1, *tokenizer.encode(line, add_special_tokens=False), 2]]
-    chunks = torch.tensor(ids[: len(ids) // seq * seq]).view(-1, seq)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        batch = chunks[torch.randint(len(chunks), (16,), generator=generator)]
-        loss = model(batch, labels=batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss))
-    model.eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return {"loss_first": losses[0], "loss_last": sum(losses[-20:]) / 20}

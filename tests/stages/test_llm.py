@@ -134,3 +134,23 @@ def test_llm_recipe_errors(tmp_path: Path, cli: CLI, export: str, field: str, wo
     assert "Traceback" not in err
 
 
+
+
+@pytest.mark.slow
+def test_the_shipped_llm_recipe_builds_for_both_targets(tmp_path: Path) -> None:
+    """recipes/tinyllama.yaml as a user runs it: train the zoo's tiny Llama, build, validate on SM8650 and SM8750,
+    generate with infer --prompt."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(root / "recipes", tmp_path / "recipes", ignore=shutil.ignore_patterns("models"))
+    train = subprocess.run([sys.executable, "-m", "qnnbuild.zoo.tinyllama", "recipes/models/tinyllama"],
+                           cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert train.returncode == 0, train.stderr[-2000:]
+    proc = run_process(["run", "recipes/tinyllama.yaml", "-j", "2", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for target in ("SM8650", "SM8750"):
+        metrics = json.loads((tmp_path / f"artifacts/tinyllama/validate/{target}/metrics.json").read_text())
+        assert metrics["passed"] and metrics["perplexity"]["htp"] <= 1.05 * metrics["perplexity"]["fp32"]
+    out = run_process(["infer", "recipes/tinyllama.yaml", "--target", "SM8750", "--prompt", "Return the"], tmp_path)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
