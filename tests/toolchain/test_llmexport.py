@@ -89,24 +89,6 @@ def test_both_graphs_build_for_htp(tmp_path: Path, cli: CLI) -> None:
     assert (tmp_path / "artifacts/llm/decode_x/SM8650/llm_SM8650.bin").is_file()
 
 
-def _greedy(prefill: Any, decode: Any, prompt: list[int], new: int, dims: dict[str, int]) -> list[int]:
-    """Greedy generation through the two static graphs, as an application runs them."""
-    names = [i.name for i in prefill.get_inputs()]
-    ids = np.zeros((1, N), np.int64)
-    ids[0, :len(prompt)] = prompt
-    mask = np.zeros((1, C), np.int64)
-    mask[0, :len(prompt)] = 1
-    cache = [np.zeros((1, dims["kv_heads"], C, dims["head_dim"]), np.float32) for _ in range(2 * dims["layers"])]
-    out = prefill.run(None, dict(zip(names, [ids, np.arange(N)[None], mask, *cache], strict=True)))
-    tokens = [int(np.argmax(out[0][0, len(prompt) - 1]))]
-    for position in range(len(prompt), len(prompt) + new - 1):
-        mask[0, position] = 1
-        feed = [np.array([[tokens[-1]]]), np.array([[position]]), mask, *out[1:]]
-        out = decode.run(None, dict(zip(names, feed, strict=True)))
-        tokens.append(int(np.argmax(out[0][0, 0])))
-    return tokens
-
-
 def test_a_trained_tiny_llama_generates_through_the_static_graphs(tmp_path: Path) -> None:
     """A tiny Llama trained here for a few seconds on the standard library's docstrings: held-out perplexity far
     below the vocabulary's (so it learned English), and the static graphs generate what transformers'
@@ -115,7 +97,7 @@ def test_a_trained_tiny_llama_generates_through_the_static_graphs(tmp_path: Path
 
     import torch
 
-    from qnnbuild.toolchain import llmexport
+    from qnnbuild.toolchain import llmexport, llmrun
     from qnnbuild.toolchain.hfexport import import_transformers
     from tests.hfmodels import stdlib_sentences, trained_llama
 
@@ -135,9 +117,8 @@ def test_a_trained_tiny_llama_generates_through_the_static_graphs(tmp_path: Path
     prompt = tokenizer.encode("Return the")
     with torch.no_grad():
         expected = model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)[0, len(prompt):]
-    got = _greedy(_session(tmp_path / "prefill.onnx"), _session(tmp_path / "decode.onnx"), prompt, 10,
-                  llmexport.shape_of(model))
-    assert got == expected.tolist()
+    runner = llmrun.Runner(_session(tmp_path / "prefill.onnx"), _session(tmp_path / "decode.onnx"))
+    assert runner.generate(prompt, 10) == expected.tolist()
 
 
 def test_runner_generates_and_scores_like_transformers(tmp_path: Path) -> None:
