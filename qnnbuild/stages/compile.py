@@ -65,6 +65,32 @@ def _finalize(source: Path, dest: Path, options: dict[str, str], target: dict[st
     (dest / "compile.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
+def _finalize_shared(model: Path, dest: Path, options: dict[str, str]) -> float:
+    """An LLM's two graphs in one context binary sharing one copy of the weights (`ep.share_ep_contexts`, the
+    variant Qualcomm AI Hub ships): dest/prefill_ctx.onnx and decode_ctx.onnx both referencing
+    prefill_ctx_qnn.bin. Never loaded here: on the emulator QNN answers `Shared weights buffer isn't supported on
+    this platform` and the process segfaults (QNN_NOTES). Returns the shared binary's size over the prefill
+    graph's own binary's (one copy of the weights, not two: close to 1 for a model whose weights dominate)."""
+    from qnnbuild.toolchain import qnn
+
+    dest.mkdir()
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-shared-") as tmp, contextlib.chdir(tmp):
+        for graph, source, last in (("prefill", model, False), ("decode", model / "decode", True)):
+            shutil.copyfile(source / "model.qdq.onnx", f"{graph}.onnx")
+            config = {"ep.context_enable": "1", "ep.context_file_path": f"{graph}_ctx.onnx",
+                      "ep.context_embed_mode": "0", "ep.share_ep_contexts": "1",
+                      **({"ep.stop_share_ep_contexts": "1"} if last else {})}
+            try:
+                qnn.htp_session(f"{graph}.onnx", options, config)
+            except Exception as exc:
+                raise StageFailed(f"weight-shared context for the {graph} graph failed: {str(exc).strip()}") from None
+        for name in ("prefill_ctx.onnx", "decode_ctx.onnx", "prefill_ctx_qnn.bin"):
+            if not Path(name).is_file():
+                raise StageFailed(f"QNN did not write {name} for the weight-shared context")
+            shutil.move(name, dest / name)
+    return (dest / "prefill_ctx_qnn.bin").stat().st_size / (dest.parent / "model_ctx_qnn.bin").stat().st_size
+
+
 def run(ctx: StageRun) -> None:
     target = ctx.require_target()
     options = provider_options(ctx.params, target)
@@ -75,6 +101,10 @@ def run(ctx: StageRun) -> None:
     if (model / "llm.json").is_file():  # an LLM: its decode graph too, in the same folder layout
         _finalize(model / "decode" / "model.qdq.onnx", ctx.out / "decode", options, target)
         shutil.copyfile(model / "llm.json", ctx.out / "llm.json")
+        if ctx.params["weight_sharing"]:
+            ratio = _finalize_shared(model, ctx.out / "shared", options)
+            ctx.say(f"weight-shared context (both graphs, one binary): {ratio:.2f}x the prefill graph's own binary; "
+                    "not loaded here (the emulator cannot)")
     ctx.carry("model")
     size = sum(p.stat().st_size for p in ctx.out.rglob("*_qnn.bin"))
     ctx.say(f"context binary: {size / 1e6:.2f} MB")
@@ -91,6 +121,9 @@ KIND = StageKind(
         "vtcm_mb": {"type": "integer", "minimum": 1, "maximum": 8, "description": "VTCM to use (default: all)"},
         "fp16": {"type": "boolean", "default": False, "description": "run float ops in fp16 on HTP"},
         "performance_mode": {"enum": PERFORMANCE_MODES, "default": "default"},
+        "weight_sharing": {"type": "boolean", "default": False, "description": "an LLM: also write both graphs in "
+                           "one context binary sharing one copy of the weights (checked structurally, never run "
+                           "here: the emulator cannot load it)"},
     },
     required=("model",),
     refs=refs_of("model"),

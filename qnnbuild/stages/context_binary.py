@@ -42,6 +42,34 @@ def _deliver(compiled: Path, out: Path, stem: str) -> dict[str, Any]:
             "inputs": [entry(v) for v in info["inputs"]], "outputs": [entry(v) for v in info["outputs"]]}
 
 
+def _shared(compiled: Path, out: Path, stem: str) -> dict[str, Any]:
+    """The weight-shared variant into out/weight_shared/: both EPContext models pointing at one binary. It is
+    checked by structure only (both nodes name the one .bin, which exists), never loaded: on the emulator QNN
+    refuses shared weights and the process segfaults."""
+    import onnx
+
+    folder = out / "weight_shared"
+    folder.mkdir()
+    binary = f"{stem}_shared.bin"
+    shutil.copyfile(compiled / "prefill_ctx_qnn.bin", folder / binary)
+    referenced = set()
+    for graph in ("prefill", "decode"):
+        model = onnx.load(str(compiled / f"{graph}_ctx.onnx"))
+        for node in (n for n in model.graph.node if n.op_type == "EPContext"):
+            for attr in node.attribute:
+                if attr.name == "ep_cache_context":
+                    referenced.add(attr.s.decode())
+                    attr.s = binary.encode()
+        onnx.save(model, str(folder / f"{stem}_{graph}.onnx"))
+    if referenced != {"prefill_ctx_qnn.bin"}:
+        raise StageFailed(f"the weight-shared graphs do not share one binary: they reference {sorted(referenced)}")
+    size = (folder / binary).stat().st_size
+    return {"folder": "weight_shared", "context_binary": binary, "bytes": size,
+            "size_ratio": round(size / (out / f"{stem}_prefill.bin").stat().st_size, 3), "run_here": False,
+            "why": "the HTP emulator cannot load shared weights (QNN: Shared weights buffer isn't supported on this "
+                   "platform); the non-shared pair beside it is the one run and validated"}
+
+
 def _run_once(out: Path, name: str, graph: str | None) -> list[list[int]]:
     """Load the deliverable's graph on the HTP emulator and run it on zeros; the output shapes."""
     import numpy as np
@@ -68,6 +96,10 @@ def run(ctx: StageRun) -> None:
         spec["decode"] = _deliver(compiled / "decode", ctx.out, f"{stem}_decode")
         spec["llm"] = json.loads((compiled / "llm.json").read_text())
         spec["genai"] = genai.write(ctx.out, spec)
+        if (compiled / "shared").is_dir():
+            spec["weight_shared"] = _shared(compiled / "shared", ctx.out, stem)
+            ctx.say(f"weight-shared variant: {spec['weight_shared']['size_ratio']:.2f}x the prefill binary; "
+                    "checked structurally, not run here")
     carried = sorted(p.name for p in (compiled / PREPROCESSING).glob("*") if p.is_file())
     for name in carried:  # beside the model, where onnxruntime-genai and tokenizers look for them
         shutil.copyfile(compiled / PREPROCESSING / name, ctx.out / name)
@@ -83,7 +115,11 @@ def run(ctx: StageRun) -> None:
 
 
 def summarize(folder: Path) -> dict[str, Any]:
-    return {"context binary (kB)": round(sum(p.stat().st_size for p in folder.glob("*.bin")) / 1e3, 1)}
+    found = {"context binary (kB)": round(sum(p.stat().st_size for p in folder.glob("*.bin")) / 1e3, 1)}
+    shared = list((folder / "weight_shared").glob("*.bin"))
+    if shared:  # the report marks it: never loaded here
+        found["weight-shared binary (kB, not run here)"] = round(shared[0].stat().st_size / 1e3, 1)
+    return found
 
 
 KIND = StageKind(

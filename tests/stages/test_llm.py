@@ -23,7 +23,7 @@ RECIPE = """\
     stages:
       export: {kind: export, hf: llama, task: causal-lm, llm: {context_length: 64, prefill: 16}}
       quantize: {kind: quantize, model: export, precision: w8a16, calibration: {text: {file: text.txt, count: 12}}}
-      compile: {kind: compile, model: quantize}
+      compile: {kind: compile, model: quantize, weight_sharing: true}
       context: {kind: context-binary, compiled: compile}
       validate: {kind: validate, context: context, reference: export, quantized: quantize, max_perplexity_ratio: 1.05,
                  data: {text: {file: text.txt, skip: 96, count: 4}}}
@@ -82,6 +82,11 @@ def test_llm_builds_and_genai_generates_on_htp(tmp_path: Path, cli: CLI, llama: 
     for name in ("tiny_SM8650_prefill.onnx", "tiny_SM8650_prefill.bin", "tiny_SM8650_decode.onnx",
                  "tiny_SM8650_decode.bin", "genai_config.json", "tokenizer.json", "pad_prompt.onnx", "unpad.onnx"):
         assert (deliverable / name).is_file(), name
+    shared = json.loads((deliverable / "io_spec.json").read_text())["weight_shared"]
+    assert shared["run_here"] is False and (deliverable / "weight_shared" / shared["context_binary"]).is_file()
+    # one copy of the weights: well under the two binaries of the pair (1.22x one of them for this tiny model,
+    # whose graph structure weighs as much as its weights)
+    assert shared["size_ratio"] < 1.5
     calibration = json.loads((art / "quantize/calibration.json").read_text())
     assert calibration["runs"]["decode"] >= 12 * 7  # decode calibrated on real caches after each line
     spec = json.loads((deliverable / "io_spec.json").read_text())
