@@ -38,6 +38,7 @@ def main() -> None:
         print("| build | perplexity fp32 / QDQ-CPU / HTP | HTP / fp32 | greedy agreement HTP (QDQ-CPU) | "
               "HTP decode tokens/s |")
         print("|---|---|---|---|---|")
+        shared: dict[str, dict[str, float]] = {}
         for name in VARIANTS:
             out = folder / f"artifacts/{name}/validate/SM8650"
             if not (out / "metrics.json").is_file():
@@ -46,10 +47,17 @@ def main() -> None:
             m = json.loads((out / "metrics.json").read_text())
             speed = json.loads((out / ".qnnbuild/timings.json").read_text())["decode_tokens_per_second"]
             ppl, agree = m["perplexity"], m["greedy_agreement"]
+            spec = json.loads((folder / f"artifacts/{name}/context/SM8650/io_spec.json").read_text())
+            shared[name] = spec.get("weight_shared", {})
             print(f"| {name} | {ppl['fp32']:.2f} / {ppl['qdq_cpu']:.2f} / {ppl['htp']:.2f} | "
                   f"{ppl['htp'] / ppl['fp32']:.3f} | {agree['htp']:.1%} ({agree['qdq_cpu']:.1%}) | "
                   f"{speed['htp']:.1f} |")
+        for name, found in shared.items():
+            if found:
+                print(f"{name}: weight-shared binary {found['bytes'] / 1e3:.0f} kB, {found['size_ratio']:.2f}x the "
+                      "prefill graph's own binary (not run here)")
 
 
 if __name__ == "__main__":
     main()
+
