@@ -169,6 +169,39 @@ def _accuracy(found: list[tuple[Instance, Path]]) -> list[str]:
     return out
 
 
+def _llm(validates: list[tuple[Instance, Path]], contexts: list[tuple[Instance, Path]]) -> list[str]:
+    """An LLM's figures: perplexity and greedy agreement per target, decode speed, the weight-shared variant."""
+    e = html.escape
+    rows = []
+    for inst, folder in validates:
+        metrics = _read(folder, "metrics.json") or {}
+        if "perplexity" not in metrics:
+            continue
+        ppl, agree = metrics["perplexity"], metrics["greedy_agreement"]
+        speed = (_read(folder / ".qnnbuild", "timings.json") or {}).get("decode_tokens_per_second", {})
+        verdict = "<span class=fresh>pass</span>" if metrics["passed"] else "<span class=fail>fail</span>"
+        rows.append([e(str(inst.target)), " / ".join(f"{ppl[m]:.3f}" if m in ppl else "–" for m in
+                                                      ("fp32", "qdq_cpu", "htp")),
+                     f"{ppl['htp'] / ppl['fp32']:.3f}", f"{agree['htp']:.0%}",
+                     f"{agree['qdq_cpu']:.0%}" if "qdq_cpu" in agree else "–",
+                     f"{speed['htp']:.1f}" if "htp" in speed else "–", metrics["samples"], verdict])
+    shared = []
+    for inst, folder in contexts:
+        found = (_read(folder, "io_spec.json") or {}).get("weight_shared")
+        if found:
+            shared.append(f"<p>{e(str(inst.target))}: weight-shared binary <code>{e(found['context_binary'])}</code>, "
+                          f"{found['bytes'] / 1e3:,.0f} kB, {found['size_ratio']:.2f} × the prefill graph's own "
+                          f"binary — <strong>not run here</strong> ({e(found['why'])})</p>")
+    if not rows and not shared:
+        return []
+    out = ["<h2>LLM (prefill and decode graphs)</h2>"]
+    if rows:
+        headers = ["target", "perplexity fp32 / QDQ-CPU / HTP", "HTP / fp32", "greedy agreement (HTP)", "(QDQ-CPU)",
+                   "decode tokens/s (HTP emulator)", "texts", "thresholds"]
+        out.append(_table(headers, rows, {2, 3, 4, 5, 6}))
+    return out + shared
+
+
 def _layers(inst: Instance, folder: Path) -> list[str]:
     layers = _read(folder, "layers.json")
     if not layers or not layers["activations"]:
@@ -216,8 +249,10 @@ def _variants(plan: Plan, found: dict[str, list[tuple[Instance, Path]]]) -> list
             if variant is None or not summary:
                 continue
             row = rows.setdefault((str(inst.target), variant), {})
+            sqnrs = [v for k, v in summary.items() if k.startswith("SQNR ")]
             if kind == "validate":
-                row["sqnr"] = min(v for k, v in summary.items() if k.startswith("SQNR "))
+                if sqnrs:  # an LLM's validate has perplexities instead (shown with its stage)
+                    row["sqnr"] = min(sqnrs)
                 row["top1"] = summary.get("top-1 accuracy (%)")
             else:
                 row["cycles"] = summary["cycles per inference"]
@@ -259,6 +294,7 @@ def build(plan: Plan, artifacts: Path) -> str:
     for inst, folder in by_kind.get("convert", []):
         parts += _op_report(inst, folder)
     parts += _accuracy(by_kind.get("validate", []))
+    parts += _llm(by_kind.get("validate", []), by_kind.get("context-binary", []))
     parts += _variants(plan, by_kind)
     for inst, folder in by_kind.get("layer-error", []):
         parts += _layers(inst, folder)

@@ -185,6 +185,9 @@ def summarize(folder: Path) -> dict[str, Any]:
     metrics = read_json(folder, "metrics.json")
     if not metrics:
         return {}
+    if "perplexity" in metrics:  # an LLM
+        return {f"perplexity {m}": v for m, v in metrics["perplexity"].items()} | {
+            f"greedy agreement {m} (%)": round(100 * v, 1) for m, v in metrics["greedy_agreement"].items()}
     found: dict[str, Any] = {f"SQNR {name} (dB)": fig["sqnr_db"] for name, fig in metrics["outputs"].items()}
     if len(metrics["outputs"]) > 1:
         found["worst SQNR (dB)"] = min(fig["sqnr_db"] for fig in metrics["outputs"].values())

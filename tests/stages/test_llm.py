@@ -159,3 +159,7 @@ def test_the_shipped_llm_recipe_builds_for_both_targets(tmp_path: Path) -> None:
         assert metrics["passed"] and metrics["perplexity"]["htp"] <= 1.05 * metrics["perplexity"]["fp32"]
     out = run_process(["infer", "recipes/tinyllama.yaml", "--target", "SM8750", "--prompt", "Return the"], tmp_path)
     assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
+    report = run_process(["report", "recipes/tinyllama.yaml", "-o", "report.html"], tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    page = (tmp_path / "report.html").read_text()
+    assert "LLM (prefill and decode graphs)" in page and page.count("not run here") == 2  # one per target
