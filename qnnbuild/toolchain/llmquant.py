@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.toolchain import llmrun
+from qnnbuild.toolchain import llmrun, textdata
 
 Feeds = dict[str, Any]
 
@@ -44,10 +44,7 @@ def token_lines(text: Path, tokenizer: Path, spec: dict[str, Any], bos: int | No
     tok = Tokenizer.from_file(str(tokenizer))
     tok.no_padding()
     tok.no_truncation()
-    lines = [ln.strip() for ln in text.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    lines = lines[spec.get("skip", 0):]
-    lines = lines[: spec.get("count", len(lines))]
-    ids = [tok.encode(line).ids for line in lines]
+    ids = [tok.encode(line).ids for line in textdata.lines_of(text, spec)]
     return [([bos] if bos is not None and (not i or i[0] != bos) else []) + i for i in ids]
 
 

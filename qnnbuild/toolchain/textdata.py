@@ -28,6 +28,13 @@ SCHEMA: dict[str, Any] = {
 FEEDS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def lines_of(text: Path, spec: dict[str, Any]) -> list[str]:
+    """The spec's samples: the file's non-empty lines, stripped, from `skip` on, at most `count`."""
+    lines = [ln.strip() for ln in text.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = lines[spec.get("skip", 0):]
+    return lines[: spec.get("count", len(lines))]
+
+
 class TextSamples:
     """Sample i: the tokenized line, as {input name: array}; labels are not a text source's."""
 
@@ -49,9 +56,7 @@ class TextSamples:
         self.tokenizer = Tokenizer.from_file(str(tokenizer))
         self.tokenizer.enable_truncation(spec.get("max_length", length))
         self.tokenizer.enable_padding(length=length)
-        lines = [ln.strip() for ln in text.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        lines = lines[spec.get("skip", 0):]
-        self.lines = lines[: spec.get("count", len(lines))]
+        self.lines = lines_of(text, spec)
         if not self.lines:
             raise StageFailed(f"{text.name}: no lines of text (after skipping {spec.get('skip', 0)})")
         self.count = len(self.lines)
