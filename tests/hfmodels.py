@@ -86,3 +86,26 @@ def whisper_folder(folder: Path, *, frames: int = 200) -> Path:
     return folder
 
 
+
+
+def qwen2_folder(folder: Path, lines: list[str]) -> Path:
+    """A random-weight Qwen2-style causal LM (grouped KV heads, biases in the attention projections, made
+    non-zero) with a byte-level BPE tokenizer trained on `lines`."""
+    import torch
+
+    from qnnbuild.zoo.tinyllama import bpe_tokenizer
+
+    transformers = import_transformers()
+    tokenizer = bpe_tokenizer(lines)
+    config = transformers.Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

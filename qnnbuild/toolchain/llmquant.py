@@ -86,6 +86,54 @@ def kv_overrides(feeds: dict[str, list[Feeds]], layers: int, bits: int) -> dict[
     return overrides
 
 
+MOVES = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")  # onnxruntime gives their output their input's
+
+
+def _biased_inputs(model: Any) -> set[str]:
+    """The activations whose encodings set a bias's scale: each Gemm/Conv-with-bias input, followed back through
+    data-movement ops (onnxruntime quantizes a Reshape's output with its input's encoding, so an override on the
+    output alone is not applied)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = set()
+    for node in model.graph.node:
+        if node.op_type in ("Gemm", "Conv", "ConvTranspose") and len(node.input) > 2 and node.input[2]:
+            name = node.input[0]
+            while name in producer and producer[name].op_type in MOVES:
+                name = producer[name].input[0]
+            found.add(name)
+    return found
+
+
+def shared_activations(qdq: dict[str, Path], names: set[str], taken: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One exact encoding for each of `names` (the inputs of Gemm/Conv nodes with a bias) over the union of the
+    two graphs' calibrated ranges, where the recipe and QNN's rules left it free (`taken`, per graph): a bias is
+    quantized with its input's scale times its weight's, so a Qwen2's attention biases came out different in the
+    two graphs until their inputs shared one encoding."""
+    import numpy as np
+    import onnx
+
+    from qnnbuild.toolchain import encodings
+
+    found = {g: encodings.from_qdq(onnx.load(str(p)))["activation_encodings"] for g, p in qdq.items()}
+    first, second = found["prefill"], found["decode"]
+    shared: dict[str, Any] = {}
+    for name in sorted(set(first) & set(second) & names):
+        a, b = first[name][0], second[name][0]
+        if a["bitwidth"] != b["bitwidth"] or "True" in (a["is_symmetric"], b["is_symmetric"]):
+            continue
+        if any(name in taken[g] for g in taken):
+            continue
+        bits = a["bitwidth"]
+        low, high = min(a["min"], b["min"], 0.0), max(a["max"], b["max"], 0.0)
+        scale = (high - low) / (2**bits - 1) or 1.0
+        dtype = {8: np.uint8, 16: np.uint16}.get(bits)
+        if dtype is None:
+            continue
+        shared[name] = [{"type": f"uint{bits}", "scale": np.array(scale, np.float32),
+                         "zero_point": np.array(round(-low / scale), dtype)}]
+    return shared
+
+
 def check_shared(prefill: Path, decode: Path) -> int:
     """Both QDQ graphs' weight encodings are equal (one set, shared); returns how many were compared."""
     import onnx
@@ -119,7 +167,7 @@ def quantize_pair(folder: Path, out: Path, feeds: dict[str, list[Feeds]], overri
     (out / "decode").mkdir(exist_ok=True)
     for graph, source, dest in (("prefill", folder, out), ("decode", folder / "decode", out / "decode")):
         work = scratch / graph
-        work.mkdir()
+        work.mkdir(parents=True)
         model = work / "model.onnx"  # onnxruntime writes beside its input: never in the store entry
         model.write_bytes((source / "model.onnx").read_bytes())
         make(model, dest / "model.qdq.onnx", FeedList(feeds[graph]), work / "ranges.json")(overrides[graph])
@@ -150,14 +198,24 @@ def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[st
     say(f"calibrating on {len(lines)} lines of text: {len(feeds['prefill'])} prefill and {len(feeds['decode'])} "
         "decode runs")
     kv = kv_overrides(feeds, info["layers"], 8)
-    overrides, listed = {}, []
+    overrides, listed, biased = {}, [], set()
     for graph, sub in (("prefill", folder), ("decode", folder / "decode")):
         model = onnx.load(str(sub / "model.onnx"))
+        biased |= _biased_inputs(model)
         base = {**kv, **recipe_overrides(model, sub)}
         overrides[graph], rules = qnnrules.apply(model, params["activations"], base, params["weights"])
         listed.append({"graph": graph, "rules": rules})
+    def make(model: Path, dest: Path, samples: Any, cache: Path) -> Callable[[dict[str, Any]], Path]:
+        return quantizer.make(model, dest, samples, params, cache)
+
     with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
-        quantize_pair(folder, out, feeds, overrides, lambda m, o, s, c: quantizer.make(m, o, s, params, c), Path(tmp))
+        quantize_pair(folder, out, feeds, overrides, make, Path(tmp) / "first")
+        joint = shared_activations({"prefill": out / "model.qdq.onnx", "decode": out / "decode" / "model.qdq.onnx"},
+                                   biased, overrides)
+        if joint:  # biases follow their inputs' scales: quantize again with those shared by both graphs
+            say(f"{len(joint)} biased layer inputs share one encoding in both graphs (the union of their ranges)")
+            quantize_pair(folder, out, feeds, {g: {**joint, **o} for g, o in overrides.items()}, make,
+                          Path(tmp) / "joint")
     shared = check_shared(out / "model.qdq.onnx", out / "decode" / "model.qdq.onnx")
     for sub, dest in ((folder, out), (folder / "decode", out / "decode")):
         write_encodings(dest, sub)

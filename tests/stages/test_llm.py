@@ -163,3 +163,19 @@ def test_the_shipped_llm_recipe_builds_for_both_targets(tmp_path: Path) -> None:
     assert report.returncode == 0, report.stderr[-2000:]
     page = (tmp_path / "report.html").read_text()
     assert "LLM (prefill and decode graphs)" in page and page.count("not run here") == 2  # one per target
+
+
+def test_a_qwen2_config_goes_through_the_same_recipe(tmp_path: Path, cli: CLI) -> None:
+    """The llm export is not Llama-only: a Qwen2-style model (grouped KV heads, attention biases) builds through
+    the same recipe, its two graphs run on the HTP emulator, and greedy decoding there follows fp32 for the
+    first tokens of a prompt."""
+    from tests.hfmodels import qwen2_folder, stdlib_sentences
+
+    qwen2_folder(tmp_path / "llama", stdlib_sentences(300))
+    (tmp_path / "text.txt").write_text("\n".join(stdlib_sentences(100, skip=500)) + "\n")
+    write(tmp_path, "r.yaml", RECIPE.replace("recipe: tiny", "recipe: qwen").replace(", weight_sharing: true", ""))
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "artifacts/qwen/validate/SM8650/metrics.json").read_text())
+    assert metrics["passed"] and metrics["perplexity"]["htp"] <= 1.05 * metrics["perplexity"]["fp32"]
+    assert json.loads((tmp_path / "artifacts/qwen/export/llm.json").read_text())["model_type"] == "qwen2"
