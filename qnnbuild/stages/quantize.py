@@ -9,7 +9,6 @@ between strides) from a source that loads one sample at a time.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import tempfile
@@ -99,10 +98,7 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, bas
     params = ctx.params
     techniques = _techniques(params)
     record: dict[str, Any] = {"technique": techniques} if techniques else {}
-    # onnxruntime's quantize_static writes `<model>-inferred.onnx` beside its input and deletes it: in the input's
-    # store entry, two quantize stages of one export (a precision sweep, -j 2) would delete each other's file
-    model_path = tmp / "model.onnx"
-    _link_or_copy(ctx.inputs["model"] / "model.onnx", model_path)
+    model_path = ctx.inputs["model"] / "model.onnx"  # quantizer.make quantizes a private link of it
     if "cle" in techniques:
         started = time.monotonic()
         model, fidelity = aimet.equalize(model, samples)
@@ -124,13 +120,6 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, bas
     else:
         quantize_with(base)
     return record
-
-
-def _link_or_copy(src: Path, dest: Path) -> None:
-    try:
-        os.link(src, dest)
-    except OSError:  # another file system
-        shutil.copyfile(src, dest)
 
 
 def _llm(ctx: StageRun) -> None:

@@ -63,10 +63,19 @@ def calibration_feeds(folder: Path, lines: list[list[int]], new_tokens: int) -> 
     return seen
 
 
+def exact_encoding(low: float, high: float, bits: int) -> list[dict[str, Any]]:
+    """An onnxruntime override fixing an asymmetric unsigned `bits` (8 or 16) encoding of [low, high] (0 inside)."""
+    import numpy as np
+
+    scale = (high - low) / (2**bits - 1) or 1.0
+    dtype = np.uint8 if bits == 8 else np.uint16
+    return [{"type": f"uint{bits}", "scale": np.array(scale, np.float32),
+             "zero_point": np.array(round(-low / scale), dtype)}]
+
+
 def kv_overrides(feeds: dict[str, list[Feeds]], layers: int, bits: int) -> dict[str, Any]:
     """One exact encoding per cache tensor (layer i's key, layer i's value), over every cache both graphs read,
     for the past input and the present output alike."""
-    import numpy as np
 
     overrides: dict[str, Any] = {}
     for i in range(layers):
@@ -75,12 +84,7 @@ def kv_overrides(feeds: dict[str, list[Feeds]], layers: int, bits: int) -> dict[
             values = [f[name] for graph in feeds.values() for f in graph]
             low = min(0.0, *(float(v.min()) for v in values))
             high = max(0.0, *(float(v.max()) for v in values))
-            levels = 2**bits - 1
-            scale = (high - low) / levels or 1.0
-            zero_point = round(-low / scale)
-            dtype = np.uint8 if bits == 8 else np.uint16
-            entry = [{"type": f"uint{bits}", "scale": np.array(scale, np.float32),
-                      "zero_point": np.array(zero_point, dtype)}]
+            entry = exact_encoding(low, high, bits)
             overrides[name] = entry
             overrides[f"present.{i}.{part}"] = entry
     return overrides
@@ -109,7 +113,6 @@ def shared_activations(qdq: dict[str, Path], names: set[str], taken: dict[str, d
     two graphs' calibrated ranges, where the recipe and QNN's rules left it free (`taken`, per graph): a bias is
     quantized with its input's scale times its weight's, so a Qwen2's attention biases came out different in the
     two graphs until their inputs shared one encoding."""
-    import numpy as np
     import onnx
 
     from qnnbuild.toolchain import encodings
@@ -123,14 +126,9 @@ def shared_activations(qdq: dict[str, Path], names: set[str], taken: dict[str, d
             continue
         if any(name in taken[g] for g in taken):
             continue
-        bits = a["bitwidth"]
-        low, high = min(a["min"], b["min"], 0.0), max(a["max"], b["max"], 0.0)
-        scale = (high - low) / (2**bits - 1) or 1.0
-        dtype = {8: np.uint8, 16: np.uint16}.get(bits)
-        if dtype is None:
-            continue
-        shared[name] = [{"type": f"uint{bits}", "scale": np.array(scale, np.float32),
-                         "zero_point": np.array(round(-low / scale), dtype)}]
+        if a["bitwidth"] in (8, 16):
+            low, high = min(a["min"], b["min"], 0.0), max(a["max"], b["max"], 0.0)
+            shared[name] = exact_encoding(low, high, a["bitwidth"])
     return shared
 
 
@@ -168,9 +166,8 @@ def quantize_pair(folder: Path, out: Path, feeds: dict[str, list[Feeds]], overri
     for graph, source, dest in (("prefill", folder, out), ("decode", folder / "decode", out / "decode")):
         work = scratch / graph
         work.mkdir(parents=True)
-        model = work / "model.onnx"  # onnxruntime writes beside its input: never in the store entry
-        model.write_bytes((source / "model.onnx").read_bytes())
-        make(model, dest / "model.qdq.onnx", FeedList(feeds[graph]), work / "ranges.json")(overrides[graph])
+        make(source / "model.onnx", dest / "model.qdq.onnx", FeedList(feeds[graph]), work / "ranges.json")(
+            overrides[graph])
 
 
 DECODE_STEPS = 8  # greedy decode steps after each calibration line: the decode graph sees real caches

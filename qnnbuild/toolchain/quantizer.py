@@ -48,6 +48,16 @@ class _Reader:
         self.next = self.start
 
 
+def _link_or_copy(src: Path, dest: Path) -> None:
+    import os
+    import shutil
+
+    try:
+        os.link(src, dest)
+    except OSError:  # another file system
+        shutil.copyfile(src, dest)
+
+
 def make(model: Path, out: Path, samples: Source, params: dict[str, Any],
          cache: Path) -> Callable[[dict[str, Any]], Path]:
     """quantize_with(overrides) → the QDQ model path; ranges are calibrated on the first call and read from
@@ -58,7 +68,12 @@ def make(model: Path, out: Path, samples: Source, params: dict[str, Any],
     qtypes = {name: getattr(QuantType, "Q" + name[0].upper() + name[1:].replace("int", "Int")) for name in QTYPES}
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    model_path = str(model)
+    # onnxruntime's quantize_static writes `<model>-inferred.onnx` beside its input and deletes it: given a
+    # published store entry, two quantize stages of one export running together deleted each other's file. It
+    # reads a private link (or copy) beside the calibration cache instead.
+    private = cache.parent / "quantizer-input.onnx"
+    _link_or_copy(model, private)
+    model_path = str(private)
 
     def quantize_with(overrides: dict[str, Any]) -> Path:
         """overrides: tensor → {type, symmetric} (the recipe's syntax) or a list of per-channel dicts that
