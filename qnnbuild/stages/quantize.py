@@ -114,7 +114,8 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, bas
                               "combined with overrides, encodings or auto_precision")
         onnx.save(aimet.simulate(model, samples, params, techniques), str(ctx.out / "model.qdq.onnx"))
         return record
-    quantize_with = quantizer.make(model_path, ctx.out / "model.qdq.onnx", samples, params, tmp / "ranges.json")
+    quantize_with = quantizer.make(model_path, ctx.out / "model.qdq.onnx", samples, params, tmp / "ranges.json",
+                                   ctx.say)
     if params.get("auto_precision"):
         _auto_precision(ctx, model, source, quantize_with, base)
     else:
@@ -203,14 +204,19 @@ def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
     """AdaRound/SeqMSE quantize with AIMET's HTP configuration (per-channel symmetric weights, min-max ranges):
     a setting it would ignore is refused by name rather than silently dropped."""
     used = set(_techniques(params)) & {"adaround", "seqmse"}
-    return [((name,), f"technique {'/'.join(sorted(used))} quantizes with AIMET's HTP configuration (per-channel "
-                      f"symmetric weights, min-max ranges); {name} cannot be set with it")
-            for name in AIMET_FIXED if used and name in params]
+    fixed = [name for name in (*AIMET_FIXED, "block_size") if used and name in params]
+    found: list[tuple[tuple[str | int, ...], str]] = [
+        ((name,), f"technique {'/'.join(sorted(used))} quantizes with AIMET's HTP configuration (per-channel "
+                  f"symmetric weights, min-max ranges); {name} cannot be set with it") for name in fixed]
+    if "block_size" in params and _expand(params).get("weights") != "int4":
+        found.append((("block_size",), "block_size makes 4-bit weights block-wise: it needs weights: int4 "
+                                       "(precision: w4a16)"))
+    return found
 
 
 KIND = StageKind(
     name="quantize",
-    version=5,
+    version=6,
     summary="fp32 model + calibration data → QDQ model for QNN, QNN encodings, calibration statistics",
     params={
         "model": {"type": "string", "description": "the export stage to quantize"},
@@ -222,6 +228,10 @@ KIND = StageKind(
         "per_channel": {"type": "boolean", "default": False},
         "symmetric": {"type": "boolean", "default": False, "description": "symmetric weight quantization"},
         "method": {"enum": ["minmax", "entropy", "percentile"], "default": "minmax"},
+        "block_size": {"enum": [16, 32, 64, 128], "description": "4-bit MatMul weights block-wise: a scale per "
+                       "block_size rows of each column, in QNN's LPBQ form (a per-column float times a 4-bit "
+                       "integer per block) that the HTP fuses; weights whose rows are not a multiple stay per tensor. "
+                       "Without it, per_channel 4-bit MatMul weights get one block per column"},
         "keep_8bit": {"type": "array", "items": {"type": "string"}, "default": [], "description": "regular "
                       "expressions: Conv/MatMul/Gemm nodes whose name or output matches keep 8-bit weights (int8 "
                       "symmetric) under 4-bit weights, e.g. [lm_head] for an LLM's LM head"},

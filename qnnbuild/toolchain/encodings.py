@@ -43,8 +43,17 @@ def from_qdq(model: Any) -> dict[str, Any]:
 
     activations: dict[str, Any] = {}
     params: dict[str, Any] = {}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    block_scales = {n.input[1] for n in model.graph.node if n.op_type == "DequantizeLinear" and len(n.input) > 1
+                    and n.input[1] in producer}
     for node in model.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 2:
+            continue
+        if node.output[0] in block_scales:  # an LPBQ weight's block scales: part of the weight's encoding
+            continue
+        if node.input[1] in producer and node.input[0] in inits:
+            name = node.input[0].removesuffix("_quantized").removesuffix("_lpbq")
+            params[name] = _lpbq(producer[node.input[1]], node, inits)
             continue
         zp = node.input[2] if len(node.input) > 2 else ""
         if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
@@ -57,6 +66,17 @@ def from_qdq(model: Any) -> dict[str, Any]:
             params.setdefault(name, per_channel(node.input[1], zp))
     return {"version": "0.6.1", "activation_encodings": dict(sorted(activations.items())),
             "param_encodings": dict(sorted(params.items()))}
+
+
+def _lpbq(scale_dq: Any, weight_dq: Any, inits: dict[str, Any]) -> list[dict[str, Any]]:
+    """An LPBQ weight's encoding (toolchain/blockwise.py): per column, its float scale and block integers."""
+    from onnx import numpy_helper
+
+    from qnnbuild.toolchain import blockwise
+
+    block = next(a.i for a in weight_dq.attribute if a.name == "block_size")
+    return blockwise.block_encodings(numpy_helper.to_array(inits[scale_dq.input[0]]),
+                                     numpy_helper.to_array(inits[scale_dq.input[1]]), block)
 
 
 def io_quantization(model: Any) -> dict[str, dict[str, Any]]:

@@ -203,7 +203,7 @@ def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[st
         overrides[graph], rules = qnnrules.apply(model, params["activations"], base, params["weights"])
         listed.append({"graph": graph, "rules": rules})
     def make(model: Path, dest: Path, samples: Any, cache: Path) -> Callable[[dict[str, Any]], Path]:
-        return quantizer.make(model, dest, samples, params, cache)
+        return quantizer.make(model, dest, samples, params, cache, say if dest.parent == out else lambda _: None)
 
     with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
         quantize_pair(folder, out, feeds, overrides, make, Path(tmp) / "first")

@@ -58,10 +58,26 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
-def make(model: Path, out: Path, samples: Source, params: dict[str, Any],
-         cache: Path) -> Callable[[dict[str, Any]], Path]:
+def _block_wise(qdq: Path, fp32: Path, block: int | None, say: Callable[[str], None]) -> None:
+    """4-bit MatMul weights per channel (`per_channel`) or per block (`block_size`), in QNN's LPBQ form."""
+    from qnnbuild.toolchain import blockwise
+
+    converted, kept = blockwise.convert_file(qdq, fp32, block)
+    if block and not converted:
+        raise StageFailed(f"block_size {block}: no 4-bit MatMul weight to make block-wise (block_size needs "
+                          "weights: int4 and MatMul layers)")
+    if converted:
+        form = f"block-wise, block {block}" if block else "per channel"
+        say(f"4-bit MatMul weights {form} (QNN's LPBQ form): {len(converted)}"
+            + (f"; {len(kept)} per tensor, their rows not a multiple of {block}: {', '.join(kept[:5])}"
+               if kept else ""))
+
+
+def make(model: Path, out: Path, samples: Source, params: dict[str, Any], cache: Path,
+         say: Callable[[str], None] = lambda _: None) -> Callable[[dict[str, Any]], Path]:
     """quantize_with(overrides) → the QDQ model path; ranges are calibrated on the first call and read from
-    onnxruntime's calibration cache after that (automatic precision quantizes once per step)."""
+    onnxruntime's calibration cache after that (automatic precision quantizes once per step). With
+    `block_size`, 4-bit MatMul weights then become block-wise (toolchain/blockwise.py)."""
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
@@ -98,6 +114,8 @@ def make(model: Path, out: Path, samples: Source, params: dict[str, Any],
                             extra_options=config.extra_options, calibration_cache_path=cache)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise StageFailed(f"onnxruntime.quantization failed: {exc}") from None
+        if params["weights"] == "int4" and (params.get("block_size") or params["per_channel"]):
+            _block_wise(out, private, params.get("block_size"), say)
         return out
 
     return quantize_with
