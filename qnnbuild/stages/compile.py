@@ -54,7 +54,7 @@ def _finalize(source: Path, dest: Path, options: dict[str, str], target: dict[st
             refused = qnn.finalize_failures(qnn.failure_log("model.onnx", options), types)
             why = qnn.describe(refused) if refused else str(exc).strip()
             raise StageFailed(f"HTP compile for {target['name']} failed: {why}") from None
-        dest.mkdir(exist_ok=True)
+        dest.mkdir(parents=True, exist_ok=True)
         for name in ("model_ctx.onnx", "model_ctx_qnn.bin"):
             if not Path(name).is_file():
                 raise StageFailed(f"QNN did not write {name}")
@@ -65,21 +65,20 @@ def _finalize(source: Path, dest: Path, options: dict[str, str], target: dict[st
     (dest / "compile.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
-def _finalize_shared(model: Path, dest: Path, options: dict[str, str]) -> float:
-    """An LLM's two graphs in one context binary sharing one copy of the weights (`ep.share_ep_contexts`, the
-    variant Qualcomm AI Hub ships): dest/prefill_ctx.onnx and decode_ctx.onnx both referencing
-    prefill_ctx_qnn.bin. Never loaded here: on the emulator QNN answers `Shared weights buffer isn't supported on
-    this platform` and the process segfaults (QNN_NOTES). Returns the shared binary's size over the prefill
-    graph's own binary's (one copy of the weights, not two: close to 1 for a model whose weights dominate)."""
+def _finalize_shared(pair: dict[str, Path], dest: Path, options: dict[str, str]) -> None:
+    """An LLM's two graphs (QDQ models `pair`) in one context binary sharing one copy of the weights
+    (`ep.share_ep_contexts`, the variant Qualcomm AI Hub ships): dest/prefill_ctx.onnx and decode_ctx.onnx both
+    referencing prefill_ctx_qnn.bin. Never loaded here: on the emulator QNN answers `Shared weights buffer isn't
+    supported on this platform` and the process segfaults (QNN_NOTES)."""
     from qnnbuild.toolchain import qnn
 
-    dest.mkdir()
+    dest.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="qnnbuild-shared-") as tmp, contextlib.chdir(tmp):
-        for graph, source, last in (("prefill", model, False), ("decode", model / "decode", True)):
-            shutil.copyfile(source / "model.qdq.onnx", f"{graph}.onnx")
+        for graph, source in pair.items():
+            shutil.copyfile(source, f"{graph}.onnx")
             config = {"ep.context_enable": "1", "ep.context_file_path": f"{graph}_ctx.onnx",
                       "ep.context_embed_mode": "0", "ep.share_ep_contexts": "1",
-                      **({"ep.stop_share_ep_contexts": "1"} if last else {})}
+                      **({"ep.stop_share_ep_contexts": "1"} if graph == "decode" else {})}
             try:
                 qnn.htp_session(f"{graph}.onnx", options, config)
             except Exception as exc:
@@ -88,7 +87,71 @@ def _finalize_shared(model: Path, dest: Path, options: dict[str, str]) -> float:
             if not Path(name).is_file():
                 raise StageFailed(f"QNN did not write {name} for the weight-shared context")
             shutil.move(name, dest / name)
-    return (dest / "prefill_ctx_qnn.bin").stat().st_size / (dest.parent / "model_ctx_qnn.bin").stat().st_size
+
+
+def _check_size(model: Any, what: str, limit: float) -> float:
+    """A context must fit the NPU's address space: refuse one whose weights pass max_part_mb, before compiling."""
+    from qnnbuild.toolchain import llmparts
+
+    size = llmparts.weight_mb(model)
+    if size > limit:
+        raise StageFailed(f"{what} holds {size:,.1f} MB of weights, over max_part_mb {limit:g} (one HTP context "
+                          "must fit the NPU's 1-2 GB address space): split an LLM with parts: K, or raise the limit")
+    return size
+
+
+def _graphs(model: Path, parts: int, limit: float, scratch: Path) -> dict[str, list[Path]]:
+    """graph → its QDQ model(s) to compile: the whole graph, or its parts written into a scratch folder."""
+    import onnx
+
+    from qnnbuild.toolchain import llmparts
+
+    llm = (model / "llm.json").is_file()
+    if parts > 1 and not llm:
+        raise StageFailed("parts: K splits an LLM's decoder between its layers; this model is not an LLM export")
+    graphs = {"prefill": model / "model.qdq.onnx", **({"decode": model / "decode" / "model.qdq.onnx"} if llm else {})}
+    found: dict[str, list[Path]] = {}
+    for graph, path in graphs.items():
+        qdq = onnx.load(str(path))
+        if parts == 1:
+            _check_size(qdq, f"the {graph} graph" if llm else "the model", limit)
+            found[graph] = [path]
+            continue
+        found[graph] = []
+        for index, part in enumerate(llmparts.split(qdq, parts), start=1):
+            _check_size(part, f"part {index} of {parts} of the {graph} graph", limit)
+            found[graph].append(scratch / f"{graph}_{index}.onnx")
+            onnx.save(part, str(found[graph][-1]))
+    return found
+
+
+def _io_of(path: Path) -> dict[str, list[str]]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {"inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output]}
+
+
+def _llm(ctx: StageRun, graphs: dict[str, list[Path]], options: dict[str, str], target: dict[str, Any]) -> None:
+    """An LLM's graphs: prefill at the top and decode/ (one part each), or parts/<graph>/<k>/; with weight_sharing
+    also shared/ (or shared/<k>/), each prefill part with its decode part."""
+    model, parts = ctx.inputs["model"], len(graphs["prefill"])
+    for graph, paths in graphs.items():
+        for index, path in enumerate(paths, start=1):
+            dest = ctx.out / ("" if graph == "prefill" else "decode") if parts == 1 else \
+                ctx.out / "parts" / graph / str(index)
+            _finalize(path, dest, options, target)
+    info = json.loads((model / "llm.json").read_text())
+    if parts > 1:  # each graph's own inputs and outputs, for a chain of the parts to present
+        info["parts"] = parts
+        info["graphs"] = {g: _io_of(model / ("" if g == "prefill" else "decode") / "model.qdq.onnx") for g in graphs}
+    (ctx.out / "llm.json").write_text(json.dumps(info, indent=1) + "\n")
+    if ctx.params["weight_sharing"]:
+        for index in range(parts):
+            pair = {g: graphs[g][index] for g in ("prefill", "decode")}
+            _finalize_shared(pair, ctx.out / "shared" / (str(index + 1) if parts > 1 else ""), options)
+        ctx.say("weight-shared context (each prefill part and its decode part in one binary) written; not loaded "
+                "here (the emulator cannot)")
 
 
 def run(ctx: StageRun) -> None:
@@ -97,17 +160,18 @@ def run(ctx: StageRun) -> None:
     ctx.say(f"finalizing the HTP graph for {target['name']} ({target['product']}, HTP v"
             f"{target['htp_arch']}), optimization level {ctx.params['optimization_level']}")
     model = ctx.inputs["model"]
-    _finalize(model / "model.qdq.onnx", ctx.out, options, target)
-    if (model / "llm.json").is_file():  # an LLM: its decode graph too, in the same folder layout
-        _finalize(model / "decode" / "model.qdq.onnx", ctx.out / "decode", options, target)
-        shutil.copyfile(model / "llm.json", ctx.out / "llm.json")
-        if ctx.params["weight_sharing"]:
-            ratio = _finalize_shared(model, ctx.out / "shared", options)
-            ctx.say(f"weight-shared context (both graphs, one binary): {ratio:.2f}x the prefill graph's own binary; "
-                    "not loaded here (the emulator cannot)")
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-parts-") as scratch:
+        graphs = _graphs(model, ctx.params["parts"], ctx.params["max_part_mb"], Path(scratch))
+        if (model / "llm.json").is_file():
+            _llm(ctx, graphs, options, target)
+        else:
+            _finalize(graphs["prefill"][0], ctx.out, options, target)
     ctx.carry("model")
-    size = sum(p.stat().st_size for p in ctx.out.rglob("*_qnn.bin"))
-    ctx.say(f"context binary: {size / 1e6:.2f} MB")
+    sizes = [p.stat().st_size / 1e6 for p in ctx.out.rglob("model_ctx_qnn.bin")]
+    over = [s for s in sizes if s > ctx.params["max_part_mb"]]
+    if over:
+        raise StageFailed(f"a context binary is {max(over):,.1f} MB, over max_part_mb {ctx.params['max_part_mb']:g}")
+    ctx.say(f"context binary: {sum(sizes):.2f} MB" + (f" in {len(sizes)} parts" if len(sizes) > 2 else ""))
 
 
 KIND = StageKind(
@@ -121,6 +185,11 @@ KIND = StageKind(
         "vtcm_mb": {"type": "integer", "minimum": 1, "maximum": 8, "description": "VTCM to use (default: all)"},
         "fp16": {"type": "boolean", "default": False, "description": "run float ops in fp16 on HTP"},
         "performance_mode": {"enum": PERFORMANCE_MODES, "default": "default"},
+        "parts": {"type": "integer", "minimum": 1, "default": 1, "description": "an LLM: split each graph "
+                  "between decoder layers into this many context binaries, run in a chain (embedding first, LM "
+                  "head last)"},
+        "max_part_mb": {"type": "number", "exclusiveMinimum": 0, "default": 1500, "description": "refuse a "
+                        "context (a whole graph, or a part) whose weights pass this many MB"},
         "weight_sharing": {"type": "boolean", "default": False, "description": "an LLM: also write both graphs in "
                            "one context binary sharing one copy of the weights (checked structurally, never run "
                            "here: the emulator cannot load it)"},

@@ -42,14 +42,14 @@ def _deliver(compiled: Path, out: Path, stem: str) -> dict[str, Any]:
             "inputs": [entry(v) for v in info["inputs"]], "outputs": [entry(v) for v in info["outputs"]]}
 
 
-def _shared(compiled: Path, out: Path, stem: str) -> dict[str, Any]:
-    """The weight-shared variant into out/weight_shared/: both EPContext models pointing at one binary. It is
-    checked by structure only (both nodes name the one .bin, which exists), never loaded: on the emulator QNN
-    refuses shared weights and the process segfaults."""
+def _shared(compiled: Path, out: Path, stem: str, beside: str) -> dict[str, Any]:
+    """One weight-shared binary into out/weight_shared/: both EPContext models pointing at it. It is checked by
+    structure only (both nodes name the one .bin, which exists), never loaded: on the emulator QNN refuses shared
+    weights and the process segfaults. `beside`: the non-shared prefill binary it is compared with."""
     import onnx
 
     folder = out / "weight_shared"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     binary = f"{stem}_shared.bin"
     shutil.copyfile(compiled / "prefill_ctx_qnn.bin", folder / binary)
     referenced = set()
@@ -64,10 +64,37 @@ def _shared(compiled: Path, out: Path, stem: str) -> dict[str, Any]:
     if referenced != {"prefill_ctx_qnn.bin"}:
         raise StageFailed(f"the weight-shared graphs do not share one binary: they reference {sorted(referenced)}")
     size = (folder / binary).stat().st_size
-    return {"folder": "weight_shared", "context_binary": binary, "bytes": size,
-            "size_ratio": round(size / (out / f"{stem}_prefill.bin").stat().st_size, 3), "run_here": False,
+    return {"context_binary": binary, "bytes": size, "size_ratio": round(size / (out / beside).stat().st_size, 3)}
+
+
+def _all_shared(compiled: Path, out: Path, stem: str, prefill: dict[str, Any]) -> dict[str, Any]:
+    """The weight-shared variant, one binary per part (or one); sizes against the prefill graph's own binaries."""
+    parts = prefill.get("parts", [prefill])
+    if len(parts) == 1:
+        found = [_shared(compiled / "shared", out, stem, prefill["context_binary"])]
+    else:
+        found = [_shared(compiled / "shared" / str(k), out, f"{stem}_{k}of{len(parts)}", part["context_binary"])
+                 for k, part in enumerate(parts, start=1)]
+    size = sum(f["bytes"] for f in found)
+    own = sum((out / part["context_binary"]).stat().st_size for part in parts)
+    return {"folder": "weight_shared", **({"parts": found} if len(found) > 1 else found[0]), "bytes": size,
+            "size_ratio": round(size / own, 3), "run_here": False,
             "why": "the HTP emulator cannot load shared weights (QNN: Shared weights buffer isn't supported on this "
                    "platform); the non-shared pair beside it is the one run and validated"}
+
+
+def _llm_graph(compiled: Path, out: Path, stem: str, graph: str, info: dict[str, Any]) -> dict[str, Any]:
+    """One LLM graph's deliverable: one EPContext model, or its parts (compile's parts: K) in order with the
+    graph's own inputs and outputs over them."""
+    parts = int(info.get("parts", 1))
+    if parts == 1:
+        return _deliver(compiled / ("" if graph == "prefill" else "decode"), out, f"{stem}_{graph}")
+    specs = [_deliver(compiled / "parts" / graph / str(k), out, f"{stem}_{graph}_{k}of{parts}")
+             for k in range(1, parts + 1)]
+    by_name = {v["name"]: v for s in specs for v in (*s["inputs"], *s["outputs"])}
+    io = info["graphs"][graph]
+    return {"target": specs[0]["target"], "parts": specs, "graph_io_quantized_inside": True,
+            "inputs": [by_name[n] for n in io["inputs"]], "outputs": [by_name[n] for n in io["outputs"]]}
 
 
 def _run_once(out: Path, name: str, graph: str | None) -> list[list[int]]:
@@ -89,17 +116,20 @@ def run(ctx: StageRun) -> None:
     compiled = ctx.inputs["compiled"]
     stem = f"{ctx.recipe}_{target['name']}"
     llm = (compiled / "llm.json").is_file()
-    spec = _deliver(compiled, ctx.out, f"{stem}_prefill" if llm else stem)
-    if llm:  # the decode graph beside the prefill graph, and what onnxruntime-genai needs to run the pair
+    if llm:  # both graphs, and what onnxruntime-genai needs to run them
         from qnnbuild.toolchain import genai
 
-        spec["decode"] = _deliver(compiled / "decode", ctx.out, f"{stem}_decode")
-        spec["llm"] = json.loads((compiled / "llm.json").read_text())
+        info = json.loads((compiled / "llm.json").read_text())
+        spec = _llm_graph(compiled, ctx.out, stem, "prefill", info)
+        spec["decode"] = _llm_graph(compiled, ctx.out, stem, "decode", info)
+        spec["llm"] = {k: v for k, v in info.items() if k != "graphs"}
         spec["genai"] = genai.write(ctx.out, spec)
         if (compiled / "shared").is_dir():
-            spec["weight_shared"] = _shared(compiled / "shared", ctx.out, stem)
+            spec["weight_shared"] = _all_shared(compiled, ctx.out, stem, spec)
             ctx.say(f"weight-shared variant: {spec['weight_shared']['size_ratio']:.2f}x the prefill binary; "
                     "checked structurally, not run here")
+    else:
+        spec = _deliver(compiled, ctx.out, stem)
     carried = sorted(p.name for p in (compiled / PREPROCESSING).glob("*") if p.is_file())
     for name in carried:  # beside the model, where onnxruntime-genai and tokenizers look for them
         shutil.copyfile(compiled / PREPROCESSING / name, ctx.out / name)

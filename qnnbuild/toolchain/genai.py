@@ -28,9 +28,13 @@ def _stage(filename: str, inputs: list[str], outputs: list[str], *, npu: bool, p
             "run_on_prompt": prompt, "run_on_token_gen": token}
 
 
-def _graph(graph: dict[str, Any], prompt: bool) -> dict[str, Any]:
-    return _stage(graph["epcontext_model"], [v["name"] for v in graph["inputs"]],
-                  [v["name"] for v in graph["outputs"]], npu=True, prompt=prompt, token=not prompt)
+def _graph(name: str, graph: dict[str, Any], prompt: bool) -> dict[str, Any]:
+    """The pipeline stage(s) of one graph: one, or one per part in order (genai hands a part's outputs to the
+    later stages that take them by name)."""
+    parts = graph.get("parts", [graph])
+    return {f"{name}_{k}" if len(parts) > 1 else name: _stage(
+        part["epcontext_model"], [v["name"] for v in part["inputs"]], [v["name"] for v in part["outputs"]],
+        npu=True, prompt=prompt, token=not prompt) for k, part in enumerate(parts, start=1)}
 
 
 def pad_model(tokens: int, context: int) -> Any:
@@ -94,7 +98,7 @@ def config(spec: dict[str, Any]) -> dict[str, Any]:
         "pipeline": [{
             "pad_prompt": _stage("pad_prompt.onnx", list(PAD_IN), list(PAD_OUT), npu=False, prompt=True, token=False),
             "pad_token": _stage("pad_token.onnx", list(PAD_IN), list(PAD_OUT), npu=False, prompt=False, token=True),
-            "prefill": _graph(spec, True), "decode": _graph(spec["decode"], False),
+            **_graph("prefill", spec, True), **_graph("decode", spec["decode"], False),
             "unpad": _stage("unpad.onnx", ["step_logits", "input_ids"], ["logits"], npu=False, prompt=True,
                             token=True)}],
     }

@@ -76,13 +76,19 @@ def htp_session(model: str | bytes, provider: dict[str, str], config: dict[str, 
 def deliverable_session(folder: Path, provider: dict[str, str] | None = None, graph: str | None = None) -> Any:
     """A session on a context-binary folder: its EPContext model (named in io_spec.json) refers to the binary
     by a path relative to itself, so it is opened from inside the folder. An LLM's deliverable holds two graphs:
-    `graph` "decode" picks the second (the prefill graph is the folder's first)."""
+    `graph` "decode" picks the second (the prefill graph is the folder's first); a graph built in parts is a
+    chain of their sessions (toolchain/llmparts.Chain) that runs as one."""
     import json
 
     spec = json.loads((folder / "io_spec.json").read_text())
-    model = (spec[graph] if graph == "decode" else spec)["epcontext_model"]
+    entry = spec[graph] if graph == "decode" else spec
     with contextlib.chdir(folder):
-        return htp_session(model, provider or {})
+        if "parts" not in entry:
+            return htp_session(entry["epcontext_model"], provider or {})
+        from qnnbuild.toolchain import llmparts
+
+        return llmparts.Chain([htp_session(p["epcontext_model"], provider or {}) for p in entry["parts"]],
+                              [v["name"] for v in entry["inputs"]], [v["name"] for v in entry["outputs"]])
 
 
 def cpu_session(model: str | bytes) -> Any:

@@ -89,7 +89,7 @@ def train(folder: Path, lines: list[str], *, steps: int = 300, seq: int = 32, se
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return {"loss_first": losses[0], "loss_last": sum(losses[-20:]) / 20}

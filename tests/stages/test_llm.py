@@ -179,3 +179,50 @@ def test_a_qwen2_config_goes_through_the_same_recipe(tmp_path: Path, cli: CLI) -
     metrics = json.loads((tmp_path / "artifacts/qwen/validate/SM8650/metrics.json").read_text())
     assert metrics["passed"] and metrics["perplexity"]["htp"] <= 1.05 * metrics["perplexity"]["fp32"]
     assert json.loads((tmp_path / "artifacts/qwen/export/llm.json").read_text())["model_type"] == "qwen2"
+
+
+@pytest.mark.slow
+def test_parts_chain_like_the_whole_graph_and_genai_runs_them(tmp_path: Path, cli: CLI, llama: Path) -> None:
+    """compile's parts: 2 on a w4a16 block-wise build: two context binaries per graph (and per-part weight-shared
+    binaries), the chain's perplexity on HTP equal to the unsplit build's (the parts compute the whole graph's
+    outputs bit for bit), onnxruntime-genai generating from the parts what qnnbuild's runner does; a part over
+    max_part_mb refused with its figure, more parts than layers refused."""
+    pytest.importorskip("onnxruntime_genai")
+    from tests.hfmodels import stdlib_sentences
+
+    (tmp_path / "llama").symlink_to(llama)
+    (tmp_path / "text.txt").write_text("\n".join(stdlib_sentences(100, skip=500)) + "\n")
+    whole = RECIPE.replace("precision: w8a16", "precision: w4a16, block_size: 32, keep_8bit: [lm_head]")
+    write(tmp_path, "whole.yaml", whole)
+    write(tmp_path, "split.yaml", whole.replace("recipe: tiny", "recipe: split").replace(
+        "weight_sharing: true", "weight_sharing: true, parts: 2"))
+    code, _, err = cli("run", "whole.yaml", "split.yaml")
+    assert code == 0, err
+    deliverable = tmp_path / "artifacts/split/context/SM8650"
+    for graph in ("prefill", "decode"):
+        for k in (1, 2):
+            assert (deliverable / f"split_SM8650_{graph}_{k}of2.bin").is_file()
+    shared = json.loads((deliverable / "io_spec.json").read_text())["weight_shared"]
+    assert [p["context_binary"] for p in shared["parts"]] == ["split_SM8650_1of2_shared.bin",
+                                                              "split_SM8650_2of2_shared.bin"]
+    stages = [s for s in json.loads((deliverable / "genai_config.json").read_text())["model"]["decoder"]["pipeline"][0]]
+    assert stages == ["pad_prompt", "pad_token", "prefill_1", "prefill_2", "decode_1", "decode_2", "unpad"]
+    encodings = json.loads((tmp_path / "artifacts/split/quantize/encodings.json").read_text())["param_encodings"]
+    assert sum(e[0].get("enc_type") == "LPBQ" for e in encodings.values()) == 14  # 7 MatMuls x 2 layers
+    metrics = {r: json.loads((tmp_path / f"artifacts/{r}/validate/SM8650/metrics.json").read_text())
+               for r in ("tiny", "split")}
+    assert metrics["split"]["perplexity"] == metrics["tiny"]["perplexity"]
+    assert metrics["split"]["perplexity"]["htp"] <= 1.25 * metrics["split"]["perplexity"]["fp32"]
+
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(GENERATE), str(tmp_path / "artifacts/split")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tokens = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert tokens["genai"] == tokens["htp"] and len(tokens["genai"]) == 10
+
+    write(tmp_path, "split.yaml", whole.replace("weight_sharing: true", "parts: 2, max_part_mb: 0.05"))
+    code, _, err = cli("run", "split.yaml")
+    assert code == 1 and "part 1 of 2 of the prefill graph holds" in err and "over max_part_mb 0.05" in err, err
+    write(tmp_path, "split.yaml", whole.replace("weight_sharing: true", "parts: 3"))
+    code, _, err = cli("run", "split.yaml")
+    assert code == 1 and "more parts than the model has decoder layers (2)" in err, err
