@@ -226,3 +226,45 @@ def test_parts_chain_like_the_whole_graph_and_genai_runs_them(tmp_path: Path, cl
     write(tmp_path, "split.yaml", whole.replace("weight_sharing: true", "parts: 3"))
     code, _, err = cli("run", "split.yaml")
     assert code == 1 and "more parts than the model has decoder layers (2)" in err, err
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_with_a_warm_shared_cache_builds_nothing(tmp_path: Path, llama: Path) -> None:
+    """An LLM's deliverable (two graphs in parts, per-part weight-shared binaries, genai config, tokenizer) goes
+    through the shared S3 cache whole: a second workspace with the same recipe and model takes every stage from
+    it, byte for byte."""
+    import os
+    import uuid
+
+    from tests.hfmodels import stdlib_sentences
+    from tests.servers import SeaweedFS
+
+    recipe = RECIPE.split("      validate:", maxsplit=1)[0].replace("weight_sharing: true", "weight_sharing: true, parts: 2")
+    folders = []
+    for name in ("ci", "laptop"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "llama").symlink_to(llama)
+        (folder / "text.txt").write_text("\n".join(stdlib_sentences(100, skip=500)) + "\n")
+        write(folder, "r.yaml", recipe)
+        folders.append(folder)
+    server = SeaweedFS(tmp_path / "seaweed").start()
+    try:
+        url = server.bucket(f"llm-{uuid.uuid4().hex[:8]}") + "/team"
+        runs = [run_process(["run", "r.yaml", "--json", "--cache", url], f, server.env()) for f in folders]
+    finally:
+        server.stop()
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
+    second = json.loads(runs[1].stdout)["stages"]
+    assert {(s["status"], s.get("from")) for s in second} == {("cached", "remote")}, second
+
+    def files(folder: Path) -> dict[str, bytes]:
+        found = {}
+        for dirpath, _, names in os.walk(folder / "artifacts/tiny/context", followlinks=True):
+            for name in names:
+                path = Path(dirpath) / name
+                found[path.relative_to(folder).as_posix()] = path.read_bytes()
+        return found
+
+    first = files(folders[0])
+    assert first == files(folders[1]) and any(n.endswith("_2of2_shared.bin") for n in first)
