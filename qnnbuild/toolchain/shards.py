@@ -1,0 +1,100 @@
+"""Validation's per-sample work spread over worker processes: the samples are cut into contiguous shards, each
+shard runs in its own process with its own sessions, and the outputs come back in sample order, so the merged
+figures are the ones one process computes (every sample's outputs are the same wherever it runs).
+
+Why processes: the HTP emulator runs one sample at a time per session and spreads it over the cores it is
+allowed, so two sessions in one process contend; two processes pinned to a core each run side by side. A shard
+whose process dies (killed, out of memory, a crash in native code) is run again in a fresh process, once; a
+shard that raises fails the whole collection with its own message.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from qnnbuild.errors import StageFailed
+
+Work = Callable[[dict[str, Any], int, int], Any]  # (spec, start, stop) → that range's result
+RETRIES = 1
+
+
+def ranges(count: int, shards: int) -> list[tuple[int, int]]:
+    """`count` samples as `shards` contiguous ranges, the first ones one longer when it does not divide."""
+    shards = max(1, min(shards, count))
+    size, extra = divmod(count, shards)
+    found, start = [], 0
+    for i in range(shards):
+        stop = start + size + (1 if i < extra else 0)
+        found.append((start, stop))
+        start = stop
+    return found
+
+
+def _pin(slot: Any) -> None:
+    """Worker initializer: take the next free core (a shared counter), so N shards on N cores never share one."""
+    with slot.get_lock():
+        index = slot.value
+        slot.value += 1
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) > 1:
+        os.sched_setaffinity(0, {cores[index % len(cores)]})
+
+
+def _call(work: Work, spec: dict[str, Any], start: int, stop: int) -> tuple[Any, float]:
+    started = time.perf_counter()
+    return work(spec, start, stop), time.perf_counter() - started
+
+
+def run(work: Work, spec: dict[str, Any], count: int, workers: int,
+        progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[list[Any], list[float]]:
+    """work(spec, start, stop) over `count` samples in `workers` processes (each pinned to its own core when
+    there are cores enough); returns each shard's result in sample order and the seconds each took. With one
+    worker the work runs here, in this process, as before sharding existed."""
+    parts = ranges(count, workers)
+    if len(parts) == 1:
+        result, seconds = _call(work, spec, 0, count)
+        return [result], [seconds]
+    results: dict[int, tuple[Any, float]] = {}
+    pending = list(range(len(parts)))
+    for attempt in range(RETRIES + 1):
+        lost = _round(work, spec, parts, pending, results, progress, count)
+        if not lost:
+            break
+        if attempt == RETRIES:
+            raise StageFailed(f"validation worker(s) died twice on samples {', '.join(_span(parts[i]) for i in lost)}"
+                              "; see the stage log")
+        print(f"warning: a validation worker died on samples {', '.join(_span(parts[i]) for i in lost)}; "
+              "running them again in a fresh process", flush=True)
+        pending = lost
+    return [results[i][0] for i in range(len(parts))], [results[i][1] for i in range(len(parts))]
+
+
+def _span(part: tuple[int, int]) -> str:
+    return f"{part[0]}-{part[1] - 1}"
+
+
+def _round(work: Work, spec: dict[str, Any], parts: list[tuple[int, int]], pending: list[int],
+           results: dict[int, tuple[Any, float]], progress: Callable[[int, int], None], count: int) -> list[int]:
+    """One pool over the pending shards; fills `results`, returns the shards whose process died."""
+    context = multiprocessing.get_context("spawn")  # QNN's threads and state must not be forked
+    slot = context.Value("i", 0)
+    lost = []
+    with concurrent.futures.ProcessPoolExecutor(len(pending), mp_context=context, initializer=_pin,
+                                                initargs=(slot,)) as pool:
+        futures = {pool.submit(_call, work, spec, *parts[i]): i for i in pending}
+        for future in concurrent.futures.as_completed(futures):
+            index = futures[future]
+            try:
+                results[index] = future.result()
+            except concurrent.futures.process.BrokenProcessPool:
+                lost.append(index)
+                continue
+            except StageFailed as exc:
+                raise StageFailed(f"samples {_span(parts[index])}: {exc}") from None
+            progress(sum(parts[i][1] - parts[i][0] for i in results), count)
+    return sorted(lost)
