@@ -8,6 +8,7 @@ after a failure and its dependency database under the artifacts folder.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -125,4 +126,12 @@ def run_with_doit(sessions: list[Session], console: Console, selected: list[str]
     db.parent.mkdir(parents=True, exist_ok=True)
     argv = ["run", "--db-file", str(db), "--backend", "sqlite3", "--continue", "-n", str(max(1, jobs)),
             "-P", "thread", *selected]
-    DoitMain(_Loader(_names(sessions), console), config_filenames=()).run(argv)
+    before = os.environ.get("QNNBUILD_JOBS")
+    os.environ["QNNBUILD_JOBS"] = str(max(1, jobs))  # stage workers inherit it: validate's default shard count
+    try:
+        DoitMain(_Loader(_names(sessions), console), config_filenames=()).run(argv)
+    finally:
+        if before is None:
+            os.environ.pop("QNNBUILD_JOBS", None)
+        else:
+            os.environ["QNNBUILD_JOBS"] = before

@@ -143,7 +143,9 @@ class StageKind:
     - `summarize(folder)`: the few figures of an entry that compare builds (`diff`, the report's variants
       table), read one way for everyone: e.g. validate → worst SQNR, top-1; profile → cycles per inference;
     - `ordered`: mapping parameters whose order is data (export's `inputs:` bind the model's arguments in
-      that order): the key holds them as [name, value] pairs, since canonical JSON sorts mapping keys.
+      that order): the key holds them as [name, value] pairs, since canonical JSON sorts mapping keys;
+    - `unkeyed`: parameters that change how a stage runs, never what it writes (validate's `workers`): left out
+      of the key, so changing them rebuilds nothing.
     """
 
     name: str
@@ -162,13 +164,14 @@ class StageKind:
     all_targets: bool = False
     extra_schema: dict[str, Any] = field(default_factory=dict)
     ordered: tuple[str, ...] = ()
+    unkeyed: tuple[str, ...] = ()
     expand: Callable[[Params], Params] = lambda params: params  # presets → explicit parameters (before the key)
     summarize: Callable[[Path], dict[str, Any]] = no_summary
 
     def key_params(self, params: Params) -> Params:
         """The parameters as the key holds them: `ordered` mappings as lists of [name, value] pairs."""
         return {k: [[n, v] for n, v in value.items()] if k in self.ordered and isinstance(value, dict) else value
-                for k, value in params.items()}
+                for k, value in params.items() if k not in self.unkeyed}
 
     def tools_for(self, params: Params) -> tuple[str, ...]:
         return self.tools(params) if callable(self.tools) else self.tools

@@ -38,20 +38,24 @@ def verdicts(metrics: dict[str, dict[str, Any]], params: Params) -> list[str]:
     return misses
 
 
-def _collect(ctx: StageRun, samples: Any) -> tuple[dict[str, dict[str, list[Any]]], dict[str, float]]:
-    """Every output of every sample from each model: fp32 and (given a quantize stage) QDQ on onnxruntime's
-    CPU, the context on the HTP emulator. Each session is created once and runs sample after sample (the
-    models have fixed batch-1 shapes, so there is nothing to batch); returns samples/s per model too."""
+def collect_range(spec: dict[str, Any], start: int, stop: int) -> tuple[dict[str, dict[str, list[Any]]],
+                                                                        dict[str, float]]:
+    """Every output of samples [start, stop) from each model: fp32 and (given a quantize stage) QDQ on
+    onnxruntime's CPU, the context on the HTP emulator, and each model's busy seconds. Each session is created
+    once and runs sample after sample (batch-1 graphs: nothing to batch). Runs in a shard's process (toolchain/
+    shards.py), so it takes plain paths and the data spec, and loads its samples itself."""
     from qnnbuild.toolchain import qnn
 
-    sessions = {"fp32": qnn.cpu_session(str(ctx.inputs["reference"] / "model.onnx"))}
-    if "quantized" in ctx.inputs:
-        sessions["qdq_cpu"] = qnn.cpu_session(str(ctx.inputs["quantized"] / "model.qdq.onnx"))
-    sessions["htp"] = qnn.deliverable_session(ctx.inputs["context"])
+    samples = calibration.samples_for(spec["data"], {k: Path(v) for k, v in spec["files"].items()},
+                                      Path(spec["reference"]))
+    sessions = {"fp32": qnn.cpu_session(str(Path(spec["reference"]) / "model.onnx"))}
+    if spec.get("quantized"):
+        sessions["qdq_cpu"] = qnn.cpu_session(str(Path(spec["quantized"]) / "model.qdq.onnx"))
+    sessions["htp"] = qnn.deliverable_session(Path(spec["context"]))
     names = [o.name for o in sessions["fp32"].get_outputs()]
     outs: dict[str, dict[str, list[Any]]] = {m: {n: [] for n in names} for m in sessions}
     busy = dict.fromkeys(sessions, 0.0)
-    for i in range(len(samples)):
+    for i in range(start, stop):
         feed = samples[i]
         for model, session in sessions.items():
             started = time.perf_counter()
@@ -59,7 +63,35 @@ def _collect(ctx: StageRun, samples: Any) -> tuple[dict[str, dict[str, list[Any]
             busy[model] += time.perf_counter() - started
             for name, value in zip(names, values, strict=True):
                 outs[model][name].append(value)
-    return outs, {m: round(len(samples) / t, 2) if t else 0.0 for m, t in busy.items()}
+    return outs, busy
+
+
+def workers_for(params: Params) -> int:
+    """`workers`, or the run's -j (the engine passes it as QNNBUILD_JOBS), or 1."""
+    import os
+
+    return int(params.get("workers") or os.environ.get("QNNBUILD_JOBS") or 1)
+
+
+def _collect(ctx: StageRun, count: int) -> tuple[dict[str, dict[str, list[Any]]], dict[str, Any]]:
+    """collect_range over all samples in `workers` shards, merged in sample order; the timings to record."""
+    from qnnbuild.toolchain import shards
+
+    spec = {"data": ctx.params["data"], "files": {k: str(v) for k, v in ctx.files.items()},
+            "reference": str(ctx.inputs["reference"]), "quantized": str(ctx.inputs.get("quantized") or ""),
+            "context": str(ctx.inputs["context"])}
+    workers = min(workers_for(ctx.params), count)
+    if workers > 1:
+        ctx.say(f"{count} samples over {workers} worker processes")
+    started = time.perf_counter()
+    results, seconds = shards.run(collect_range, spec, count, workers)
+    wall = time.perf_counter() - started
+    outs = {m: {n: [v for r in results for v in r[0][m][n]] for n in results[0][0][m]} for m in results[0][0]}
+    busy = {m: sum(r[1][m] for r in results) for m in results[0][1]}
+    speed = {m: round(count / t, 2) if t else 0.0 for m, t in busy.items()}
+    timings = {"samples_per_second": speed, "workers": workers, "wall_seconds": round(wall, 2),
+               "samples_per_second_wall": round(count / wall, 2), "shard_seconds": [round(s, 2) for s in seconds]}
+    return outs, timings
 
 
 def _accuracy(outs: dict[str, dict[str, list[Any]]], labels: list[int]) -> dict[str, dict[str, float]]:
@@ -96,7 +128,8 @@ def run(ctx: StageRun) -> None:
         _llm(ctx, target["name"])
         return
     samples = calibration.samples_for(ctx.params["data"], ctx.files, ctx.inputs["reference"])
-    outs, speed = _collect(ctx, samples)
+    outs, timings = _collect(ctx, len(samples))
+    speed = timings["samples_per_second"]
     figures = {n: metrics.compare(outs["fp32"][n], outs["htp"][n]) for n in outs["fp32"]}
     sqnr = {n: {m: round(metrics.sqnr_db(np.stack(outs["fp32"][n]), np.stack(outs[m][n])), 3)
                 for m in outs if m != "fp32"} for n in outs["fp32"]}
@@ -115,7 +148,7 @@ def run(ctx: StageRun) -> None:
                                                                                                      ctx.params)
     report["passed"] = not misses
     (ctx.out / "metrics.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    ctx.timings({"samples_per_second": speed})  # wall clock: not in the keyed metrics.json
+    ctx.timings(timings)  # wall clock: not in the keyed metrics.json
     _say(ctx, report, speed)
     if misses:
         raise StageFailed(f"accuracy on {target['name']} below the recipe's thresholds: " + "; ".join(misses))
@@ -217,7 +250,11 @@ KIND = StageKind(
                                  "perplexity over fp32's; fails above"},
         "max_accuracy_drop": {"type": "number", "minimum": 0, "description": "labelled data: allowed top-1 "
                               "drop, HTP vs fp32, in percentage points"},
+        "workers": {"type": "integer", "minimum": 1, "description": "processes the samples are spread over, "
+                    "each on its own core (default: the run's -j); the metrics are the same for any number, and "
+                    "changing it rebuilds nothing"},
     },
+    unkeyed=("workers",),
     required=("context", "reference"),
     refs=refs_of("context", "reference", "quantized"),
     summarize=summarize,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +46,20 @@ def _pin(slot: Any) -> None:
         os.sched_setaffinity(0, {cores[index % len(cores)]})
 
 
+def _crash_point(start: int) -> None:
+    """The crash tests' hook (engine/faults.py's variables; the toolchain does not import the engine):
+    QNNBUILD_KILL_AT=shard@<start> kills the shard starting at that sample, once per QNNBUILD_KILL_ONCE file."""
+    if os.environ.get("QNNBUILD_KILL_AT") != f"shard@{start}":
+        return
+    try:
+        os.close(os.open(os.environ["QNNBUILD_KILL_ONCE"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except (FileExistsError, KeyError):
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _call(work: Work, spec: dict[str, Any], start: int, stop: int) -> tuple[Any, float]:
+    _crash_point(start)
     started = time.perf_counter()
     return work(spec, start, stop), time.perf_counter() - started
 
@@ -80,13 +94,15 @@ def _span(part: tuple[int, int]) -> str:
 
 def _round(work: Work, spec: dict[str, Any], parts: list[tuple[int, int]], pending: list[int],
            results: dict[int, tuple[Any, float]], progress: Callable[[int, int], None], count: int) -> list[int]:
-    """One pool over the pending shards; fills `results`, returns the shards whose process died."""
+    """One process per pending shard (its own executor: a process that dies takes only its shard down); fills
+    `results`, returns the shards whose process died."""
     context = multiprocessing.get_context("spawn")  # QNN's threads and state must not be forked
     slot = context.Value("i", 0)
+    pools = [concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_pin, initargs=(slot,))
+             for _ in pending]
     lost = []
-    with concurrent.futures.ProcessPoolExecutor(len(pending), mp_context=context, initializer=_pin,
-                                                initargs=(slot,)) as pool:
-        futures = {pool.submit(_call, work, spec, *parts[i]): i for i in pending}
+    try:
+        futures = {pool.submit(_call, work, spec, *parts[i]): i for pool, i in zip(pools, pending, strict=True)}
         for future in concurrent.futures.as_completed(futures):
             index = futures[future]
             try:
@@ -94,7 +110,10 @@ def _round(work: Work, spec: dict[str, Any], parts: list[tuple[int, int]], pendi
             except concurrent.futures.process.BrokenProcessPool:
                 lost.append(index)
                 continue
-            except StageFailed as exc:
-                raise StageFailed(f"samples {_span(parts[index])}: {exc}") from None
+            except Exception as exc:  # the shard's own error, named with its samples
+                raise StageFailed(f"samples {_span(parts[index])}: {str(exc).strip()}") from None
             progress(sum(parts[i][1] - parts[i][0] for i in results), count)
+    finally:
+        for pool in pools:
+            pool.shutdown(cancel_futures=True)
     return sorted(lost)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
@@ -126,3 +127,36 @@ stages:
     assert code == 1
     assert "accuracy on SM8650 below the recipe's thresholds: logits: cosine 0." in err
     assert "< required 1.0" in err
+
+
+def test_validation_over_workers_gives_the_same_metrics(tmp_path: Path, cli: CLI,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """24 samples over 3 worker processes: metrics.json byte for byte the single process's; changing workers
+    rebuilds nothing; a worker killed mid-shard costs a warning and a rerun of its shard, not the build."""
+    classifier(tmp_path / "cls.onnx", 6, np.eye(6) * 4)
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    rows = ["file,label"]
+    for i in range(24):
+        np.save(tmp_path / "data" / f"s{i:02d}.npy", rng.uniform(0, 1, (1, 6, 8, 8)).astype(np.float32))
+        rows.append(f"s{i:02d}.npy,{i % 6}")
+    write(tmp_path, "labels.csv", "\n".join(rows) + "\n")
+    recipe = RECIPE % {"calibration": "{npy: {dir: data, count: 12}}",
+                       "data": "{npy: {dir: data, labels: labels.csv}}"}
+    write(tmp_path, "r.yaml", recipe.replace("max_accuracy_drop: 5", "max_accuracy_drop: 100, workers: 1"))
+    code, _, err = cli("run", "r.yaml")
+    assert code == 0, err
+    out = tmp_path / "artifacts/cls/validate/SM8650"
+    single = (out / "metrics.json").read_bytes()
+    write(tmp_path, "r.yaml", recipe.replace("max_accuracy_drop: 5", "max_accuracy_drop: 100, workers: 3"))
+    code, out_json, err = cli("run", "r.yaml", "--json")
+    assert code == 0 and {s["id"]: s["status"] for s in json.loads(out_json)["stages"]}["validate[SM8650]"] == "cached"
+    monkeypatch.setenv("QNNBUILD_KILL_AT", "shard@8")
+    monkeypatch.setenv("QNNBUILD_KILL_ONCE", str(tmp_path / "killed-once"))
+    code, _, err = cli("run", "r.yaml", "--force", "validate")
+    assert code == 0, err
+    assert (out / "metrics.json").read_bytes() == single
+    timings = json.loads((out / ".qnnbuild/timings.json").read_text())
+    assert timings["workers"] == 3 and len(timings["shard_seconds"]) == 3
+    log = (out / ".qnnbuild/stage.log").read_text()
+    assert (tmp_path / "killed-once").is_file() and "a validation worker died on samples 8-15" in log
