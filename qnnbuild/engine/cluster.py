@@ -135,7 +135,7 @@ def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
 
 def _localize(request: dict[str, Any], remote: RemoteCache, store: Store) -> StageRun:
     """The request's StageRun with paths on this worker: upstream entries and input files fetched here."""
-    run = StageRun.from_json(request["run"])
+    run = dataclasses.replace(StageRun.from_json(request["run"]), progress_file=None)  # not relayed (yet)
     for name, key in request["upstream"].items():
         if store.has(key) or remote.fetch(key, store) is not None:
             run.inputs[name] = store.entry(key).resolve()

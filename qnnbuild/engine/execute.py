@@ -43,7 +43,8 @@ def _reporter_for(named: Named, console: Console) -> type:
 
         def execute_task(self, task: Task) -> None:
             self.started[task.name] = time.monotonic()
-            console.started(task.name)
+            session, inst = named[task.name]
+            console.started(task.name, session.progress_file(inst))
 
         def add_success(self, task: Task) -> None:
             session, inst = named[task.name]

@@ -235,13 +235,22 @@ class Session:
                         files={name: Path(p) for name, p in inst.files.items()}, out=work,
                         target=TARGETS[inst.target].as_dict() if inst.target else None, root=self.root,
                         targets=[TARGETS[t].as_dict() for t in self.plan.targets]
-                        if KINDS[inst.kind].all_targets else [])
+                        if KINDS[inst.kind].all_targets else [], progress_file=self.progress_file(inst))
+
+    def progress_file(self, inst: Instance) -> Path:
+        """Where a running instance's worker reports its progress (StageRun.progress) for the console."""
+        folder = (self.artifacts / ".qnnbuild" / "progress").resolve()  # workers run in their own folder
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{self.plan.recipe}.{inst.id}.json"
 
     def _run_worker(self, inst: Instance, work: Path) -> None:
         from qnnbuild.engine.worker import spawn
 
         work = work.resolve()
-        spawn(inst.kind, self.stage_run(inst, work), work)
+        try:
+            spawn(inst.kind, self.stage_run(inst, work), work)
+        finally:
+            self.progress_file(inst).unlink(missing_ok=True)
 
     def failure_log(self, inst: Instance) -> Path:
         return self.artifacts / self.plan.recipe / "logs" / (inst.id.replace("[", "-").replace("]", "") + ".log")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 from qnnbuild.errors import StageFailed
 
 Params = dict[str, Any]
+PROGRESS_EVERY_S = 0.5
+_PROGRESS_WRITTEN: dict[Path, tuple[float, float]] = {}  # progress file → (last write, first sample's time)
 PREPROCESSING = "preprocessing"  # a Hugging Face source's tokenizer files, carried from export to the deliverable
 
 
@@ -40,19 +43,22 @@ class StageRun:
     root: Path = Path()  # the recipe's folder: where a torch factory's own modules live
     targets: list[dict[str, Any]] = field(default_factory=list)  # every recipe target (kinds with all_targets)
     reads: list[Path] = field(default_factory=list)  # files the stage discovered it read (see `read`)
+    progress_file: Path | None = None  # where `progress` writes for the console; None: nobody watches
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "stage": self.stage, "instance": self.instance, "params": self.params,
                 "inputs": {k: str(v) for k, v in self.inputs.items()},
                 "files": {k: str(v) for k, v in self.files.items()}, "out": str(self.out),
-                "target": self.target, "root": str(self.root), "targets": self.targets}
+                "target": self.target, "root": str(self.root), "targets": self.targets,
+                "progress_file": str(self.progress_file) if self.progress_file else None}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> StageRun:
         return cls(recipe=raw["recipe"], stage=raw["stage"], instance=raw["instance"], params=raw["params"],
                    inputs={k: Path(v) for k, v in raw["inputs"].items()},
                    files={k: Path(v) for k, v in raw["files"].items()}, out=Path(raw["out"]),
-                   target=raw["target"], root=Path(raw["root"]), targets=raw.get("targets", []))
+                   target=raw["target"], root=Path(raw["root"]), targets=raw.get("targets", []),
+                   progress_file=Path(raw["progress_file"]) if raw.get("progress_file") else None)
 
     def require_target(self) -> dict[str, Any]:
         """The target of a per-target stage (the engine always gives one; this only narrows the type)."""
@@ -82,9 +88,57 @@ class StageRun:
         if found.is_dir():
             shutil.copytree(found, self.out / PREPROCESSING)
 
+    def progress(self, done: int | None = None, total: int | None = None, unit: str = "samples",
+                 phase: str = "") -> None:
+        """Where a long stage is, for the console: `done` of `total` `unit` (it shows counts and an ETA), or a
+        `phase` without counts (compile: "finalizing the HTP graph"). Written at most twice a second, beside
+        the build, never into the outputs."""
+        if self.progress_file is None:
+            return
+        now = time.time()
+        last = _PROGRESS_WRITTEN.get(self.progress_file, (0.0, now))
+        if done is not None and total and done < total and now - last[0] < PROGRESS_EVERY_S:
+            return
+        since = last[1] if (done or 0) > 0 else now  # the ETA's rate counts from the first sample
+        _PROGRESS_WRITTEN[self.progress_file] = (now, since)
+        tmp = self.progress_file.with_suffix(".tmp")
+        try:  # a display aid: never worth failing a stage over
+            tmp.write_text(json.dumps({"done": done, "total": total, "unit": unit, "phase": phase, "since": since}))
+            tmp.replace(self.progress_file)
+        except OSError:
+            pass
+
+    def watched(self, samples: Any, phase: str = "") -> Any:
+        """`samples` (a calibration Source) reporting progress as they are read: how many distinct samples of
+        all so far (calibration reads in strides, some methods twice)."""
+        return _Watched(samples, lambda seen: self.progress(seen, len(samples), "samples", phase))
+
     def say(self, message: str) -> None:
         """A progress line for the stage log (stdout/stderr of a stage go to its log file)."""
         print(f"[{self.instance}] {message}", file=sys.stderr, flush=True)
+
+
+class _Watched:
+    """A Source that reports how many distinct samples have been read (StageRun.watched)."""
+
+    def __init__(self, samples: Any, report: Callable[[int], None]) -> None:
+        self._samples, self._report, self._seen = samples, report, set[int]()
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def __getitem__(self, index: int) -> Any:
+        value = self._samples[index]
+        if index not in self._seen:
+            self._seen.add(index)
+            self._report(len(self._seen))
+        return value
+
+    def __iter__(self) -> Any:
+        return (self[i] for i in range(len(self)))
+
+    def __getattr__(self, name: str) -> Any:  # labels, classes, ...
+        return getattr(self._samples, name)
 
 
 def never(params: Params) -> bool:

@@ -159,6 +159,7 @@ def run(ctx: StageRun) -> None:
     options = provider_options(ctx.params, target)
     ctx.say(f"finalizing the HTP graph for {target['name']} ({target['product']}, HTP v"
             f"{target['htp_arch']}), optimization level {ctx.params['optimization_level']}")
+    ctx.progress(phase=f"finalizing the HTP graph for {target['name']}")
     model = ctx.inputs["model"]
     with tempfile.TemporaryDirectory(prefix="qnnbuild-parts-") as scratch:
         graphs = _graphs(model, ctx.params["parts"], ctx.params["max_part_mb"], Path(scratch))

@@ -135,6 +135,7 @@ def run(ctx: StageRun) -> None:
         shutil.copyfile(compiled / PREPROCESSING / name, ctx.out / name)
     spec["preprocessing"] = carried
     (ctx.out / "io_spec.json").write_text(json.dumps(spec, indent=1) + "\n")
+    ctx.progress(phase="loading the binary on the HTP emulator")
     for graph in ("prefill", "decode") if llm else (None,):
         try:
             shapes = _run_once(ctx.out, stem, graph)

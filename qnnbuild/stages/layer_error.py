@@ -29,7 +29,7 @@ def run(ctx: StageRun) -> None:
 
     fp32 = onnx.load(str(ctx.inputs["reference"] / "model.onnx"))
     qdq = onnx.load(str(ctx.inputs["model"] / "model.qdq.onnx"))
-    samples = calibration.samples_for(ctx.params["data"], ctx.files, ctx.inputs["reference"])
+    samples = ctx.watched(calibration.samples_for(ctx.params["data"], ctx.files, ctx.inputs["reference"]))
     sqnr, producers = sensitivity.activation_sqnr(fp32, qdq, samples)
     source = onnxgraph.source_names(ctx.inputs["reference"])  # report the user's tensor names
     layers = sensitivity.rank({source.get(t, t): v for t, v in sqnr.items()},

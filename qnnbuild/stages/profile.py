@@ -78,6 +78,7 @@ def run(ctx: StageRun) -> None:
             session.run(None, feed)
             if i >= warmup:
                 wall.append((time.perf_counter() - started) * 1000)
+            ctx.progress(i + 1, warmup + runs, "runs")
         del session  # QNN writes the profile when the session ends
         profiled = parse_profile(csv_path.read_text())[warmup:]
     if not profiled:

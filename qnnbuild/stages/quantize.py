@@ -142,7 +142,7 @@ def run(ctx: StageRun) -> None:
         return
     params = ctx.params
     cal = params["calibration"]
-    samples = calibration.samples_for(cal, ctx.files, ctx.inputs["model"], "calibration")
+    samples = ctx.watched(calibration.samples_for(cal, ctx.files, ctx.inputs["model"], "calibration"), "calibrating")
     model = onnx.load(str(ctx.inputs["model"] / "model.onnx"))
     source = onnxgraph.source_names(ctx.inputs["model"])
     base = _overrides(ctx, model, source)

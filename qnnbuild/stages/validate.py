@@ -44,7 +44,7 @@ def collect_range(spec: dict[str, Any], start: int, stop: int) -> tuple[dict[str
     onnxruntime's CPU, the context on the HTP emulator, and each model's busy seconds. Each session is created
     once and runs sample after sample (batch-1 graphs: nothing to batch). Runs in a shard's process (toolchain/
     shards.py), so it takes plain paths and the data spec, and loads its samples itself."""
-    from qnnbuild.toolchain import qnn
+    from qnnbuild.toolchain import qnn, shards
 
     samples = calibration.samples_for(spec["data"], {k: Path(v) for k, v in spec["files"].items()},
                                       Path(spec["reference"]))
@@ -63,6 +63,7 @@ def collect_range(spec: dict[str, Any], start: int, stop: int) -> tuple[dict[str
             busy[model] += time.perf_counter() - started
             for name, value in zip(names, values, strict=True):
                 outs[model][name].append(value)
+        shards.tick()
     return outs, busy
 
 
@@ -84,7 +85,7 @@ def _collect(ctx: StageRun, count: int) -> tuple[dict[str, dict[str, list[Any]]]
     if workers > 1:
         ctx.say(f"{count} samples over {workers} worker processes")
     started = time.perf_counter()
-    results, seconds = shards.run(collect_range, spec, count, workers)
+    results, seconds = shards.run(collect_range, spec, count, workers, ctx.progress)
     wall = time.perf_counter() - started
     outs = {m: {n: [v for r in results for v in r[0][m][n]] for n in results[0][0][m]} for m in results[0][0]}
     busy = {m: sum(r[1][m] for r in results) for m in results[0][1]}

@@ -22,6 +22,16 @@ from qnnbuild.errors import StageFailed
 
 Work = Callable[[dict[str, Any], int, int], Any]  # (spec, start, stop) → that range's result
 RETRIES = 1
+_done: Any = None  # samples done: a counter shared with the parent in a shard process, a callback in one process
+
+
+def tick() -> None:
+    """One sample done (the work function calls it): feeds the stage's progress display."""
+    if callable(_done):
+        _done()
+    elif _done is not None:
+        with _done.get_lock():
+            _done.value += 1
 
 
 def ranges(count: int, shards: int) -> list[tuple[int, int]]:
@@ -36,8 +46,11 @@ def ranges(count: int, shards: int) -> list[tuple[int, int]]:
     return found
 
 
-def _pin(slot: Any) -> None:
-    """Worker initializer: take the next free core (a shared counter), so N shards on N cores never share one."""
+def _init(slot: Any, done: Any) -> None:
+    """Worker initializer: the shared progress counter, and the next free core (a shared counter), so N shards
+    on N cores never share one."""
+    global _done  # noqa: PLW0603 - one per shard process
+    _done = done
     with slot.get_lock():
         index = slot.value
         slot.value += 1
@@ -69,9 +82,20 @@ def run(work: Work, spec: dict[str, Any], count: int, workers: int,
     """work(spec, start, stop) over `count` samples in `workers` processes (each pinned to its own core when
     there are cores enough); returns each shard's result in sample order and the seconds each took. With one
     worker the work runs here, in this process, as before sharding existed."""
+    global _done  # noqa: PLW0603 - set for the work running here, cleared after
     parts = ranges(count, workers)
     if len(parts) == 1:
-        result, seconds = _call(work, spec, 0, count)
+        done = [0]
+
+        def counted() -> None:
+            done[0] += 1
+            progress(done[0], count)
+
+        _done = counted
+        try:
+            result, seconds = _call(work, spec, 0, count)
+        finally:
+            _done = None
         return [result], [seconds]
     results: dict[int, tuple[Any, float]] = {}
     pending = list(range(len(parts)))
@@ -97,13 +121,13 @@ def _round(work: Work, spec: dict[str, Any], parts: list[tuple[int, int]], pendi
     """One process per pending shard (its own executor: a process that dies takes only its shard down); fills
     `results`, returns the shards whose process died."""
     context = multiprocessing.get_context("spawn")  # QNN's threads and state must not be forked
-    slot = context.Value("i", 0)
-    pools = [concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_pin, initargs=(slot,))
+    slot, done = context.Value("i", 0), context.Value("i", sum(parts[i][1] - parts[i][0] for i in results))
+    pools = [concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_init, initargs=(slot, done))
              for _ in pending]
     lost = []
     try:
         futures = {pool.submit(_call, work, spec, *parts[i]): i for pool, i in zip(pools, pending, strict=True)}
-        for future in concurrent.futures.as_completed(futures):
+        for future in _as_completed(futures, lambda: progress(min(done.value, count), count)):
             index = futures[future]
             try:
                 results[index] = future.result()
@@ -112,8 +136,17 @@ def _round(work: Work, spec: dict[str, Any], parts: list[tuple[int, int]], pendi
                 continue
             except Exception as exc:  # the shard's own error, named with its samples
                 raise StageFailed(f"samples {_span(parts[index])}: {str(exc).strip()}") from None
-            progress(sum(parts[i][1] - parts[i][0] for i in results), count)
     finally:
         for pool in pools:
             pool.shutdown(cancel_futures=True)
     return sorted(lost)
+
+
+def _as_completed(futures: dict[Any, int], poll: Callable[[], None]) -> Any:
+    """concurrent.futures.as_completed, calling `poll` (the progress display) twice a second while it waits."""
+    waiting = set(futures)
+    while waiting:
+        finished, waiting = concurrent.futures.wait(waiting, timeout=0.5,
+                                                    return_when=concurrent.futures.FIRST_COMPLETED)
+        poll()
+        yield from finished

@@ -1,0 +1,69 @@
+"""Validation spread over worker processes: samples/s of validate with 1 and 2 workers, each worker on one core
+(the 1-worker run is pinned to one core as a whole; with 2, each shard process pins itself to its own), on
+MobileNetV2 a8w8 for SM8650, whose HTP emulation dominates a sample's time. Goal: ≥ 1.8x with 2 workers.
+
+    python benchmarks/validation_scaling.py [--samples 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def validate(folder: Path, workers: int, cores: set[int]) -> dict[str, float]:
+    """Re-run validate with `workers`, the whole run limited to `cores`; its timings."""
+    recipe = folder / "recipes/mobilenet.yaml"
+    text = recipe.read_text()
+    recipe.write_text(text[: text.index("    data:")] + f"    workers: {workers}\n" + text[text.index("    data:"):])
+    proc = subprocess.run([sys.executable, "-m", "qnnbuild", "run", "recipes/mobilenet.yaml", "--only", "validate",
+                           "--force", "validate"], cwd=folder, capture_output=True, text=True, check=False,
+                          preexec_fn=lambda: os.sched_setaffinity(0, cores))
+    recipe.write_text(text)
+    if proc.returncode:
+        sys.exit(proc.stderr[-3000:])
+    out = folder / "artifacts/mobilenet_v2/validate/SM8650"
+    return dict(json.loads((out / ".qnnbuild/timings.json").read_text()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=16)
+    args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        sys.exit("needs two cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        shutil.copytree(ROOT / "recipes", folder / "recipes", ignore=shutil.ignore_patterns("models"))
+        recipe = folder / "recipes/mobilenet.yaml"
+        recipe.write_text(recipe.read_text().replace("targets: [SM8650, SM8750]", "targets: [SM8650]").replace(
+            "data: {synthetic: {count: 8, seed: 1000}}", f"data: {{synthetic: {{count: {args.samples}, seed: 1000}}}}"))
+        subprocess.run([sys.executable, "-m", "qnnbuild", "run", "recipes/mobilenet.yaml", "--only", "context"],
+                       cwd=folder, check=True, capture_output=True)
+        one = validate(folder, 1, {cores[0]})
+        metrics_one = (folder / "artifacts/mobilenet_v2/validate/SM8650/metrics.json").read_bytes()
+        two = validate(folder, 2, set(cores[:2]))
+        same = metrics_one == (folder / "artifacts/mobilenet_v2/validate/SM8650/metrics.json").read_bytes()
+    speedup = two["samples_per_second_wall"] / one["samples_per_second_wall"]
+    print(f"MobileNetV2 a8w8, SM8650 emulator, {args.samples} samples (fp32 and QDQ on the CPU beside HTP)\n")
+    print("| workers | wall s | samples/s | per-shard s | speed-up | per-worker efficiency |")
+    print("|---|---|---|---|---|---|")
+    print(f"| 1 (one core) | {one['wall_seconds']:.1f} | {one['samples_per_second_wall']:.2f} | "
+          f"{one['shard_seconds']} | 1.00x | 100 % |")
+    print(f"| 2 (a core each) | {two['wall_seconds']:.1f} | {two['samples_per_second_wall']:.2f} | "
+          f"{two['shard_seconds']} | {speedup:.2f}x | {speedup / 2:.0%} |")
+    print(f"\nmetrics.json identical with 1 and 2 workers: {same}")
+    print(f"{'met    ' if speedup >= 1.8 else 'NOT MET'}  2 workers >= 1.8x one")
+
+
+if __name__ == "__main__":
+    main()
