@@ -50,6 +50,16 @@ def _add_cache_commands(sub: Any) -> None:
                           help="shared cache URL (default: $QNNBUILD_CACHE)")
 
 
+def _init_parser(sub: Any) -> None:
+    p = sub.add_parser("init", help="write a first recipe for a model (ONNX, TFLite, Keras, SavedModel, Hugging "
+                                    "Face folder)")
+    p.add_argument("model", help="an .onnx, .tflite, .keras/.h5 file, a SavedModel folder or a Hugging Face folder")
+    p.add_argument("--target", nargs="+", metavar="T", help="Snapdragon parts (default: SM8650)")
+    p.add_argument("--precision", default="w8a16", choices=["w8a8", "w8a16", "w4a16", "w16a16"])
+    p.add_argument("-o", "--output", help="the recipe to write (default: MODEL's name .yaml); never overwritten")
+    _add_common(p, recipe=False, artifacts=False)
+
+
 def _infer_parser(sub: Any) -> None:
     p = sub.add_parser("infer", help="run a built target on the HTP emulator")
     _add_common(p)
@@ -119,6 +129,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_common(p, recipe=False)
 
+    _init_parser(sub)
     p = sub.add_parser("schema", help="print the recipe JSON Schema")
     _add_common(p, recipe=False, artifacts=False)
 
@@ -196,6 +207,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status(args)
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from qnnbuild.commands.init import cmd_init as init
+
+    return init(args)
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from qnnbuild.commands.infer import cmd_infer as infer
 
@@ -204,7 +221,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "schema": cmd_schema, "infer": cmd_infer,
-            "report": cmd_report, "release": cmd_release, "cache": cmd_cache, "diff": cmd_diff,
+            "init": cmd_init, "report": cmd_report, "release": cmd_release, "cache": cmd_cache, "diff": cmd_diff,
             "clean": _maintenance("cmd_clean"), "gc": _maintenance("cmd_gc"), "verify": _maintenance("cmd_verify"),
             "doctor": _maintenance("cmd_doctor")}
 

@@ -41,6 +41,22 @@ def _tf() -> tuple[Any, Any]:
     return tf, tf2onnx
 
 
+def tensorflow() -> Any:
+    """tensorflow, or a StageFailed naming the extra to install."""
+    return _tf()[0]
+
+
+def load_keras(path: Path) -> Any:
+    return _load_keras(_tf()[0], path)
+
+
+def tflite_interpreter(path: Path) -> Any:
+    _tf()
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_path=str(path))
+
+
 def _fixed(name: str, shape: list[int | None], given: dict[str, list[int]]) -> list[int]:
     if name in given:
         return list(given[name])
