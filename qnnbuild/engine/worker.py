@@ -43,21 +43,74 @@ def _die_with_parent() -> None:
         prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 
 
+PRELOAD = ["qnnbuild.stages", "qnnbuild.toolchain.preload"]  # imported once by the fork server, by name
+_server: Any = None
+
+
+def _forkserver() -> Any:
+    """multiprocessing's fork server, started once per qnnbuild process with PRELOAD imported and the hash seed
+    fixed (children inherit both; a hash seed cannot change after a process starts)."""
+    global _server  # noqa: PLW0603 - one per process
+    if _server is None:
+        import multiprocessing
+
+        os.environ["PYTHONHASHSEED"] = "0"  # for the server, which every stage process is forked from
+        _server = multiprocessing.get_context("forkserver")
+        _server.set_forkserver_preload(PRELOAD)
+    return _server
+
+
+def _forked(request: str, work: str, log: str, env: dict[str, str]) -> None:
+    """The stage process, forked from the server: the caller's environment now, its log as stdout and stderr,
+    its work folder as cwd, SIGKILL when the server (so qnnbuild) dies; then what `python -m` would run."""
+    from multiprocessing import forkserver
+
+    # The server stays up while any child holds its "client alive" pipe, and hands every child one: closed here,
+    # a qnnbuild killed mid-stage ends the server, whose death kills this process (PR_SET_PDEATHSIG below).
+    os.close(forkserver._forkserver._forkserver_alive_fd)  # type: ignore[attr-defined]
+    os.environ.clear()
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - fd 1 is the log
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    os.chdir(work)
+    _die_with_parent()
+    sys.exit(main([request]))
+
+
+def _run(request: Path, work: Path, log: Path) -> int:
+    """The stage in a fresh process: forked from the fork server (imports paid once), or a new interpreter
+    (`python -m qnnbuild.engine.worker`) with QNNBUILD_FORKSERVER=0 or in a daemonic process; its exit status."""
+    import multiprocessing
+
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
+    daemonic = multiprocessing.current_process().daemon  # a Dask nanny's worker may not start processes
+    if os.environ.get("QNNBUILD_FORKSERVER", "1") != "0" and not daemonic:
+        process = _forkserver().Process(target=_forked, args=(str(request), str(work), str(log), env))
+        process.start()
+        process.join()
+        return int(process.exitcode if process.exitcode is not None else 1)
+    with log.open("wb") as out:
+        proc = subprocess.run([sys.executable, "-m", "qnnbuild.engine.worker", str(request)],
+                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=work, env=env,
+                              check=False, preexec_fn=_die_with_parent)
+    return proc.returncode
+
+
 def spawn(kind: str, run: StageRun, work: Path) -> None:
     """Run the stage in a child process writing into `work` (its log: work/.qnnbuild/stage.log)."""
     meta = work / ".qnnbuild"
     request = meta / "request.json"
     request.write_text(json.dumps({"kind": kind, "run": run.to_json()}))
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
     _prctl()
-    with (meta / "stage.log").open("wb") as log:
-        proc = subprocess.run([sys.executable, "-m", "qnnbuild.engine.worker", str(request)],
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env,
-                              check=False, preexec_fn=_die_with_parent)
+    returncode = _run(request, work, meta / "stage.log")
     request.unlink()
-    if proc.returncode != 0:
+    if returncode != 0:
         error = meta / "error.txt"
-        message = error.read_text().strip() if error.is_file() else f"worker died (status {proc.returncode})"
+        message = error.read_text().strip() if error.is_file() else f"worker died (status {returncode})"
         error.unlink(missing_ok=True)
         raise StageFailed(message)
 
