@@ -59,7 +59,9 @@ ort.InferenceSession("qdq.onnx", so)
 
 def timed(args: list[str], cwd: Path, env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True)
+    proc = subprocess.run(args, cwd=cwd, env=env, check=False, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return time.perf_counter() - started
 
 
@@ -78,6 +80,8 @@ def main() -> None:
         (folder / "floor.py").write_text(FLOOR)
         found: dict[str, list[float]] = {"floor": [], "forkserver": [], "interpreter": []}
         for _ in range(args.repeat):  # interleaved, so a noisy minute hits all three alike
+            for name in ("ctx.onnx", "ctx_qnn.bin", "qdq.onnx"):
+                (folder / name).unlink(missing_ok=True)
             found["floor"].append(timed([sys.executable, "floor.py"], folder, env))
             for name, flag in (("forkserver", "1"), ("interpreter", "0")):
                 shutil.rmtree(folder / "artifacts", ignore_errors=True)

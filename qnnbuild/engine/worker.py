@@ -60,6 +60,18 @@ def _forkserver() -> Any:
     return _server
 
 
+def warm() -> None:
+    """Start the fork server now, so its imports run while qnnbuild plans and hashes (a cold MobileNetV2 build's
+    first stage paid them otherwise); a no-op where stages start new interpreters."""
+    import multiprocessing
+
+    if os.environ.get("QNNBUILD_FORKSERVER", "1") != "0" and not multiprocessing.current_process().daemon:
+        from multiprocessing import forkserver
+
+        _forkserver()
+        forkserver.ensure_running()
+
+
 def _forked(request: str, work: str, log: str, env: dict[str, str]) -> None:
     """The stage process, forked from the server: the caller's environment now, its log as stdout and stderr,
     its work folder as cwd, SIGKILL when the server (so qnnbuild) dies; then what `python -m` would run."""
