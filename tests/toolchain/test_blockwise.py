@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qnnbuild.toolchain import blockwise, encodings, qnn, quantizer
+from qnnbuild.toolchain import blockwise, encodings, metrics, qnn, quantizer
 from qnnbuild.toolchain.llmquant import FeedList
 from tests.conftest import CLI, write
 
@@ -48,7 +48,7 @@ def _quantize(tmp: Path, fp32: Path, **params: Any) -> Path:
 
 
 def _sqnr(found: Any, truth: Any) -> float:
-    return float(10 * np.log10((truth**2).sum() / ((found - truth) ** 2).sum()))
+    return metrics.sqnr_db(truth, found)
 
 
 def _outputs(model: Path, feeds: list[dict[str, Any]]) -> tuple[Any, Any]:
