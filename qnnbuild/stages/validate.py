@@ -159,7 +159,7 @@ def _llm(ctx: StageRun, target: str) -> None:
     """An LLM: perplexity and greedy agreement of QDQ-CPU and HTP against fp32 on text (toolchain/llmrun)."""
     from qnnbuild.toolchain import llmrun
 
-    report, speed = llmrun.validate(ctx.inputs, ctx.files, ctx.params["data"])
+    report, speed = llmrun.validate(ctx.inputs, ctx.files, ctx.params["data"], ctx.progress)
     ppl, limit = report["perplexity"], ctx.params.get("max_perplexity_ratio")
     miss = limit is not None and ppl["htp"] > limit * ppl["fp32"]
     report.update(target=target, passed=not miss)

@@ -126,14 +126,25 @@ def agreement(runner: Runner, reference: Runner, prompts: list[list[int]], new_t
     return same / max(total, 1)
 
 
-def evaluate(runners: dict[str, Runner], texts: list[list[int]], new_tokens: int = 32,
-             prompt_tokens: int = 8) -> dict[str, Any]:
+def evaluate(runners: dict[str, Runner], texts: list[list[int]], new_tokens: int = 32, prompt_tokens: int = 8,
+             progress: Callable[[int, int, str], None] = lambda done, total, unit: None) -> dict[str, Any]:
     """Perplexity of each runner on `texts` (teacher forcing) and the share of greedy tokens equal to fp32's,
-    generating `new_tokens` after the first `prompt_tokens` of each text."""
+    generating `new_tokens` after the first `prompt_tokens` of each text; `progress` hears (texts done, of all
+    the passes over them)."""
     prompts = [ids[:prompt_tokens] for ids in texts if len(ids) > 1]
-    return {"perplexity": {m: round(perplexity(r, texts), 4) for m, r in runners.items()},
-            "greedy_agreement": {m: round(agreement(r, runners["fp32"], prompts, new_tokens), 4)
-                                 for m, r in runners.items() if m != "fp32"}}
+    total = len(texts) * len(runners) + len(prompts) * (len(runners) - 1)
+    done = 0
+    found: dict[str, Any] = {"perplexity": {}, "greedy_agreement": {}}
+    for model, runner in runners.items():
+        found["perplexity"][model] = round(perplexity(runner, texts), 4)
+        done += len(texts)
+        progress(done, total, "texts")
+    for model, runner in runners.items():
+        if model != "fp32":
+            found["greedy_agreement"][model] = round(agreement(runner, runners["fp32"], prompts, new_tokens), 4)
+            done += len(prompts)
+            progress(done, total, "texts")
+    return found
 
 
 def decode_speed(runner: Runner) -> float:
@@ -141,8 +152,9 @@ def decode_speed(runner: Runner) -> float:
     return round(runner.runs["decode"] / runner.seconds["decode"], 2) if runner.seconds["decode"] else 0.0
 
 
-def validate(inputs: dict[str, Path], files: dict[str, Path], data: dict[str, Any]) -> tuple[dict[str, Any],
-                                                                                          dict[str, float]]:
+def validate(inputs: dict[str, Path], files: dict[str, Path], data: dict[str, Any],
+             progress: Callable[[int, int, str], None] = lambda done, total, unit: None
+             ) -> tuple[dict[str, Any], dict[str, float]]:
     """The validate stage's figures for an LLM: `inputs` are its reference (export), quantized and context
     folders; returns (metrics, decode tokens/s per model)."""
     import json
@@ -162,5 +174,5 @@ def validate(inputs: dict[str, Path], files: dict[str, Path], data: dict[str, An
     runners = {m: Runner(qnn.cpu_session(str(p)), qnn.cpu_session(str(d))) for m, (p, d) in pairs.items()}
     runners["htp"] = Runner(qnn.deliverable_session(inputs["context"]),
                             qnn.deliverable_session(inputs["context"], graph="decode"))
-    report = {"samples": len(texts), "source": "text", **evaluate(runners, texts)}
+    report = {"samples": len(texts), "source": "text", **evaluate(runners, texts, progress=progress)}
     return report, {m: decode_speed(r) for m, r in runners.items()}
