@@ -60,12 +60,17 @@ def _forkserver() -> Any:
     return _server
 
 
+def _use_forkserver() -> bool:
+    """Unless QNNBUILD_FORKSERVER=0, or this process is daemonic (a Dask nanny's worker may not start processes)."""
+    import multiprocessing
+
+    return os.environ.get("QNNBUILD_FORKSERVER", "1") != "0" and not multiprocessing.current_process().daemon
+
+
 def warm() -> None:
     """Start the fork server now, so its imports run while qnnbuild plans and hashes (a cold MobileNetV2 build's
     first stage paid them otherwise); a no-op where stages start new interpreters."""
-    import multiprocessing
-
-    if os.environ.get("QNNBUILD_FORKSERVER", "1") != "0" and not multiprocessing.current_process().daemon:
+    if _use_forkserver():
         from multiprocessing import forkserver
 
         _forkserver()
@@ -96,11 +101,8 @@ def _forked(request: str, work: str, log: str, env: dict[str, str]) -> None:
 def _run(request: Path, work: Path, log: Path) -> int:
     """The stage in a fresh process: forked from the fork server (imports paid once), or a new interpreter
     (`python -m qnnbuild.engine.worker`) with QNNBUILD_FORKSERVER=0 or in a daemonic process; its exit status."""
-    import multiprocessing
-
     env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
-    daemonic = multiprocessing.current_process().daemon  # a Dask nanny's worker may not start processes
-    if os.environ.get("QNNBUILD_FORKSERVER", "1") != "0" and not daemonic:
+    if _use_forkserver():
         process = _forkserver().Process(target=_forked, args=(str(request), str(work), str(log), env))
         process.start()
         process.join()

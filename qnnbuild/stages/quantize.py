@@ -80,7 +80,7 @@ def _auto_precision(ctx: StageRun, model: Any, source: dict[str, str], quantize_
     spec = ctx.params["auto_precision"]
     held_out = calibration.samples_for(spec.get("data", HELD_OUT), ctx.files, ctx.inputs["model"], "auto_precision")
     found = precision.search(model, held_out, quantize_with, base, spec["min_sqnr_db"], spec.get("max_promoted", 16),
-                             ctx.say)
+                             ctx.say, lambda done, total: ctx.progress(done, total, "steps", "auto precision"))
     named = {"promoted": [source.get(t, t) for t in found["promoted"]], "sqnr_db": found["sqnr_db"],
              "steps": found["steps"], "samples": len(held_out),
              "overrides": {source.get(t, t): o for t, o in sorted(found["overrides"].items())}}

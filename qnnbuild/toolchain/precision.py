@@ -64,9 +64,13 @@ def output_sqnr(sqnr: dict[str, float], outputs: list[str]) -> float:
 
 def search(fp32: Any, samples: Any, quantize_with: Callable[[dict[str, dict[str, Any]]], Path],
            base: dict[str, dict[str, Any]], target_db: float, max_promoted: int,
-           say: Callable[[str], None]) -> dict[str, Any]:
+           say: Callable[[str], None],
+           progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
     """Promote until the worst output reaches `target_db`; the QDQ model of the last step is left where
-    `quantize_with` wrote it. Raises StageFailed with the best figure reached when it cannot."""
+    `quantize_with` wrote it. Raises StageFailed with the best figure reached when it cannot. `progress` hears
+    (steps done, the most there can be: 0, 1, 2, 4, ... layers up to max_promoted)."""
+    import math
+
     import onnx
 
     from qnnbuild.toolchain import sensitivity
@@ -80,6 +84,7 @@ def search(fp32: Any, samples: Any, quantize_with: Callable[[dict[str, dict[str,
         sqnr, producers = sensitivity.activation_sqnr(fp32, qdq, samples)
         db = output_sqnr(sqnr, outputs)
         steps.append([len(promoted), round(db, 3)])
+        progress(len(steps), 2 + math.ceil(math.log2(max_promoted)) if max_promoted else 1)
         say(f"auto precision: {len(promoted)} layer(s) at 16 bits → output SQNR {db:.2f} dB (goal {target_db} dB)")
         if db >= target_db:
             return {"promoted": promoted, "sqnr_db": round(db, 3), "steps": steps, "overrides": extra}
