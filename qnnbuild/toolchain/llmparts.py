@@ -117,9 +117,8 @@ def _free(model: Any) -> set[int]:
     return found
 
 
-def _members(nodes: list[Any], owner: list[int], constants: set[int], p: int) -> list[Any]:
+def _members(nodes: list[Any], producer: dict[str, int], owner: list[int], constants: set[int], p: int) -> list[Any]:
     """Part p's nodes in graph order: those assigned to it and the constant ones they read."""
-    producer = {t: i for i, n in enumerate(nodes) for t in n.output}
     chosen = {i for i in range(len(nodes)) if owner[i] == p and i not in constants}
     stack = [producer[t] for i in chosen for t in nodes[i].input if t in producer and producer[t] in constants]
     while stack:
@@ -147,7 +146,9 @@ def split(model: Any, parts: int) -> list[Any]:
     constants = _free(model)
     dequantizers = {n.output[0]: n for i, n in enumerate(nodes) if n.op_type == "DequantizeLinear"
                     and i not in constants}
-    groups = [_with_dequantizers(_members(nodes, owner, constants, p), dequantizers) for p in range(parts)]
+    producer = {t: i for i, n in enumerate(nodes) for t in n.output}
+    groups = [_with_dequantizers(_members(nodes, producer, owner, constants, p), dequantizers)
+              for p in range(parts)]
     graph_inputs = [i.name for i in model.graph.input]
     graph_outputs = [o.name for o in model.graph.output]
     reads = []
