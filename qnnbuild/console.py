@@ -4,7 +4,7 @@ stages, a closing summary. Everything goes to stderr so `--json` keeps stdout to
 A running stage's worker reports where it is (StageRun.progress: samples done of total, or a phase) in a small
 file the console reads. On a terminal the running stages sit in a block at the bottom that rich redraws in place,
 with counts, a bar and an ETA; finished lines print above it and stay. Elsewhere (CI logs, pipes) a plain line per
-running stage at most every `pulse_seconds` (10 s).
+running stage at most every `pulse_seconds` (10 s; QNNBUILD_PULSE_S sets another, for a CI that wants more).
 """
 
 from __future__ import annotations
@@ -43,10 +43,21 @@ def describe(found: dict[str, Any], elapsed: float) -> str:
     return f"{text}, {elapsed:.0f} s"
 
 
+def _pulse() -> float:
+    """QNNBUILD_PULSE_S, else 10 s: how often a log shows a running stage."""
+    import os
+
+    try:
+        return max(0.1, float(os.environ.get("QNNBUILD_PULSE_S") or 10.0))
+    except ValueError:
+        return 10.0
+
+
 class Console:
-    def __init__(self, stream: TextIO | None = None, pulse_seconds: float = 10.0, live: bool | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, pulse_seconds: float | None = None,
+                 live: bool | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.pulse_seconds = pulse_seconds
+        self.pulse_seconds = pulse_seconds or _pulse()
         self.running: dict[str, tuple[float, Path | None]] = {}
         self._lock = threading.Lock()  # self.running
         self._print_lock = threading.Lock()

@@ -14,19 +14,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from qnnbuild.engine.faults import checkpoint
 from qnnbuild.engine.remote import CacheDown, RemoteCache
+from qnnbuild.engine.spread import CACHE_ENV
 from qnnbuild.engine.store import Store, remove_tree
 from qnnbuild.engine.worker import spawn
 from qnnbuild.errors import StageFailed, UsageError
 from qnnbuild.stages.base import StageRun
 
 CONNECT_TIMEOUT_S = 20
+RELAY_EVERY_S = 0.5
 
 
 class Cluster:
@@ -71,10 +75,18 @@ class Cluster:
             self.remote.put_blob(path, digest)
             self.shipped.add(digest)
 
-    def run(self, request: dict[str, Any]) -> dict[str, Any]:
-        future = self.client.submit(run_on_worker, request, self.remote.url, pure=False,
-                                    key=f"qnnbuild-{request['run']['instance']}-{uuid.uuid4().hex[:8]}")
-        reply: dict[str, Any] = future.result()
+    def run(self, request: dict[str, Any], progress: Path | None = None) -> dict[str, Any]:
+        """Build one instance on a worker; its progress, relayed by the worker, lands in `progress`."""
+        name = f"qnnbuild-{request['run']['instance']}-{uuid.uuid4().hex[:8]}"
+        if progress is not None:
+            request = {**request, "progress_topic": name}
+            self.client.subscribe_topic(name, lambda event: _write_progress(progress, event[1]))
+        try:
+            future = self.client.submit(run_on_worker, request, self.remote.url, pure=False, key=name)
+            reply: dict[str, Any] = future.result()
+        finally:
+            if progress is not None:
+                self.client.unsubscribe_topic(name)
         return reply
 
     def close(self) -> None:
@@ -85,7 +97,15 @@ class Cluster:
                 self.local.close()
 
 
-def _this_worker() -> Any:
+def _write_progress(path: Path, text: str) -> None:
+    """A worker's progress, relayed, where the console reads it (atomically: it reads while we write)."""
+    with contextlib.suppress(OSError):
+        tmp = path.with_suffix(".relay")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
+def this_worker() -> Any:
     """The Dask worker running this task, or None outside one."""
     try:
         from distributed import get_worker
@@ -95,18 +115,32 @@ def _this_worker() -> Any:
         return None
 
 
-def _worker_store(worker: Any) -> Store:
+def worker_store(worker: Any) -> Store:
     """A store per worker process, under the worker's own directory (or the temp folder)."""
     return Store(Path(worker.local_directory if worker else tempfile.gettempdir()) / "qnnbuild")
 
 
 def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
-    """On a Dask worker: inputs from the shared cache, the stage in a fresh process, the entry back there."""
+    """On a Dask worker: inputs from the shared cache, the stage in a fresh process, the entry back there. A
+    stage that spreads its shards over the cluster gives up its worker slot while it runs (it only waits)."""
+    worker = this_worker()
+    seceded = bool(request.get("spreads")) and worker is not None
+    if seceded:
+        from distributed import rejoin, secede
+
+        secede()
+    try:
+        return _build_here(request, cache_url, worker)
+    finally:
+        if seceded:
+            rejoin()
+
+
+def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[str, Any]:
     started = time.monotonic()
     warnings: list[str] = []
     remote = RemoteCache(cache_url, "readwrite", warn=warnings.append)
-    worker = _this_worker()
-    store = _worker_store(worker)
+    store = worker_store(worker)
     key = request["key"]
     me = str(worker.address) if worker else "local"
     try:
@@ -116,8 +150,11 @@ def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
         run = _localize(request, remote, store)
         work = store.new_workdir(key)
         try:
-            run = dataclasses.replace(run, out=work.resolve())
-            spawn(request["kind"], run, run.out)
+            run = dataclasses.replace(run, out=work.resolve(), progress_file=_progress_file(store, work))
+            spread = {"scheduler": worker.scheduler.address, "upstream": request["upstream"],
+                      "file_digests": request["file_digests"]} if request.get("spreads") and worker else None
+            with _relayed(run.progress_file, worker, request.get("progress_topic")):
+                spawn(request["kind"], run, run.out, spread=spread, env={CACHE_ENV: cache_url} if spread else None)
             checkpoint("cluster:ran", run.instance)
             store.publish(work, key, request["document"], time.monotonic() - started, instance=run.instance)
         except StageFailed as exc:
@@ -127,20 +164,64 @@ def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
         finally:
             if work.exists():
                 remove_tree(work)
+            if run.progress_file:
+                run.progress_file.unlink(missing_ok=True)
         remote.push(key, store, replace=key in remote.refused, instance=run.instance)
     except CacheDown as exc:
         return {"ok": False, "worker": me, "message": f"on worker {me}: {exc}", "log": "\n".join(warnings)}
     return {"ok": True, "worker": me, "seconds": time.monotonic() - started}
 
 
+def _progress_file(store: Store, work: Path) -> Path:
+    folder = (store.artifacts / ".qnnbuild" / "progress").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{work.name}.json"
+
+
+@contextlib.contextmanager
+def _relayed(progress: Path | None, worker: Any, topic: str | None) -> Iterator[None]:
+    """While the stage runs, its progress file goes to the client as Dask events on `topic` (the client writes
+    them where its console reads), whenever the file changes."""
+    if progress is None or worker is None or not topic:
+        yield
+        return
+    stop = threading.Event()
+
+    def relay() -> None:
+        sent = ""
+        while not stop.wait(RELAY_EVERY_S):
+            with contextlib.suppress(OSError):
+                text = progress.read_text()
+                if text and text != sent:
+                    worker.log_event(topic, text)
+                    sent = text
+
+    thread = threading.Thread(target=relay, name="qnnbuild-progress-relay", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fetch_inputs(upstream: dict[str, str], digests: dict[str, str], names: dict[str, str], remote: RemoteCache,
+                 store: Store) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Upstream entries (name → key) and declared files (name → digest, saved as names[name]) in this worker's
+    store, fetched from the shared cache unless already here."""
+    inputs = {}
+    for name, key in upstream.items():
+        if not (store.has(key) or remote.fetch(key, store) is not None):
+            raise CacheDown(f"upstream entry {key[:16]} ({name}) is not in the shared cache")
+        inputs[name] = store.entry(key).resolve()
+    files = {name: remote.get_blob(digest, store.root / ".files" / digest, names[name])
+             for name, digest in digests.items()}
+    return inputs, files
+
+
 def _localize(request: dict[str, Any], remote: RemoteCache, store: Store) -> StageRun:
     """The request's StageRun with paths on this worker: upstream entries and input files fetched here."""
-    run = dataclasses.replace(StageRun.from_json(request["run"]), progress_file=None)  # not relayed (yet)
-    for name, key in request["upstream"].items():
-        if store.has(key) or remote.fetch(key, store) is not None:
-            run.inputs[name] = store.entry(key).resolve()
-        else:
-            raise CacheDown(f"upstream entry {key[:16]} ({name}) is not in the shared cache")
-    for name, digest in request["file_digests"].items():
-        run.files[name] = remote.get_blob(digest, store.root / ".files" / digest, Path(run.files[name]).name)
-    return run
+    run = StageRun.from_json(request["run"])
+    inputs, files = fetch_inputs(request["upstream"], request["file_digests"],
+                                 {n: Path(p).name for n, p in run.files.items()}, remote, store)
+    return dataclasses.replace(run, inputs={**run.inputs, **inputs}, files={**run.files, **files})

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qnnbuild.errors import StageFailed
+from qnnbuild.stages import KINDS
 
 if TYPE_CHECKING:
     from qnnbuild.engine.graph import Instance
@@ -33,9 +34,13 @@ def on_cluster(session: Session, inst: Instance, key: str, document: dict[str, A
             cluster.ship(Path(path), digests[name])
     except CacheDown:
         return None
-    request = {"kind": inst.kind, "key": key, "document": document, "upstream": upstream,
-               "file_digests": digests, "run": session.stage_run(inst, Path("/nonexistent")).to_json()}
-    reply = cluster.run(request)
+    request = {"kind": inst.kind, "key": key, "document": document, "upstream": upstream, "file_digests": digests,
+               "run": session.stage_run(inst, Path("/nonexistent")).to_json(), "spreads": KINDS[inst.kind].spreads}
+    progress = session.progress_file(inst)
+    try:
+        reply = cluster.run(request, progress)
+    finally:
+        progress.unlink(missing_ok=True)
     if not reply["ok"]:
         log = session.failure_log(inst)
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ native code must fail one stage, not the build. stdout and stderr are the stage'
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -98,10 +99,10 @@ def _forked(request: str, work: str, log: str, env: dict[str, str]) -> None:
     sys.exit(main([request]))
 
 
-def _run(request: Path, work: Path, log: Path) -> int:
+def _run(request: Path, work: Path, log: Path, extra_env: dict[str, str]) -> int:
     """The stage in a fresh process: forked from the fork server (imports paid once), or a new interpreter
     (`python -m qnnbuild.engine.worker`) with QNNBUILD_FORKSERVER=0 or in a daemonic process; its exit status."""
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **extra_env, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
     if _use_forkserver():
         process = _forkserver().Process(target=_forked, args=(str(request), str(work), str(log), env))
         process.start()
@@ -114,13 +115,16 @@ def _run(request: Path, work: Path, log: Path) -> int:
     return proc.returncode
 
 
-def spawn(kind: str, run: StageRun, work: Path) -> None:
-    """Run the stage in a child process writing into `work` (its log: work/.qnnbuild/stage.log)."""
+def spawn(kind: str, run: StageRun, work: Path, spread: dict[str, Any] | None = None,
+          env: dict[str, str] | None = None) -> None:
+    """Run the stage in a child process writing into `work` (its log: work/.qnnbuild/stage.log); on a Dask
+    worker, `spread` lets it run its shards as tasks (engine/spread.py) and `env` carries what must not touch
+    a file (the cache URL)."""
     meta = work / ".qnnbuild"
     request = meta / "request.json"
-    request.write_text(json.dumps({"kind": kind, "run": run.to_json()}))
+    request.write_text(json.dumps({"kind": kind, "run": run.to_json(), "spread": spread}))
     _prctl()
-    returncode = _run(request, work, meta / "stage.log")
+    returncode = _run(request, work, meta / "stage.log", env or {})
     request.unlink()
     if returncode != 0:
         error = meta / "error.txt"
@@ -133,6 +137,10 @@ def main(argv: list[str]) -> int:
     request = Path(argv[0])
     raw = json.loads(request.read_text())
     ctx = StageRun.from_json(raw["run"])
+    if raw.get("spread"):
+        from qnnbuild.engine.spread import DaskSpread
+
+        ctx = dataclasses.replace(ctx, spread=DaskSpread(**raw["spread"]))
     error_file = request.with_name("error.txt")
     try:
         checkpoint("stage:running", ctx.instance)

@@ -44,6 +44,7 @@ class StageRun:
     targets: list[dict[str, Any]] = field(default_factory=list)  # every recipe target (kinds with all_targets)
     reads: list[Path] = field(default_factory=list)  # files the stage discovered it read (see `read`)
     progress_file: Path | None = None  # where `progress` writes for the console; None: nobody watches
+    spread: Any = None  # on a Dask cluster, the engine's shard runner (toolchain/shards.Spread); never in JSON
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "stage": self.stage, "instance": self.instance, "params": self.params,
@@ -199,7 +200,9 @@ class StageKind:
     - `ordered`: mapping parameters whose order is data (export's `inputs:` bind the model's arguments in
       that order): the key holds them as [name, value] pairs, since canonical JSON sorts mapping keys;
     - `unkeyed`: parameters that change how a stage runs, never what it writes (validate's `workers`): left out
-      of the key, so changing them rebuilds nothing.
+      of the key, so changing them rebuilds nothing;
+    - `spreads`: its per-sample work can run as shards on a Dask cluster (`StageRun.spread`), so on a cluster
+      the engine frees the worker slot its coordinating process holds while the shards run.
     """
 
     name: str
@@ -219,6 +222,7 @@ class StageKind:
     extra_schema: dict[str, Any] = field(default_factory=dict)
     ordered: tuple[str, ...] = ()
     unkeyed: tuple[str, ...] = ()
+    spreads: bool = False
     expand: Callable[[Params], Params] = lambda params: params  # presets → explicit parameters (before the key)
     summarize: Callable[[Path], dict[str, Any]] = no_summary
 

@@ -46,12 +46,13 @@ def collect_range(spec: dict[str, Any], start: int, stop: int) -> tuple[dict[str
     shards.py), so it takes plain paths and the data spec, and loads its samples itself."""
     from qnnbuild.toolchain import qnn, shards
 
+    inputs = {k: Path(v) for k, v in spec["inputs"].items()}
     samples = calibration.samples_for(spec["data"], {k: Path(v) for k, v in spec["files"].items()},
-                                      Path(spec["reference"]))
-    sessions = {"fp32": qnn.cpu_session(str(Path(spec["reference"]) / "model.onnx"))}
-    if spec.get("quantized"):
-        sessions["qdq_cpu"] = qnn.cpu_session(str(Path(spec["quantized"]) / "model.qdq.onnx"))
-    sessions["htp"] = qnn.deliverable_session(Path(spec["context"]))
+                                      inputs["reference"])
+    sessions = {"fp32": qnn.cpu_session(str(inputs["reference"] / "model.onnx"))}
+    if "quantized" in inputs:
+        sessions["qdq_cpu"] = qnn.cpu_session(str(inputs["quantized"] / "model.qdq.onnx"))
+    sessions["htp"] = qnn.deliverable_session(inputs["context"])
     names = [o.name for o in sessions["fp32"].get_outputs()]
     outs: dict[str, dict[str, list[Any]]] = {m: {n: [] for n in names} for m in sessions}
     busy = dict.fromkeys(sessions, 0.0)
@@ -67,11 +68,16 @@ def collect_range(spec: dict[str, Any], start: int, stop: int) -> tuple[dict[str
     return outs, busy
 
 
-def workers_for(params: Params) -> int:
-    """`workers`, or the run's -j (the engine passes it as QNNBUILD_JOBS), or 1."""
+def workers_for(ctx: StageRun) -> int:
+    """`workers`, or on a Dask cluster its worker threads, or the run's -j (the engine passes it as
+    QNNBUILD_JOBS), or 1."""
     import os
 
-    return int(params.get("workers") or os.environ.get("QNNBUILD_JOBS") or 1)
+    if ctx.params.get("workers"):
+        return int(ctx.params["workers"])
+    if ctx.spread is not None:
+        return int(ctx.spread.slots)
+    return int(os.environ.get("QNNBUILD_JOBS") or 1)
 
 
 def _collect(ctx: StageRun, count: int) -> tuple[dict[str, dict[str, list[Any]]], dict[str, Any]]:
@@ -79,13 +85,12 @@ def _collect(ctx: StageRun, count: int) -> tuple[dict[str, dict[str, list[Any]]]
     from qnnbuild.toolchain import shards
 
     spec = {"data": ctx.params["data"], "files": {k: str(v) for k, v in ctx.files.items()},
-            "reference": str(ctx.inputs["reference"]), "quantized": str(ctx.inputs.get("quantized") or ""),
-            "context": str(ctx.inputs["context"])}
-    workers = min(workers_for(ctx.params), count)
-    if workers > 1:
-        ctx.say(f"{count} samples over {workers} worker processes")
+            "inputs": {k: str(v) for k, v in ctx.inputs.items()}}
+    workers = min(workers_for(ctx), count)
+    if workers > 1 or ctx.spread is not None:
+        ctx.say(f"{count} samples in {workers} shard(s) " + ("as Dask tasks" if ctx.spread else "over processes"))
     started = time.perf_counter()
-    results, seconds = shards.run(collect_range, spec, count, workers, ctx.progress)
+    results, seconds = shards.run(collect_range, spec, count, workers, ctx.progress, ctx.spread)
     wall = time.perf_counter() - started
     outs = {m: {n: [v for r in results for v in r[0][m][n]] for n in results[0][0][m]} for m in results[0][0]}
     busy = {m: sum(r[1][m] for r in results) for m in results[0][1]}
@@ -256,6 +261,7 @@ KIND = StageKind(
                     "changing it rebuilds nothing"},
     },
     unkeyed=("workers",),
+    spreads=True,
     required=("context", "reference"),
     refs=refs_of("context", "reference", "quantized"),
     summarize=summarize,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import TINY_RECIPE, make_conv_model, run_process
@@ -107,3 +109,50 @@ def test_a_corrupt_shared_entry_is_rebuilt_by_the_worker(tmp_path: Path) -> None
     assert stages["export"]["status"] == "cached"
     assert "does not match its manifest" in proc.stderr
     assert not next((cache / key / "files").glob("*.bin")).read_bytes().startswith(b"corrupt")  # replaced
+
+
+VALIDATE = "  validate: {kind: validate, context: context, reference: export, quantized: quantize, " \
+           "data: {npy: {dir: data}}}\n"
+
+
+def validation_project(folder: Path) -> Path:
+    project(folder)
+    (folder / "tiny.yaml").write_text(TINY_RECIPE + VALIDATE)
+    rng = np.random.default_rng(3)
+    (folder / "data").mkdir()
+    for i in range(12):
+        np.save(folder / "data" / f"s{i:02d}.npy", rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32))
+    return folder
+
+
+def test_validation_shards_over_two_dask_workers_give_the_local_metrics(tmp_path: Path, seaweed: SeaweedFS) -> None:
+    """validate on a 2-worker cluster runs its 12 samples as 2 shard tasks, one per worker, with its inputs
+    through the shared cache; a shard whose process dies runs again on the other worker; metrics.json is byte
+    for byte the one a local single-process run writes; the stage's progress is relayed to the client."""
+    local = validation_project(tmp_path / "local")
+    proc = run_process(["run", "tiny.yaml", "-j", "1"], local)
+    assert proc.returncode == 0, proc.stderr
+    metrics = "artifacts/tiny/validate/SM8650/metrics.json"
+    url = seaweed.bucket(f"shards-{uuid.uuid4().hex[:8]}") + "/c"
+    kill = {"QNNBUILD_KILL_AT": "shard@6", "QNNBUILD_KILL_ONCE": str(tmp_path / "killed")}
+    cluster = DaskCluster(tmp_path / "dask", {**seaweed.env(), **kill}).start(workers=2)
+    try:
+        remote = validation_project(tmp_path / "remote")
+        proc = run_process(["run", "tiny.yaml", "--json", "--scheduler", cluster.address, "--cache", url], remote,
+                           {**seaweed.env(), "QNNBUILD_PULSE_S": "0.2"})
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        cluster.stop()
+    # the worker's progress reached this console, relayed through Dask
+    assert re.search(r"… validate\[SM8650\] +\d+/12 samples", proc.stderr), proc.stderr
+    stages = {s["id"]: s for s in json.loads(proc.stdout)["stages"]}
+    assert stages["validate[SM8650]"]["status"] == "ran" and stages["validate[SM8650]"]["worker"]
+    assert (remote / metrics).read_bytes() == (local / metrics).read_bytes()
+    out = remote / "artifacts/tiny/validate/SM8650/.qnnbuild"
+    log = (out / "stage.log").read_text()
+    assert "12 samples in 2 shard(s) as Dask tasks" in log, log
+    assert (tmp_path / "killed").is_file() and "shard 1 lost" in log, log
+    # first one shard per worker; the lost shard then ran on the other one
+    assert len(set(re.findall(r"(?:ran|lost) on (tcp://[\d.:]+)", log))) == 2, log
+    assert re.search(r"lost on (tcp://[\d.:]+).*\n.*shard 1 \(samples 6-11\) ran on (?!\1)", log), log
+    assert json.loads((out / "timings.json").read_text())["workers"] == 2
