@@ -114,6 +114,17 @@ class StageRun:
         all so far (calibration reads in strides, some methods twice)."""
         return _Watched(samples, lambda seen: self.progress(seen, len(samples), "samples", phase))
 
+    def workers(self) -> int:
+        """How many shards per-sample work is spread over (toolchain/shards): the stage's `workers`, or on a
+        Dask cluster its worker threads, or the run's -j (the engine passes it as QNNBUILD_JOBS), or 1."""
+        import os
+
+        if self.params.get("workers"):
+            return int(self.params["workers"])
+        if self.spread is not None:
+            return int(self.spread.slots)
+        return int(os.environ.get("QNNBUILD_JOBS") or 1)
+
     def say(self, message: str) -> None:
         """A progress line for the stage log (stdout/stderr of a stage go to its log file)."""
         print(f"[{self.instance}] {message}", file=sys.stderr, flush=True)

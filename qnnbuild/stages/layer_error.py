@@ -10,6 +10,8 @@ scored too (fp32 against dequantized weights).
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
 from qnnbuild.toolchain import calibration
@@ -22,15 +24,33 @@ def _files(params: Params) -> dict[str, str]:
     return calibration.files_of(params.get("data", {}), "data")
 
 
+def values_range(spec: dict[str, Any], start: int, stop: int) -> Any:
+    """Samples [start, stop)'s activations, fp32 and dequantized: one shard, in its own process."""
+    import onnx
+
+    from qnnbuild.toolchain import sensitivity, shards
+
+    inputs = {k: Path(v) for k, v in spec["inputs"].items()}
+    samples = calibration.samples_for(spec["data"], {k: Path(v) for k, v in spec["files"].items()},
+                                      inputs["reference"])
+    return sensitivity.activation_values(onnx.load(str(inputs["reference"] / "model.onnx")),
+                                         onnx.load(str(inputs["model"] / "model.qdq.onnx")), samples, start, stop,
+                                         shards.tick)
+
+
 def run(ctx: StageRun) -> None:
     import onnx
 
-    from qnnbuild.toolchain import onnxgraph, sensitivity
+    from qnnbuild.toolchain import onnxgraph, sensitivity, shards
 
     fp32 = onnx.load(str(ctx.inputs["reference"] / "model.onnx"))
     qdq = onnx.load(str(ctx.inputs["model"] / "model.qdq.onnx"))
-    samples = ctx.watched(calibration.samples_for(ctx.params["data"], ctx.files, ctx.inputs["reference"]))
-    sqnr, producers = sensitivity.activation_sqnr(fp32, qdq, samples)
+    samples = calibration.samples_for(ctx.params["data"], ctx.files, ctx.inputs["reference"])
+    spec = {"data": ctx.params["data"], "files": {k: str(v) for k, v in ctx.files.items()},
+            "inputs": {k: str(v) for k, v in ctx.inputs.items()}}
+    values, _ = shards.run(values_range, spec, len(samples), min(ctx.workers(), len(samples)), ctx.progress,
+                           ctx.spread)
+    sqnr, (_, producers) = sensitivity.sqnr_of(values), sensitivity.pair_activations(fp32, qdq)
     source = onnxgraph.source_names(ctx.inputs["reference"])  # report the user's tensor names
     layers = sensitivity.rank({source.get(t, t): v for t, v in sqnr.items()},
                               {source.get(t, t): [source.get(i, i) for i in ins] for t, ins in producers.items()})
@@ -55,7 +75,12 @@ KIND = StageKind(
                     "description": "how many layers to suggest raising to 16 bits"},
         "suggest_above_db": {"type": "number", "default": 3.0,
                              "description": "only suggest layers that lose at least this much SQNR"},
+        "workers": {"type": "integer", "minimum": 1, "description": "processes (or, with --scheduler, Dask "
+                    "tasks) the samples are spread over (default: the run's -j, or the cluster's threads); the "
+                    "report is the same for any number, and changing it rebuilds nothing"},
     },
+    unkeyed=("workers",),
+    spreads=True,
     required=("model", "reference"),
     refs=refs_of("model", "reference"),
     files=_files,

@@ -100,6 +100,7 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, bas
     record: dict[str, Any] = {"technique": techniques} if techniques else {}
     model_path = ctx.inputs["model"] / "model.onnx"  # quantizer.make quantizes a private link of it
     if "cle" in techniques:
+        ctx.progress(phase="AIMET cross-layer equalization")
         started = time.monotonic()
         model, fidelity = aimet.equalize(model, samples)
         aimet.check_equalized(fidelity, model)
@@ -112,7 +113,7 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, bas
         if base or params.get("auto_precision"):
             raise StageFailed("technique adaround/seqmse quantizes through AIMET's simulation: it cannot be "
                               "combined with overrides, encodings or auto_precision")
-        onnx.save(aimet.simulate(model, samples, params, techniques), str(ctx.out / "model.qdq.onnx"))
+        onnx.save(aimet.simulate(model, samples, params, techniques, ctx.progress), str(ctx.out / "model.qdq.onnx"))
         return record
     quantize_with = quantizer.make(model_path, ctx.out / "model.qdq.onnx", samples, params, tmp / "ranges.json",
                                    ctx.say)

@@ -68,27 +68,13 @@ def collect_range(spec: dict[str, Any], start: int, stop: int) -> tuple[dict[str
     return outs, busy
 
 
-def workers_for(ctx: StageRun) -> int:
-    """`workers`, or on a Dask cluster its worker threads, or the run's -j (the engine passes it as
-    QNNBUILD_JOBS), or 1."""
-    import os
-
-    if ctx.params.get("workers"):
-        return int(ctx.params["workers"])
-    if ctx.spread is not None:
-        return int(ctx.spread.slots)
-    return int(os.environ.get("QNNBUILD_JOBS") or 1)
-
-
 def _collect(ctx: StageRun, count: int) -> tuple[dict[str, dict[str, list[Any]]], dict[str, Any]]:
     """collect_range over all samples in `workers` shards, merged in sample order; the timings to record."""
     from qnnbuild.toolchain import shards
 
     spec = {"data": ctx.params["data"], "files": {k: str(v) for k, v in ctx.files.items()},
             "inputs": {k: str(v) for k, v in ctx.inputs.items()}}
-    workers = min(workers_for(ctx), count)
-    if workers > 1 or ctx.spread is not None:
-        ctx.say(f"{count} samples in {workers} shard(s) " + ("as Dask tasks" if ctx.spread else "over processes"))
+    workers = min(ctx.workers(), count)
     started = time.perf_counter()
     results, seconds = shards.run(collect_range, spec, count, workers, ctx.progress, ctx.spread)
     wall = time.perf_counter() - started

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from qnnbuild.errors import StageFailed
@@ -72,19 +73,56 @@ def check_equalized(fidelity_db: float, model: Any) -> None:
                       f"{fidelity_db:.1f} dB from the original's, below {MIN_FIDELITY_DB:.0f} dB{why}")
 
 
-def simulate(model: Any, samples: Any, params: dict[str, Any], techniques: list[str]) -> Any:
-    """AIMET's quantization simulation with AdaRound and/or SeqMSE applied → a QDQ ModelProto."""
+Progress = Callable[..., None]  # StageRun.progress(done, total, unit, phase)
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers AdaRound and SeqMSE optimize
+
+
+def simulate(model: Any, samples: Any, params: dict[str, Any], techniques: list[str],
+             progress: Progress = lambda *a, **k: None) -> Any:
+    """AIMET's quantization simulation with AdaRound and/or SeqMSE applied → a QDQ ModelProto. Reports layers
+    optimized of the weighted layers (counted from AIMET's own log records), then samples calibrated."""
     aimet_onnx = _aimet()
     inputs = [samples[i] for i in range(len(samples))]
     sim = aimet_onnx.QuantizationSimModel(model, param_type=BITS[params["weights"]],
                                           activation_type=BITS[params["activations"]],
                                           providers=["CPUExecutionProvider"])
+    inits = {i.name for i in model.graph.initializer}
+    layers = sum(n.op_type in WEIGHTED and any(i in inits for i in n.input[1:2]) for n in model.graph.node)
     with contextlib.redirect_stdout(io.StringIO()):
         if "seqmse" in techniques:
-            aimet_onnx.apply_seq_mse(sim, inputs)
+            with _counted("SeqMse", "Computed optimal parameter encodings for ops: ", layers, "seqmse", progress):
+                aimet_onnx.apply_seq_mse(sim, inputs)
         if "adaround" in techniques:
-            aimet_onnx.apply_adaround(sim, inputs, num_iterations=params.get("adaround_iterations", 1000))
+            with _counted("Quant", "Started Optimizing weight rounding of module: ", layers, "adaround", progress):
+                aimet_onnx.apply_adaround(sim, inputs, num_iterations=params.get("adaround_iterations", 1000))
         with aimet_onnx.compute_encodings(sim):
-            for x in inputs:
+            for done, x in enumerate(inputs, 1):
                 sim.session.run(None, x)
+                progress(done, len(inputs), "samples", "AIMET calibration")
         return sim.to_onnx_qdq()
+
+
+@contextlib.contextmanager
+def _counted(area: str, prefix: str, total: int, phase: str, progress: Progress) -> Iterator[None]:
+    """Layers done of `total`, counted from AIMET's `area` logger: a record starting with `prefix` names the
+    layers (comma-separated) it just optimized."""
+    logger, done = logging.getLogger(area), [0]
+
+    class Counter(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message.startswith(prefix):
+                done[0] += len(message[len(prefix):].split(","))
+                progress(min(done[0], total), total, "layers", phase)
+
+    counter, level, propagate = Counter(), logger.level, logger.propagate
+    logger.addHandler(counter)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the counter hears INFO; the log file does not get it
+    progress(0, total, "layers", phase)
+    try:
+        yield
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(level)
+        logger.propagate = propagate

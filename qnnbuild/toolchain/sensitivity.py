@@ -14,22 +14,40 @@ from typing import Any
 
 def activation_sqnr(fp32: Any, qdq: Any, samples: Any) -> tuple[dict[str, float], dict[str, list[str]]]:
     """SQNR (dB) of every quantized activation over the samples, and the activations each one's layer reads."""
-    import numpy as np
+    _, producers = pair_activations(fp32, qdq)
+    return sqnr_of([activation_values(fp32, qdq, samples, 0, len(samples))]), producers
 
-    from qnnbuild.toolchain import metrics, qnn
 
-    pairs, producers = pair_activations(fp32, qdq)
+def activation_values(fp32: Any, qdq: Any, samples: Any, start: int, stop: int,
+                      tick: Any = lambda: None) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """Every quantized activation of samples [start, stop), fp32 and dequantized: one shard's share (the
+    layer-error stage spreads the samples over processes; toolchain/shards)."""
+    from qnnbuild.toolchain import qnn
+
+    pairs, _ = pair_activations(fp32, qdq)
     fp32_names, qdq_names = list(pairs), [pairs[t] for t in pairs]
     ref_sess = qnn.cpu_session(_with_outputs(fp32, fp32_names))
     qdq_sess = qnn.cpu_session(_with_outputs(qdq, qdq_names))
     refs: dict[str, list[Any]] = {t: [] for t in pairs}
     gots: dict[str, list[Any]] = {t: [] for t in pairs}
-    for i in range(len(samples)):
+    for i in range(start, stop):
         feed = samples[i]
         for t, r, g in zip(fp32_names, ref_sess.run(fp32_names, feed), qdq_sess.run(qdq_names, feed), strict=True):
             refs[t].append(r)
             gots[t].append(g)
-    return {t: metrics.sqnr_db(np.stack(refs[t]), np.stack(gots[t])) for t in pairs}, producers
+        tick()
+    return refs, gots
+
+
+def sqnr_of(shards: list[tuple[dict[str, list[Any]], dict[str, list[Any]]]]) -> dict[str, float]:
+    """SQNR per activation over the shards' values joined in sample order: the figures one pass computes."""
+    import numpy as np
+
+    from qnnbuild.toolchain import metrics
+
+    tensors = shards[0][0]
+    return {t: metrics.sqnr_db(np.stack([v for refs, _ in shards for v in refs[t]]),
+                               np.stack([v for _, gots in shards for v in gots[t]])) for t in tensors}
 
 
 def _with_outputs(model: Any, names: list[str]) -> bytes:

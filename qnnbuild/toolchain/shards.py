@@ -75,6 +75,8 @@ def run(work: Work, spec: dict[str, Any], count: int, workers: int,
     parts = ranges(count, workers)
     if len(parts) == 1 and spread is None:
         return _here(work, spec, count, progress)
+    print(f"{count} samples in {len(parts)} shard(s) " + ("as Dask tasks" if spread else "over processes"),
+          flush=True)
     answers = (spread or _local)(functools.partial(isolated, work), spec, parts,
                                  lambda done: progress(min(done, count), count))
     return [a[0] for a in answers], [a[1] for a in answers]

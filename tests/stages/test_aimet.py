@@ -73,3 +73,24 @@ def test_cle_refuses_a_relu6_network_it_would_change() -> None:
     assert "Clip" not in {n.op_type for n in equalized.graph.node} and fidelity < aimet.MIN_FIDELITY_DB
     with pytest.raises(StageFailed, match="cross-layer equalization changed what the model computes"):
         aimet.check_equalized(fidelity, model)
+
+
+def test_adaround_and_seqmse_report_layers_done(tmp_path: Path) -> None:
+    """Progress for AIMET's techniques: layers optimized of the weighted layers, then samples calibrated."""
+    import onnx
+
+    from qnnbuild.toolchain import aimet
+
+    outlier_model(tmp_path / "m.onnx")
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(0)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    samples = [{model.graph.input[0].name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
+    calls: list[tuple[int, int, str, str]] = []
+    aimet.simulate(model, samples, {"weights": "uint8", "activations": "uint8", "adaround_iterations": 5},
+                   ["seqmse", "adaround"], lambda done, total, unit, phase: calls.append((done, total, unit, phase)))
+    layers = sum(n.op_type == "Conv" for n in model.graph.node)
+    for phase in ("seqmse", "adaround"):
+        seen = [(d, t) for d, t, u, p in calls if p == phase and u == "layers"]
+        assert seen[0] == (0, layers) and seen[-1] == (layers, layers), calls
+    assert calls[-1] == (4, 4, "samples", "AIMET calibration")

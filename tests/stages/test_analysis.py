@@ -52,6 +52,24 @@ def test_layer_error_ranks_an_int4_layer_first(tiny_project: Path, cli: CLI) -> 
     assert plain["activations"][0]["tensor"] != "r1"
 
 
+def test_layer_error_over_workers_writes_the_same_report(tiny_project: Path, cli: CLI) -> None:
+    """9 samples in 3 shard processes: layers.json byte for byte the single process's; workers is unkeyed."""
+    recipe = TINY_RECIPE + "  layers: {kind: layer-error, model: quantize, reference: export, " \
+                           "data: {synthetic: {count: 9, seed: 5}}, workers: %d}\n"
+    write(tiny_project, "tiny.yaml", recipe % 1)
+    code, _, err = cli("run", "tiny.yaml")
+    assert code == 0, err
+    report = tiny_project / "artifacts/tiny/layers/layers.json"
+    single = report.read_bytes()
+    write(tiny_project, "tiny.yaml", recipe % 3)
+    code, out, err = cli("run", "tiny.yaml", "--json", "--force", "layers")
+    assert code == 0, err
+    assert report.read_bytes() == single
+    assert "9 samples in 3 shard(s)" in (tiny_project / "artifacts/tiny/layers/.qnnbuild/stage.log").read_text()
+    code, out, err = cli("run", "tiny.yaml", "--json")
+    assert {s["id"]: s["status"] for s in json.loads(out)["stages"]}["layers"] == "cached"
+
+
 def test_profile_names_onnx_nodes(tiny_project: Path, cli: CLI) -> None:
     write(tiny_project, "tiny.yaml", TINY_RECIPE + ANALYSIS % 0)
     code, _, err = cli("run", "tiny.yaml", "--only", "profile")
