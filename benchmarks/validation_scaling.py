@@ -56,13 +56,17 @@ def on_dask(folder: Path, cores: list[int]) -> dict[str, float]:
     address = f"tcp://127.0.0.1:{port}"
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    time.sleep(2)
+    time.sleep(1)
     for core in cores[:2]:
         procs.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--host",
                                        "127.0.0.1", "--local-directory", str(folder / f"w{core}")],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       preexec_fn=lambda c=core: os.sched_setaffinity(0, {c})))  # noqa: PLW1509
     try:
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:  # both workers up before the shard count is taken
+            client.wait_for_workers(2, timeout=120)
         recipe = folder / "recipes/mobilenet.yaml"
         recipe.write_text(recipe.read_text().replace("    workers: 1\n", "").replace("    workers: 2\n", ""))
         proc = subprocess.run([sys.executable, "-m", "qnnbuild", "run", "recipes/mobilenet.yaml", "--only",

@@ -47,7 +47,7 @@ def on_cluster(session: Session, inst: Instance, key: str, document: dict[str, A
         log.write_text(reply.get("log", ""))
         raise StageFailed(f"{reply['message']} (on {reply['worker']})", log)
     try:
-        restored = remote.fetch(key, session.store)
+        restored = remote.fetch(key, session.store, replace=True)  # this run's log and timings
     except CacheDown:
         restored = None
     if restored is None:

@@ -162,8 +162,9 @@ class RemoteCache:
             return None
         return raw
 
-    def fetch(self, key: str, store: Store) -> dict[str, Any] | None:
-        """Download the entry for `key`, check every file against its manifest, publish it into `store`.
+    def fetch(self, key: str, store: Store, replace: bool = False) -> dict[str, Any] | None:
+        """Download the entry for `key`, check every file against its manifest, publish it into `store` (over
+        a local entry of that key with `replace`: a forced run on a worker brings its own log and timings).
 
         Returns the local manifest, or None when the cache has no (valid) entry; raises CacheDown."""
         manifest = self.manifest(key)
@@ -178,7 +179,8 @@ class RemoteCache:
         try:
             if not all(self._download_checked(key, *item) for item in wanted):
                 return None
-            return store.publish(work, key, manifest["document"], float(manifest.get("seconds", 0.0)))
+            return store.publish(work, key, manifest["document"], float(manifest.get("seconds", 0.0)),
+                                 replace=replace)
         finally:
             if work.exists():
                 remove_tree(work)

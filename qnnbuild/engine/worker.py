@@ -102,7 +102,9 @@ def _forked(request: str, work: str, log: str, env: dict[str, str]) -> None:
 def _run(request: Path, work: Path, log: Path, extra_env: dict[str, str]) -> int:
     """The stage in a fresh process: forked from the fork server (imports paid once), or a new interpreter
     (`python -m qnnbuild.engine.worker`) with QNNBUILD_FORKSERVER=0 or in a daemonic process; its exit status."""
-    env = {**os.environ, **extra_env, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
+    # without the glibc trim threshold a Dask nanny sets for its worker: it slows numeric work (toolchain/shards)
+    env = {**{k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}, **extra_env,
+           "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
     if _use_forkserver():
         process = _forkserver().Process(target=_forked, args=(str(request), str(work), str(log), env))
         process.start()
