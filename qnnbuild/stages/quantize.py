@@ -169,7 +169,7 @@ def run(ctx: StageRun) -> None:
     if (ctx.inputs["model"] / "rewrites.json").is_file():  # carried forward for convert's op report
         shutil.copyfile(ctx.inputs["model"] / "rewrites.json", ctx.out / "rewrites.json")
     ctx.carry("model")
-    (ctx.out / "encodings.json").write_text(json.dumps(encs, indent=1, sort_keys=True) + "\n")
+    encodings.write(ctx.out / "encodings.json", encs)
     named_rules = [{**r, "tensors": [source.get(t, t) for t in r["tensors"]]} for r in rules]
     (ctx.out / "rules.json").write_text(json.dumps(named_rules, indent=1) + "\n")
     ranges = {name: {"min": e[0]["min"], "max": e[0]["max"], "bitwidth": e[0]["bitwidth"]}
@@ -217,7 +217,7 @@ def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
 
 KIND = StageKind(
     name="quantize",
-    version=6,
+    version=7,
     summary="fp32 model + calibration data → QDQ model for QNN, QNN encodings, calibration statistics",
     params={
         "model": {"type": "string", "description": "the export stage to quantize"},

@@ -193,3 +193,24 @@ def named(qdq: Any, source: dict[str, str]) -> dict[str, Any]:
     """from_qdq(qdq) with tensors by the source model's names (what reports and `overrides:` speak)."""
     return {section: {source.get(k, k): v for k, v in table.items()} if isinstance(table, dict) else table
             for section, table in from_qdq(qdq).items()}
+
+
+def write(path: Path, encs: dict[str, Any]) -> None:
+    """encodings.json with one line per tensor, its encodings compact on it. Indented throughout, json's
+    pure-Python encoder took 2.0 s of a 5 s MobileNetV2 quantize to write 7 MB (per-channel lists of dicts);
+    a line per tensor goes through the C encoder and still reads and diffs tensor by tensor."""
+    import json
+
+    def section(body: Any, last: bool) -> list[str]:
+        end = "" if last else ","
+        if not isinstance(body[1], dict) or not body[1]:
+            return [f" {json.dumps(body[0])}: {json.dumps(body[1], sort_keys=True)}{end}"]
+        items = sorted(body[1].items())
+        rows = [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}{'' if i == len(items) - 1 else ','}"
+                for i, (k, v) in enumerate(items)]
+        return [f" {json.dumps(body[0])}: {{", *rows, f" }}{end}"]
+
+    parts = sorted(encs.items())
+    lines = ["{", *(line for i, part in enumerate(parts) for line in section(part, i == len(parts) - 1)), "}"]
+    path.write_text("\n".join(lines) + "\n")
+

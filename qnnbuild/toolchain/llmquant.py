@@ -148,14 +148,12 @@ def check_shared(prefill: Path, decode: Path) -> int:
 
 def write_encodings(out: Path, export: Path) -> None:
     """out/encodings.json (QNN's layout) of out/model.qdq.onnx, by the source model's tensor names."""
-    import json
-
     import onnx
 
     from qnnbuild.toolchain import encodings, onnxgraph
 
-    found = encodings.named(onnx.load(str(out / "model.qdq.onnx")), onnxgraph.source_names(export))
-    (out / "encodings.json").write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+    encodings.write(out / "encodings.json",
+                    encodings.named(onnx.load(str(out / "model.qdq.onnx")), onnxgraph.source_names(export)))
 
 
 def quantize_pair(folder: Path, out: Path, feeds: dict[str, list[Feeds]], overrides: dict[str, dict[str, Any]],
