@@ -8,13 +8,16 @@ native code must fail one stage, not the build. stdout and stderr are the stage'
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import subprocess
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +65,28 @@ def _forkserver() -> Any:
 
 
 def _use_forkserver() -> bool:
-    """Unless QNNBUILD_FORKSERVER=0, or this process is daemonic (a Dask nanny's worker may not start processes)."""
+    """Unless QNNBUILD_FORKSERVER=0."""
+    return os.environ.get("QNNBUILD_FORKSERVER", "1") != "0"
+
+
+_daemon_flag = threading.Lock()
+
+
+@contextlib.contextmanager
+def _children_allowed() -> Iterator[None]:
+    """Let a daemonic process (a Dask nanny's worker) start the fork server and its children. multiprocessing
+    refuses daemonic processes children so none outlives them; ours cannot: the server exits when its client
+    does, and every stage process is SIGKILLed when the server dies (PR_SET_PDEATHSIG in _forked)."""
     import multiprocessing
 
-    return os.environ.get("QNNBUILD_FORKSERVER", "1") != "0" and not multiprocessing.current_process().daemon
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+    with _daemon_flag:
+        daemon = config.get("daemon")
+        config["daemon"] = False
+        try:
+            yield
+        finally:
+            config["daemon"] = daemon
 
 
 def warm() -> None:
@@ -75,7 +96,15 @@ def warm() -> None:
         from multiprocessing import forkserver
 
         _forkserver()
-        forkserver.ensure_running()
+        with _children_allowed():
+            # the server (and so every stage forked from it) starts without the glibc trim threshold a Dask
+            # nanny sets for its worker, which slows numeric work (toolchain/shards)
+            trim = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+            try:
+                forkserver.ensure_running()
+            finally:
+                if trim is not None:
+                    os.environ["MALLOC_TRIM_THRESHOLD_"] = trim
 
 
 def _forked(request: str, work: str, log: str, env: dict[str, str]) -> None:
@@ -101,13 +130,15 @@ def _forked(request: str, work: str, log: str, env: dict[str, str]) -> None:
 
 def _run(request: Path, work: Path, log: Path, extra_env: dict[str, str]) -> int:
     """The stage in a fresh process: forked from the fork server (imports paid once), or a new interpreter
-    (`python -m qnnbuild.engine.worker`) with QNNBUILD_FORKSERVER=0 or in a daemonic process; its exit status."""
+    (`python -m qnnbuild.engine.worker`) with QNNBUILD_FORKSERVER=0; its exit status."""
     # without the glibc trim threshold a Dask nanny sets for its worker: it slows numeric work (toolchain/shards)
     env = {**{k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}, **extra_env,
            "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
     if _use_forkserver():
+        warm()  # started here on a Dask worker, with what warm() sets up
         process = _forkserver().Process(target=_forked, args=(str(request), str(work), str(log), env))
-        process.start()
+        with _children_allowed():
+            process.start()
         process.join()
         return int(process.exitcode if process.exitcode is not None else 1)
     with log.open("wb") as out:
