@@ -22,7 +22,8 @@ def remote_cache(args: argparse.Namespace, console: Any) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from qnnbuild.engine.worker import warm
 
-    warm()  # the fork server's imports (~0.5 s) overlap qnnbuild's own and the planning (~0.5 s), not the first stage
+    if not (Path(args.artifacts) / ".store").is_dir():  # a first build: everything will run
+        warm()  # the fork server's imports (~0.5 s) overlap qnnbuild's own and the planning, not the first stage
     from qnnbuild.console import Console
     from qnnbuild.engine.build import Request, build
 

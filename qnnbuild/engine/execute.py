@@ -127,9 +127,6 @@ def run_with_doit(sessions: list[Session], console: Console, selected: list[str]
     db.parent.mkdir(parents=True, exist_ok=True)
     argv = ["run", "--db-file", str(db), "--backend", "sqlite3", "--continue", "-n", str(max(1, jobs)),
             "-P", "thread", *selected]
-    from qnnbuild.engine.worker import warm
-
-    warm()
     before = os.environ.get("QNNBUILD_JOBS")
     os.environ["QNNBUILD_JOBS"] = str(max(1, jobs))  # stage workers inherit it: validate's default shard count
     try:

@@ -135,7 +135,7 @@ def _run(request: Path, work: Path, log: Path, extra_env: dict[str, str]) -> int
     env = {**{k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}, **extra_env,
            "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
     if _use_forkserver():
-        warm()  # started here on a Dask worker, with what warm() sets up
+        warm()  # the first stage of a run that did not start it early (a no-op run never starts it)
         process = _forkserver().Process(target=_forked, args=(str(request), str(work), str(log), env))
         with _children_allowed():
             process.start()
