@@ -1,6 +1,8 @@
 """HTP emulation speed with and without the glibc trim threshold a Dask nanny sets for its workers
-(MALLOC_TRIM_THRESHOLD_=65536): why qnnbuild's stage and shard processes start without it. validate of
-MobileNetV2 a8w8 on SM8650 in one process on one core, the two settings interleaved.
+(MALLOC_TRIM_THRESHOLD_=65536), which stage and shard processes on a nanny worker inherit. validate of
+MobileNetV2 a8w8 on SM8650 in one process on one core, the two settings interleaved. Measured here: 1.12x and
+1.03x the samples/s with it (medians of 3 and 5): no slowdown, so qnnbuild leaves the variable alone (a single
+earlier observation of 13 % fewer samples/s with it did not reproduce).
 
     python benchmarks/malloc_trim.py [--samples 16] [--repeat 3]
 """

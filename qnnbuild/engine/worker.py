@@ -97,14 +97,7 @@ def warm() -> None:
 
         _forkserver()
         with _children_allowed():
-            # the server (and so every stage forked from it) starts without the glibc trim threshold a Dask
-            # nanny sets for its worker, which slows numeric work (toolchain/shards)
-            trim = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-            try:
-                forkserver.ensure_running()
-            finally:
-                if trim is not None:
-                    os.environ["MALLOC_TRIM_THRESHOLD_"] = trim
+            forkserver.ensure_running()
 
 
 def _forked(request: str, work: str, log: str, env: dict[str, str]) -> None:
@@ -131,9 +124,7 @@ def _forked(request: str, work: str, log: str, env: dict[str, str]) -> None:
 def _run(request: Path, work: Path, log: Path, extra_env: dict[str, str]) -> int:
     """The stage in a fresh process: forked from the fork server (imports paid once), or a new interpreter
     (`python -m qnnbuild.engine.worker`) with QNNBUILD_FORKSERVER=0; its exit status."""
-    # without the glibc trim threshold a Dask nanny sets for its worker: it slows numeric work (toolchain/shards)
-    env = {**{k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}, **extra_env,
-           "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **extra_env, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
     if _use_forkserver():
         warm()  # the first stage of a run that did not start it early (a no-op run never starts it)
         process = _forkserver().Process(target=_forked, args=(str(request), str(work), str(log), env))

@@ -144,7 +144,7 @@ def isolated(work: Work, spec: dict[str, Any], start: int, stop: int, report: Re
         with (folder / "log").open("wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "qnnbuild.toolchain.shards", tmp],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=_env())
+                                    env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"})
             try:
                 _watch(proc, folder / "done", report)
             finally:
@@ -160,13 +160,6 @@ def isolated(work: Work, spec: dict[str, Any], start: int, stop: int, report: Re
     if outcome[0] == "error":
         raise StageFailed(f"samples {span((start, stop))}: {outcome[1]}" + (f"\n{tail}" if tail else ""))
     return outcome[1], outcome[2]
-
-
-def _env() -> dict[str, str]:
-    """The shard's environment: ours, without the glibc trim threshold a Dask nanny sets for its worker (65536
-    bytes: measured 13 % fewer HTP samples/s on MobileNetV2 with it)."""
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
-    return {**env, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
 
 
 def _watch(proc: subprocess.Popen[bytes], counter: Path, report: Report) -> None:
