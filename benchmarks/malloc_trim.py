@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from validation_scaling import built_to_context  # run as a script: benchmarks/ is on sys.path
 
 
 def htp_rate(folder: Path, trim: str | None) -> float:
@@ -42,12 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        shutil.copytree(ROOT / "recipes", folder / "recipes", ignore=shutil.ignore_patterns("models"))
-        recipe = folder / "recipes/mobilenet.yaml"
-        recipe.write_text(recipe.read_text().replace("targets: [SM8650, SM8750]", "targets: [SM8650]").replace(
-            "data: {synthetic: {count: 8, seed: 1000}}", f"data: {{synthetic: {{count: {args.samples}, seed: 1000}}}}"))
-        subprocess.run([sys.executable, "-m", "qnnbuild", "run", "recipes/mobilenet.yaml", "--only", "context"],
-                       cwd=folder, check=True, capture_output=True)
+        built_to_context(folder, args.samples)
         found: dict[str, list[float]] = {"without": [], "with": []}
         for _ in range(args.repeat):
             found["without"].append(htp_rate(folder, None))

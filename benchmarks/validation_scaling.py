@@ -22,6 +22,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def built_to_context(folder: Path, samples: int) -> None:
+    """The shipped MobileNetV2 recipe in `folder`, for SM8650 alone with `samples` validation samples, built up
+    to its context binary (validate is what the benchmarks then time)."""
+    shutil.copytree(ROOT / "recipes", folder / "recipes", ignore=shutil.ignore_patterns("models"))
+    recipe = folder / "recipes/mobilenet.yaml"
+    recipe.write_text(recipe.read_text().replace("targets: [SM8650, SM8750]", "targets: [SM8650]").replace(
+        "data: {synthetic: {count: 8, seed: 1000}}", f"data: {{synthetic: {{count: {samples}, seed: 1000}}}}"))
+    subprocess.run([sys.executable, "-m", "qnnbuild", "run", "recipes/mobilenet.yaml", "--only", "context"],
+                   cwd=folder, check=True, capture_output=True)
+
+
 def start(folder: Path, workers: int, cores: set[int]) -> subprocess.Popen[str]:
     """validate again with `workers`, the whole run limited to `cores`."""
     recipe = folder / "recipes/mobilenet.yaml"
@@ -91,12 +102,7 @@ def main() -> None:
         sys.exit("needs two cores")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        shutil.copytree(ROOT / "recipes", folder / "recipes", ignore=shutil.ignore_patterns("models"))
-        recipe = folder / "recipes/mobilenet.yaml"
-        recipe.write_text(recipe.read_text().replace("targets: [SM8650, SM8750]", "targets: [SM8650]").replace(
-            "data: {synthetic: {count: 8, seed: 1000}}", f"data: {{synthetic: {{count: {args.samples}, seed: 1000}}}}"))
-        subprocess.run([sys.executable, "-m", "qnnbuild", "run", "recipes/mobilenet.yaml", "--only", "context"],
-                       cwd=folder, check=True, capture_output=True)
+        built_to_context(folder, args.samples)
         one = validate(folder, 1, {cores[0]})
         metrics_one = (folder / "artifacts/mobilenet_v2/validate/SM8650/metrics.json").read_bytes()
         two = validate(folder, 2, set(cores[:2]))
