@@ -23,13 +23,12 @@ from typing import Any
 
 from qnnbuild.engine.faults import checkpoint
 from qnnbuild.engine.remote import CacheDown, RemoteCache
-from qnnbuild.engine.spread import CACHE_ENV
+from qnnbuild.engine.spread import CACHE_ENV, CONNECT_TIMEOUT_S, worker_threads
 from qnnbuild.engine.store import Store, remove_tree
 from qnnbuild.engine.worker import spawn
 from qnnbuild.errors import StageFailed, UsageError
 from qnnbuild.stages.base import StageRun
 
-CONNECT_TIMEOUT_S = 20
 RELAY_EVERY_S = 0.5
 
 
@@ -66,8 +65,7 @@ class Cluster:
     @property
     def slots(self) -> int:
         """Worker threads in the cluster: the default number of instances in flight."""
-        workers = self.client.scheduler_info()["workers"].values()
-        return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+        return worker_threads(self.client)
 
     def ship(self, path: Path, digest: str) -> None:
         """Put a declared input file into the shared cache, by digest, for workers to fetch."""

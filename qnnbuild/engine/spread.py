@@ -24,6 +24,12 @@ POLL_S = 0.5
 CONNECT_TIMEOUT_S = 20
 
 
+def worker_threads(client: Any) -> int:
+    """The cluster's worker threads (at least 1): how many instances, or shards, it runs at once."""
+    workers = client.scheduler_info()["workers"].values()
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+
+
 class DaskSpread:
     """Runs shards on the cluster at `scheduler`, their inputs from the shared cache: `upstream` maps a stage
     input to its entry key, `file_digests` a declared file to its blob digest."""
@@ -42,8 +48,7 @@ class DaskSpread:
     @property
     def slots(self) -> int:
         """Worker threads in the cluster: the default number of shards."""
-        workers = self.client().scheduler_info()["workers"].values()
-        return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+        return worker_threads(self.client())
 
     def __call__(self, run_range: Any, spec: dict[str, Any], parts: list[tuple[int, int]],
                  progress: Any) -> list[tuple[Any, float]]:
