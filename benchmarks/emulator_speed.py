@@ -54,7 +54,7 @@ def _project(folder: Path) -> list[int]:
 def main() -> None:
     import numpy as np
 
-    from qnnbuild.toolchain import qnn
+    from qnnbuild.toolchain.runtime import qnn
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)

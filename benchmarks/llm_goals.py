@@ -65,7 +65,7 @@ def wide_llama(folder: Path, tokenizer_from: Path) -> None:
     """A random Llama, 4 layers 512 wide (13 M parameters), with the tiny one's tokenizer."""
     import torch
 
-    from qnnbuild.toolchain.hfexport import import_transformers  # hides a torchvision that cannot load
+    from qnnbuild.toolchain.sources.hfexport import import_transformers  # hides a torchvision that cannot load
 
     transformers = import_transformers()
     config = transformers.LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,

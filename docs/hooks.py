@@ -1,5 +1,5 @@
 """mkdocs hook: the recipe reference, the targets table and one page per stage kind, generated at build time from
-the stage declarations and the recipe JSON Schema (qnnbuild.stages.KINDS, qnnbuild.engine.schema), so the
+the stage declarations and the recipe JSON Schema (qnnbuild.stages.KINDS, qnnbuild.engine.recipe.schema), so the
 documentation cannot drift from the code. A stage kind without a page in mkdocs.yml's nav fails the strict build."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _cell(text: str) -> str:
 
 
 def stage_page(name: str) -> str:
-    from qnnbuild.engine.schema import stage_schema
+    from qnnbuild.engine.recipe.schema import stage_schema
     from qnnbuild.stages import KINDS
 
     kind, schema = KINDS[name], stage_schema(name)
@@ -52,7 +52,7 @@ def stage_page(name: str) -> str:
 
 
 def targets_page() -> str:
-    from qnnbuild.toolchain.targets import TARGETS
+    from qnnbuild.toolchain.runtime.targets import TARGETS
 
     rows = ["| name | product | QNN soc_model | HTP architecture | VTCM (MB) |", "|---|---|---|---|---|"]
     rows += [f"| `{t.name}` | {t.product} | {t.soc_model} | v{t.htp_arch} | {t.vtcm_mb} |" for t in TARGETS.values()]
@@ -61,7 +61,7 @@ def targets_page() -> str:
 
 
 def recipe_page() -> str:
-    from qnnbuild.engine.schema import recipe_schema
+    from qnnbuild.engine.recipe.schema import recipe_schema
     from qnnbuild.stages import KINDS
 
     top = recipe_schema()["properties"]

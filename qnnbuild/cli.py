@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild import __version__
-from qnnbuild.engine.limits import MAX_PROBLEMS
+from qnnbuild.engine.recipe.limits import MAX_PROBLEMS
 from qnnbuild.errors import QnnbuildError, RecipeError
 
 
@@ -140,15 +140,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_dag(args: argparse.Namespace) -> int:
-    from qnnbuild.engine.graph import render
-    from qnnbuild.engine.plans import load_plan
+    from qnnbuild.engine.recipe.plan import render
+    from qnnbuild.engine.recipe.plancache import load_plan
 
     sys.stdout.write(render(load_plan(args.recipe, Path(), cached=False), args.format))
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from qnnbuild.engine.schema import recipe_schema
+    from qnnbuild.engine.recipe.schema import recipe_schema
 
     print(json.dumps(recipe_schema(), indent=2))
     return 0
@@ -156,7 +156,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from qnnbuild.commands.report import build
-    from qnnbuild.engine.plans import load_plan
+    from qnnbuild.engine.recipe.plancache import load_plan
 
     artifacts = Path(args.artifacts)
     plan = load_plan(args.recipe, artifacts)
@@ -169,7 +169,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from qnnbuild.commands.release import cmd_release as release
-    from qnnbuild.engine.plans import load_plan
+    from qnnbuild.engine.recipe.plancache import load_plan
 
     return release(load_plan(args.recipe, Path(args.artifacts)), Path(args.artifacts), Path(args.output))
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qnnbuild.toolchain.hfexport import import_transformers
+from qnnbuild.toolchain.sources.hfexport import import_transformers
 from qnnbuild.zoo.tinyllama import stdlib_sentences  # noqa: F401 - re-exported for the tests
 from qnnbuild.zoo.tinyllama import train as trained_llama  # noqa: F401 - re-exported for the tests
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qnnbuild.console import Console
-from qnnbuild.engine.remote import CacheDown, RemoteCache
-from qnnbuild.engine.store import Store
+from qnnbuild.engine.build.console import Console
+from qnnbuild.engine.store.local import Store
+from qnnbuild.engine.store.remote import CacheDown, RemoteCache
 from qnnbuild.errors import CacheError, UsageError
 
 
@@ -19,7 +19,7 @@ def _remote(args: argparse.Namespace, console: Console, mode: str = "readwrite")
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Upload every entry the recipes' lock files name and the local store holds; already there is skipped."""
-    from qnnbuild.engine.plans import load_plan
+    from qnnbuild.engine.recipe.plancache import load_plan
 
     console = Console()
     remote = _remote(args, console)

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qnnbuild.engine.graph import parse_instance_id
-from qnnbuild.engine.store import Store
+from qnnbuild.engine.recipe.plan import parse_instance_id
+from qnnbuild.engine.store.local import Store
 from qnnbuild.errors import UsageError
 from qnnbuild.stages import KINDS
 
@@ -27,7 +27,7 @@ def _lock(arg: str, artifacts: Path) -> tuple[str, dict[str, Any], Store]:
         except (OSError, ValueError) as exc:
             raise UsageError(f"{arg}: cannot read the lock file: {exc}") from None
         return f"{lock.get('recipe', path.parent.name)} ({path})", lock, Store(path.parent.parent)
-    from qnnbuild.engine.plans import load_plan
+    from qnnbuild.engine.recipe.plancache import load_plan
 
     plan = load_plan(arg, artifacts)
     store = Store(artifacts)

@@ -30,7 +30,7 @@ def _run_on(backend: str) -> Any:
     def run(model: str, _folder: Path) -> str:
         import numpy as np
 
-        from qnnbuild.toolchain import qnn
+        from qnnbuild.toolchain.runtime import qnn
 
         qnn.htp_session(model, {"backend_type": backend}).run(None, {"x": np.ones((1, 2), np.float32)})
         return "ran a MatMul" + (" (emulated on this x86 host)" if platform.machine() == "x86_64" else "")
@@ -39,7 +39,7 @@ def _run_on(backend: str) -> Any:
 
 def _dump_dlc(model: str, folder: Path) -> str:
     """The IR backend is what convert uses: it counts as working when it writes a DLC."""
-    from qnnbuild.toolchain import qnn
+    from qnnbuild.toolchain.runtime import qnn
 
     dump = folder / "dump"
     dump.mkdir()
@@ -78,7 +78,7 @@ def probe() -> dict[str, Any]:
                                                            else ""))
     backends: dict[str, tuple[bool, str]] = {}
     try:
-        from qnnbuild.toolchain import qnn
+        from qnnbuild.toolchain.runtime import qnn
 
         versions["qnn_sdk"] = qnn.versions()["qnn_sdk"]
         with tempfile.TemporaryDirectory() as tmp:

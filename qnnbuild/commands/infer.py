@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from qnnbuild.errors import UsageError
-from qnnbuild.toolchain.calibration import with_batch
+from qnnbuild.toolchain.data.calibration import with_batch
 
 DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
           "tensor(uint16)": np.uint16, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
@@ -27,7 +27,7 @@ class Deployed:
     """One target's deliverable, loaded on the HTP emulator."""
 
     def __init__(self, folder: Path) -> None:
-        from qnnbuild.toolchain import qnn
+        from qnnbuild.toolchain.runtime import qnn
 
         self.folder = folder
         self.spec = json.loads((folder / "io_spec.json").read_text())
@@ -59,7 +59,8 @@ class Deployed:
         """An LLM deliverable: greedy generation on the emulator, prefill then decode. Text in (tokenized with
         the deliverable's tokenizer.json, after the model's bos token), text out; token ids in, the prompt's
         ids and the new ones out. Stops at the eos token or the context length."""
-        from qnnbuild.toolchain import llmrun, qnn
+        from qnnbuild.toolchain.llm import run as llmrun
+        from qnnbuild.toolchain.runtime import qnn
 
         llm = self.spec.get("llm")
         if llm is None:
@@ -111,8 +112,8 @@ def _exact(name: str, array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
 
 def deliverable(recipe: str, target: str, artifacts: str | Path = "artifacts") -> Path:
     """The folder of the current context-binary output of `recipe` for `target`."""
-    from qnnbuild.engine.plans import load_plan
-    from qnnbuild.engine.store import Store
+    from qnnbuild.engine.recipe.plancache import load_plan
+    from qnnbuild.engine.store.local import Store
 
     plan = load_plan(recipe, Path(artifacts))
     found = [i for i in plan.instances if i.kind == "context-binary" and i.target == target]
@@ -132,7 +133,7 @@ def load(recipe: str, target: str, artifacts: str | Path = "artifacts") -> Deplo
 def cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from qnnbuild.toolchain.metrics import is_classifier
+    from qnnbuild.toolchain.data.metrics import is_classifier
 
     deployed = load(args.recipe, args.target, args.artifacts)
     if args.prompt is not None:

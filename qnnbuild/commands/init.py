@@ -1,6 +1,6 @@
 """`qnnbuild init MODEL`: a first recipe, commented, that `qnnbuild run` builds as written.
 
-The inputs and their shapes come from the model (toolchain/modelinfo.py); a dynamic dimension gets a stated
+The inputs and their shapes come from the model (toolchain/sources/modelinfo.py); a dynamic dimension gets a stated
 default and a comment saying to fix it. The data fits the inputs: text for token ids (a file of English sentences
 from Python's own docstrings is written beside the recipe, to be replaced by the user's domain text), photographs
 for image inputs when a folder of them sits beside the model, synthetic inputs otherwise, each with a comment.
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from qnnbuild.errors import UsageError
-from qnnbuild.toolchain.modelinfo import Input, ModelInfo
+from qnnbuild.toolchain.sources.modelinfo import Input, ModelInfo
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 SEQUENCE, SIDE, CONTEXT, PREFILL = 128, 224, 256, 32
@@ -118,7 +118,7 @@ def _write_text(path: Path) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from qnnbuild.toolchain import modelinfo
+    from qnnbuild.toolchain.sources import modelinfo
 
     model = Path(args.model)
     if not model.exists():

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qnnbuild.engine.graph import parse_instance_id
-from qnnbuild.engine.store import Store, remove_tree
+from qnnbuild.engine.recipe.plan import parse_instance_id
+from qnnbuild.engine.store.local import Store, remove_tree
 from qnnbuild.errors import UsageError
 
 
@@ -21,7 +21,7 @@ def _recipe_name(arg: str) -> str:
     """A recipe is named by its file (read its `recipe:`) or by the name itself."""
     path = Path(arg)
     if path.is_file():
-        from qnnbuild.engine.plans import load_plan
+        from qnnbuild.engine.recipe.plancache import load_plan
 
         return load_plan(arg, Path(), cached=False).recipe
     if "/" in arg or arg.startswith("."):
@@ -67,7 +67,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not args.recipe:
             raise UsageError("verify --rebuild needs a recipe file")
         from qnnbuild.commands.release import verify_rebuild
-        from qnnbuild.engine.plans import load_plan
+        from qnnbuild.engine.recipe.plancache import load_plan
 
         return verify_rebuild(load_plan(args.recipe, Path(args.artifacts)), Path(args.artifacts), args.jobs)
     store = Store(Path(args.artifacts))

@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from qnnbuild.engine.graph import Plan
-from qnnbuild.engine.hashing import sha256_file
-from qnnbuild.engine.session import Session
+from qnnbuild.common.hashing import sha256_file
+from qnnbuild.engine.build.session import Session
+from qnnbuild.engine.recipe.plan import Plan
 from qnnbuild.errors import QnnbuildError, UsageError
 from qnnbuild.stages import KINDS
 
@@ -89,8 +89,8 @@ def cmd_release(plan: Plan, artifacts: Path, out: Path) -> int:
 
 def verify_rebuild(plan: Plan, artifacts: Path, jobs: int) -> int:
     """Rebuild everything from scratch in a temporary store; compare every output digest with the lock."""
-    from qnnbuild.console import Console
-    from qnnbuild.engine.execute import run_with_doit
+    from qnnbuild.engine.build.console import Console
+    from qnnbuild.engine.build.doitbridge import run_with_doit
 
     locked = Session(plan, artifacts, readonly=True).store.read_lock(plan.recipe).get("instances", {})
     if not locked:

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qnnbuild.engine.graph import Instance, Plan
-from qnnbuild.engine.session import Session
-from qnnbuild.engine.status import Verdict
+from qnnbuild.engine.build.session import Session
+from qnnbuild.engine.keys.status import Verdict
+from qnnbuild.engine.recipe.plan import Instance, Plan
 from qnnbuild.stages import KINDS
 
 CSS = """

@@ -14,25 +14,25 @@ def remote_cache(args: argparse.Namespace, console: Any) -> Any:
     """The shared cache the arguments name, or None."""
     if not args.cache:
         return None
-    from qnnbuild.engine.remote import RemoteCache
+    from qnnbuild.engine.store.remote import RemoteCache
 
     return RemoteCache(args.cache, args.cache_mode, args.cache_required, warn=console.warn)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from qnnbuild.engine.worker import warm
+    from qnnbuild.engine.workers.process import warm
 
     if not (Path(args.artifacts) / ".store").is_dir():  # a first build: everything will run
         warm()  # the fork server's imports (~0.5 s) overlap qnnbuild's own and the planning, not the first stage
-    from qnnbuild.console import Console
-    from qnnbuild.engine.build import Request, build
+    from qnnbuild.engine.build.console import Console
+    from qnnbuild.engine.build.run import Request, build
 
     started = time.monotonic()
     console = Console()
     remote = remote_cache(args, console)
     cluster = None
     if args.scheduler:
-        from qnnbuild.engine.cluster import Cluster
+        from qnnbuild.engine.workers.client import Cluster
 
         cluster = Cluster(args.scheduler, remote)
         console.say(f"Dask cluster {args.scheduler}: {cluster.slots} worker thread(s)")

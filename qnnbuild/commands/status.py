@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from qnnbuild.engine.plans import load_plan
-    from qnnbuild.engine.session import Session
+    from qnnbuild.engine.build.session import Session
+    from qnnbuild.engine.recipe.plancache import load_plan
 
     plan = load_plan(args.recipe, Path(args.artifacts))
     session = Session(plan, Path(args.artifacts), readonly=True)

@@ -41,7 +41,9 @@ def _finalize(source: Path, dest: Path, options: dict[str, str], target: dict[st
     """`source` (a QDQ model) → dest/model_ctx.onnx + model_ctx_qnn.bin + compile.json."""
     import onnx
 
-    from qnnbuild.toolchain import encodings, onnxgraph, qnn
+    from qnnbuild.toolchain.graph import onnxgraph
+    from qnnbuild.toolchain.quant import encodings
+    from qnnbuild.toolchain.runtime import qnn
 
     with tempfile.TemporaryDirectory(prefix="qnnbuild-compile-") as tmp, contextlib.chdir(tmp):
         shutil.copyfile(source, "model.onnx")
@@ -70,7 +72,7 @@ def _finalize_shared(pair: dict[str, Path], dest: Path, options: dict[str, str])
     (`ep.share_ep_contexts`, the variant Qualcomm AI Hub ships): dest/prefill_ctx.onnx and decode_ctx.onnx both
     referencing prefill_ctx_qnn.bin. Never loaded here: on the emulator QNN answers `Shared weights buffer isn't
     supported on this platform` and the process segfaults (QNN_NOTES)."""
-    from qnnbuild.toolchain import qnn
+    from qnnbuild.toolchain.runtime import qnn
 
     dest.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="qnnbuild-shared-") as tmp, contextlib.chdir(tmp):
@@ -91,7 +93,7 @@ def _finalize_shared(pair: dict[str, Path], dest: Path, options: dict[str, str])
 
 def _check_size(model: Any, what: str, limit: float) -> float:
     """A context must fit the NPU's address space: refuse one whose weights pass max_part_mb, before compiling."""
-    from qnnbuild.toolchain import llmparts
+    from qnnbuild.toolchain.llm import parts as llmparts
 
     size = llmparts.weight_mb(model)
     if size > limit:
@@ -104,7 +106,7 @@ def _graphs(model: Path, parts: int, limit: float, scratch: Path) -> dict[str, l
     """graph → its QDQ model(s) to compile: the whole graph, or its parts written into a scratch folder."""
     import onnx
 
-    from qnnbuild.toolchain import llmparts
+    from qnnbuild.toolchain.llm import parts as llmparts
 
     llm = (model / "llm.json").is_file()
     if parts > 1 and not llm:

@@ -101,7 +101,7 @@ def _run_once(out: Path, name: str, graph: str | None) -> list[list[int]]:
     """Load the deliverable's graph on the HTP emulator and run it on zeros; the output shapes."""
     import numpy as np
 
-    from qnnbuild.toolchain import qnn
+    from qnnbuild.toolchain.runtime import qnn
 
     session = qnn.deliverable_session(out, graph=graph)
     dtypes = {"tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
@@ -117,7 +117,7 @@ def run(ctx: StageRun) -> None:
     stem = f"{ctx.recipe}_{target['name']}"
     llm = (compiled / "llm.json").is_file()
     if llm:  # both graphs, and what onnxruntime-genai needs to run them
-        from qnnbuild.toolchain import genai
+        from qnnbuild.toolchain.llm import genai
 
         info = json.loads((compiled / "llm.json").read_text())
         spec = _llm_graph(compiled, ctx.out, stem, "prefill", info)

@@ -51,7 +51,7 @@ def _refused(model: str, target: dict[str, Any] | None) -> tuple[list[dict[str, 
     HTP finalize could not create, with QNN's reasons; and the number of nodes QNN took."""
     import onnx
 
-    from qnnbuild.toolchain import qnn
+    from qnnbuild.toolchain.runtime import qnn
 
     options = target_options(target)
     try:
@@ -88,7 +88,7 @@ def judge(model: str, targets: list[dict[str, Any]], say: Any) -> tuple[list[dic
 
 
 def _refusal_message(refused: list[dict[str, Any]]) -> str:
-    from qnnbuild.toolchain import qnn
+    from qnnbuild.toolchain.runtime import qnn
 
     by_target: dict[str, list[dict[str, str]]] = {}
     for node in refused:
@@ -115,7 +115,7 @@ def op_report(graph: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(ctx: StageRun) -> None:
-    from qnnbuild.toolchain import qnn
+    from qnnbuild.toolchain.runtime import qnn
 
     source = ctx.inputs["model"] / "model.qdq.onnx"
     with tempfile.TemporaryDirectory(prefix="qnnbuild-convert-") as tmp, contextlib.chdir(tmp):

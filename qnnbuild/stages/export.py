@@ -16,8 +16,8 @@ from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import PREPROCESSING, Params, StageKind, StageRun
-from qnnbuild.toolchain.hfexport import TASKS as HF_TASKS
-from qnnbuild.toolchain.llmexport import SCHEMA as LLM_SCHEMA
+from qnnbuild.toolchain.llm.export import SCHEMA as LLM_SCHEMA
+from qnnbuild.toolchain.sources.hfexport import TASKS as HF_TASKS
 
 FACTORY = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 SHAPE = {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 1}}
@@ -31,7 +31,7 @@ def shapes_of(inputs: dict[str, Any]) -> dict[str, list[int]]:
     return {name: list(spec["shape"] if isinstance(spec, dict) else spec) for name, spec in inputs.items()}
 
 
-MASK_VALUE = -100.0  # see the `finite-mask` rewrite (toolchain/rewrites.py)
+MASK_VALUE = -100.0  # see the `finite-mask` rewrite (toolchain/graph/rewrites.py)
 SOURCES = ("torch", "onnx", "hf", "keras", "saved_model", "tflite")
 TORCH_SOURCES = ("torch", "hf")
 TF_SOURCES = ("keras", "saved_model", "tflite")
@@ -84,7 +84,7 @@ def _tf_export(ctx: StageRun, dest: Path) -> dict[str, list[int]]:
     returns the fixed input shapes by ONNX input name (tf2onnx keeps a dynamic batch dynamic)."""
     import time
 
-    from qnnbuild.toolchain import tfconvert
+    from qnnbuild.toolchain.sources import tfconvert
 
     kind = next(k for k in TF_SOURCES if k in ctx.params)
     nchw = ctx.params.get("layout") == "nchw"
@@ -120,7 +120,9 @@ def _write(cleaned: Any, folder: Path) -> None:
 def _llm(ctx: StageRun, scratch: Path) -> None:
     """A causal LM's prefill graph is the stage's model.onnx, its decode graph decode/model.onnx; llm.json says
     how they go together (toolchain/llmexport)."""
-    from qnnbuild.toolchain import hfexport, llmexport, onnxclean
+    from qnnbuild.toolchain.graph import onnxclean
+    from qnnbuild.toolchain.llm import export as llmexport
+    from qnnbuild.toolchain.sources import hfexport
 
     files, info = llmexport.export_pair(ctx.files["hf"], ctx.params["llm"], ctx.params["mask_value"],
                                         ctx.params["opset"], scratch, ctx.say)
@@ -131,7 +133,7 @@ def _llm(ctx: StageRun, scratch: Path) -> None:
 
 
 def run(ctx: StageRun) -> None:
-    from qnnbuild.toolchain import onnxclean
+    from qnnbuild.toolchain.graph import onnxclean
 
     # fixed relative names in a scratch folder: the exporters store file names inside the model
     with tempfile.TemporaryDirectory(prefix="qnnbuild-export-") as tmp, contextlib.chdir(tmp):
@@ -141,12 +143,12 @@ def run(ctx: StageRun) -> None:
             _llm(ctx, scratch)
             return
         if "torch" in ctx.params:
-            from qnnbuild.toolchain import torchexport
+            from qnnbuild.toolchain.sources import torchexport
 
             raw = scratch / "exported.onnx"
             ctx.read(torchexport.export(ctx.params, ctx.root, ctx.files.get("checkpoint"), Path(raw.name), ctx.say))
         elif "hf" in ctx.params:
-            from qnnbuild.toolchain import hfexport
+            from qnnbuild.toolchain.sources import hfexport
 
             raw = scratch / "exported.onnx"
             hfexport.export(ctx.params, ctx.files["hf"], Path(raw.name), ctx.say)

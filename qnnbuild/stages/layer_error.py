@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
-from qnnbuild.toolchain import calibration
+from qnnbuild.toolchain.data import calibration
 
 HELD_OUT = {"synthetic": {"count": 4, "seed": 1000}}
 
@@ -28,7 +28,8 @@ def values_range(spec: dict[str, Any], start: int, stop: int) -> Any:
     """Samples [start, stop)'s activations, fp32 and dequantized: one shard, in its own process."""
     import onnx
 
-    from qnnbuild.toolchain import sensitivity, shards
+    from qnnbuild.toolchain.quant import sensitivity
+    from qnnbuild.toolchain.runtime import shards
 
     inputs = {k: Path(v) for k, v in spec["inputs"].items()}
     samples = calibration.samples_for(spec["data"], {k: Path(v) for k, v in spec["files"].items()},
@@ -41,7 +42,9 @@ def values_range(spec: dict[str, Any], start: int, stop: int) -> Any:
 def run(ctx: StageRun) -> None:
     import onnx
 
-    from qnnbuild.toolchain import onnxgraph, sensitivity, shards
+    from qnnbuild.toolchain.graph import onnxgraph
+    from qnnbuild.toolchain.quant import sensitivity
+    from qnnbuild.toolchain.runtime import shards
 
     fp32 = onnx.load(str(ctx.inputs["reference"] / "model.onnx"))
     qdq = onnx.load(str(ctx.inputs["model"] / "model.qdq.onnx"))

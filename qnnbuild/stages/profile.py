@@ -58,7 +58,7 @@ def run(ctx: StageRun) -> None:
     import numpy as np
     import onnx
 
-    from qnnbuild.toolchain import qnn
+    from qnnbuild.toolchain.runtime import qnn
 
     target = ctx.require_target()
     context_dir = ctx.inputs["context"]

@@ -18,7 +18,8 @@ from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
-from qnnbuild.toolchain import calibration, qnnrules, quantizer
+from qnnbuild.toolchain.data import calibration
+from qnnbuild.toolchain.quant import qnnrules, quantizer
 
 TECHNIQUES = ["cle", "adaround", "seqmse"]
 HUGE_RANGE = 1e4
@@ -41,7 +42,7 @@ def _files(params: Params) -> dict[str, str]:
 def _check_loads(path: Path) -> None:
     """onnxruntime's quantizer can write a model that does not load (QNN_NOTES: a renamed shared bias colliding
     with an activation); fail here, naming onnxruntime's reason, rather than at convert."""
-    from qnnbuild.toolchain import qnn
+    from qnnbuild.toolchain.runtime import qnn
 
     try:
         qnn.cpu_session(str(path))
@@ -64,7 +65,7 @@ def _check_finite(qdq: Any, source: dict[str, str]) -> None:
 
 def _overrides(ctx: StageRun, model: Any, source: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The recipe's overrides, by the model's own tensor names (they may be written with source names)."""
-    from qnnbuild.toolchain import onnxgraph
+    from qnnbuild.toolchain.graph import onnxgraph
 
     to_model, unknown = onnxgraph.model_names(model, source, ctx.params["overrides"])
     if unknown:
@@ -75,7 +76,7 @@ def _overrides(ctx: StageRun, model: Any, source: dict[str, str]) -> dict[str, d
 
 def _auto_precision(ctx: StageRun, model: Any, source: dict[str, str], quantize_with: Any,
                     base: dict[str, dict[str, Any]]) -> None:
-    from qnnbuild.toolchain import precision
+    from qnnbuild.toolchain.quant import auto_precision as precision
 
     spec = ctx.params["auto_precision"]
     held_out = calibration.samples_for(spec.get("data", HELD_OUT), ctx.files, ctx.inputs["model"], "auto_precision")
@@ -93,7 +94,7 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, bas
     for AdaRound / SeqMSE. Returns what calibration.json records of the technique."""
     import onnx
 
-    from qnnbuild.toolchain import aimet
+    from qnnbuild.toolchain.quant import aimet
 
     params = ctx.params
     techniques = _techniques(params)
@@ -126,7 +127,8 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, bas
 
 def _llm(ctx: StageRun) -> None:
     """An LLM's prefill and decode graphs, calibrated by running them on text (toolchain/llmquant)."""
-    from qnnbuild.toolchain import llmquant, onnxgraph
+    from qnnbuild.toolchain.graph import onnxgraph
+    from qnnbuild.toolchain.llm import quant as llmquant
 
     llmquant.quantize_llm(ctx.inputs["model"], ctx.out, ctx.params, ctx.files,
                           lambda model, folder: _overrides(ctx, model, onnxgraph.source_names(folder)), ctx.say)
@@ -136,7 +138,8 @@ def _llm(ctx: StageRun) -> None:
 def run(ctx: StageRun) -> None:
     import onnx
 
-    from qnnbuild.toolchain import encodings, onnxgraph
+    from qnnbuild.toolchain.graph import onnxgraph
+    from qnnbuild.toolchain.quant import encodings
 
     if (ctx.inputs["model"] / "llm.json").is_file():
         _llm(ctx)

@@ -14,7 +14,7 @@ from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun, read_json, refs_of
-from qnnbuild.toolchain import calibration
+from qnnbuild.toolchain.data import calibration
 
 HELD_OUT = {"synthetic": {"count": 8, "seed": 1000}}
 
@@ -44,7 +44,7 @@ def collect_range(spec: dict[str, Any], start: int, stop: int) -> tuple[dict[str
     onnxruntime's CPU, the context on the HTP emulator, and each model's busy seconds. Each session is created
     once and runs sample after sample (batch-1 graphs: nothing to batch). Runs in a shard's process (toolchain/
     shards.py), so it takes plain paths and the data spec, and loads its samples itself."""
-    from qnnbuild.toolchain import qnn, shards
+    from qnnbuild.toolchain.runtime import qnn, shards
 
     inputs = {k: Path(v) for k, v in spec["inputs"].items()}
     samples = calibration.samples_for(spec["data"], {k: Path(v) for k, v in spec["files"].items()},
@@ -70,7 +70,7 @@ def collect_range(spec: dict[str, Any], start: int, stop: int) -> tuple[dict[str
 
 def _collect(ctx: StageRun, count: int) -> tuple[dict[str, dict[str, list[Any]]], dict[str, Any]]:
     """collect_range over all samples in `workers` shards, merged in sample order; the timings to record."""
-    from qnnbuild.toolchain import shards
+    from qnnbuild.toolchain.runtime import shards
 
     spec = {"data": ctx.params["data"], "files": {k: str(v) for k, v in ctx.files.items()},
             "inputs": {k: str(v) for k, v in ctx.inputs.items()}}
@@ -90,7 +90,7 @@ def _accuracy(outs: dict[str, dict[str, list[Any]]], labels: list[int]) -> dict[
     """Top-1 (and top-5, with ≥ 5 classes) accuracy in %, per model, on the first classifier output."""
     import numpy as np
 
-    from qnnbuild.toolchain import metrics
+    from qnnbuild.toolchain.data import metrics
 
     first = outs["fp32"]
     name = next((n for n, v in first.items() if metrics.is_classifier(v[0].shape)), None)
@@ -113,7 +113,7 @@ def _accuracy(outs: dict[str, dict[str, list[Any]]], labels: list[int]) -> dict[
 def run(ctx: StageRun) -> None:
     import numpy as np
 
-    from qnnbuild.toolchain import metrics
+    from qnnbuild.toolchain.data import metrics
 
     target = ctx.require_target()
     if (ctx.inputs["reference"] / "llm.json").is_file():
@@ -148,7 +148,7 @@ def run(ctx: StageRun) -> None:
 
 def _llm(ctx: StageRun, target: str) -> None:
     """An LLM: perplexity and greedy agreement of QDQ-CPU and HTP against fp32 on text (toolchain/llmrun)."""
-    from qnnbuild.toolchain import llmrun
+    from qnnbuild.toolchain.llm import run as llmrun
 
     report, speed = llmrun.validate(ctx.inputs, ctx.files, ctx.params["data"], ctx.progress)
     ppl, limit = report["perplexity"], ctx.params.get("max_perplexity_ratio")

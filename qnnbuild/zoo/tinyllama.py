@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qnnbuild.toolchain.hfexport import import_transformers
+from qnnbuild.toolchain.sources.hfexport import import_transformers
 
 MODULES = ("argparse", "collections", "csv", "datetime", "email", "functools", "http.client", "json", "logging",
            "os", "pathlib", "random", "shutil", "string", "subprocess", "tarfile", "textwrap", "threading",

@@ -20,7 +20,7 @@ def test_doctor_reports_what_it_tried(tmp_path: Path) -> None:
 
 def test_a_backend_that_fails_is_reported_with_its_error(tmp_path: Path) -> None:
     """The probe's answer follows the attempt: break the IR backend's library path and IR is unavailable."""
-    code = ("import json, qnnbuild.commands.doctor as d, qnnbuild.toolchain.qnn as q, pathlib;"
+    code = ("import json, qnnbuild.commands.doctor as d, qnnbuild.toolchain.runtime.qnn as q, pathlib;"
             f"q.library_dir = lambda: pathlib.Path({str(tmp_path)!r});"
             "print(json.dumps(d.probe()['backends']['ir']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

@@ -18,8 +18,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qnnbuild.console import Console, describe
-from qnnbuild.engine.result import Result
+from qnnbuild.engine.build.console import Console, describe
+from qnnbuild.engine.build.result import Result
 from tests.conftest import TINY_RECIPE, run_process
 
 VALIDATE = ("  validate: {kind: validate, context: context, reference: export, quantized: quantize, "

@@ -209,8 +209,8 @@ def test_damaged_store_entry_is_rebuilt_not_used(project: Path, cli: CLI) -> Non
 
 
 def test_touched_input_is_hashed_once(project: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
-    from qnnbuild.engine import hashing
-    from qnnbuild.engine.hashing import StatCache
+    from qnnbuild.common import hashing
+    from qnnbuild.common.hashing import StatCache
 
     cli("run", "five.yaml")
     os.utime(project / "big.bin", ns=(5, 5))

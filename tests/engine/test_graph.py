@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qnnbuild.engine.graph import plan_of, render
-from qnnbuild.engine.recipe import load_recipe
+from qnnbuild.engine.recipe.checks import load_recipe
+from qnnbuild.engine.recipe.plan import plan_of, render
 from tests.conftest import write
 
 RECIPE = """\
@@ -59,7 +59,7 @@ def test_renderings(tmp_path: Path) -> None:
 
 
 def test_plan_round_trips_through_json(tmp_path: Path) -> None:
-    from qnnbuild.engine.graph import Plan
+    from qnnbuild.engine.recipe.plan import Plan
 
     p = plan(tmp_path)
     assert Plan.from_json(p.to_json()) == p

@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qnnbuild.engine.recipe import load_recipe
+from qnnbuild.engine.recipe.checks import load_recipe
 from qnnbuild.errors import RecipeError
 from tests.conftest import TINY_RECIPE
 

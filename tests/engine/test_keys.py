@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qnnbuild.engine import keys
+from qnnbuild.engine.keys import document as keys
 
 
 def test_version_cache_is_trusted_only_while_the_site_folders_are_unchanged(tmp_path: Path,
@@ -31,10 +31,10 @@ def test_version_cache_is_trusted_only_while_the_site_folders_are_unchanged(tmp_
 
 def test_code_digest_covers_the_stage_module_and_what_it_imports(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from qnnbuild.engine import codekeys
+    from qnnbuild.engine.keys import code as codekeys
 
     rel = [p.relative_to(codekeys.PACKAGE).as_posix() for p in codekeys.closure("qnnbuild.stages.quantize")]
-    assert {"stages/quantize.py", "toolchain/quantizer.py", "toolchain/calibration.py", "stages/base.py"} <= set(rel)
+    assert {"stages/quantize.py", "toolchain/quant/quantizer.py", "toolchain/data/calibration.py", "stages/base.py"} <= set(rel)
     assert "stages/profile.py" not in rel and not [r for r in rel if r.startswith("engine/")]
     # an edit to a module quantize imports (a forgotten version bump) changes quantize's digest, not profile's
     fake = tmp_path / "qnnbuild"
@@ -46,7 +46,7 @@ def test_code_digest_covers_the_stage_module_and_what_it_imports(tmp_path: Path,
     before = codekeys.CodeDigests(tmp_path / "a.json")
     digests = {m: before.digest(m) for m in ("qnnbuild.stages.quantize", "qnnbuild.stages.profile")}
     before.save()
-    with (fake / "toolchain" / "quantizer.py").open("a") as fh:
+    with (fake / "toolchain" / "quant" / "quantizer.py").open("a") as fh:
         fh.write("\n# changed\n")
     codekeys.package_stamp.cache_clear()  # a new process would take the stamp anew
     after = codekeys.CodeDigests(tmp_path / "a.json")  # the remembered digests are dropped: a file changed

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qnnbuild.engine.recipe import load_recipe
+from qnnbuild.engine.recipe.checks import load_recipe
 from qnnbuild.errors import RecipeError
 from tests.conftest import CLI, write
 

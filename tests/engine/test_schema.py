@@ -1,7 +1,7 @@
 import json
 from pathlib import Path
 
-from qnnbuild.engine.schema import fill_defaults, recipe_schema
+from qnnbuild.engine.recipe.schema import fill_defaults, recipe_schema
 from qnnbuild.stages import KINDS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -237,7 +237,7 @@ def test_two_writers_racing_one_manifest(tmp_path: Path, seaweed: SeaweedFS, whe
     """The conditional create lets exactly one of several simultaneous writers commit an entry."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from qnnbuild.engine.remote import RemoteCache
+    from qnnbuild.engine.store.remote import RemoteCache
 
     url = (seaweed.bucket(f"race-{uuid.uuid4().hex[:8]}") if where == "s3" else (tmp_path / "c").as_uri())
     env = seaweed.env() if where == "s3" else {}
@@ -261,7 +261,7 @@ def test_two_writers_racing_one_manifest(tmp_path: Path, seaweed: SeaweedFS, whe
 
 def test_a_programming_error_is_not_cache_down(tmp_path: Path) -> None:
     """Only network and storage errors open the breaker; a bug surfaces as itself."""
-    from qnnbuild.engine.remote import RemoteCache
+    from qnnbuild.engine.store.remote import RemoteCache
 
     cache = RemoteCache((tmp_path / "c").as_uri(), warn=lambda m: None)
 
@@ -275,7 +275,7 @@ def test_a_programming_error_is_not_cache_down(tmp_path: Path) -> None:
     def down(*_: object) -> None:
         raise ConnectionRefusedError(111, "Connection refused")
 
-    from qnnbuild.engine.remote import CacheDown
+    from qnnbuild.engine.store.remote import CacheDown
 
     with pytest.raises(CacheDown):
         cache._call("read manifest", down)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from qnnbuild.engine.graph import Instance, Plan
-from qnnbuild.engine.keys import explain, key_document, key_of
-from qnnbuild.engine.status import assess
+from qnnbuild.engine.keys.document import explain, key_document, key_of
+from qnnbuild.engine.keys.status import assess
+from qnnbuild.engine.recipe.plan import Instance, Plan
 
 
 def inst(id_: str, params: dict[str, Any] | None = None, inputs: dict[str, str] | None = None) -> Instance:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from qnnbuild.engine.yamlsrc import load_text
+from qnnbuild.engine.recipe.yamlsrc import load_text
 from qnnbuild.errors import RecipeError
 
 

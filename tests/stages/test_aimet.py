@@ -53,7 +53,7 @@ def test_cle_refuses_a_relu6_network_it_would_change() -> None:
     initializers, which AIMET then leaves alone, and does not equalize across). With activations above 6 the
     equalized model computes something else: the guard measures it and refuses."""
     from qnnbuild.errors import StageFailed
-    from qnnbuild.toolchain import aimet
+    from qnnbuild.toolchain.quant import aimet
 
     rng = np.random.default_rng(0)
     w1 = (rng.standard_normal((8, 3, 3, 3)) * 3).astype(np.float32)
@@ -79,7 +79,7 @@ def test_adaround_and_seqmse_report_layers_done(tmp_path: Path) -> None:
     """Progress for AIMET's techniques: layers optimized of the weighted layers, then samples calibrated."""
     import onnx
 
-    from qnnbuild.toolchain import aimet
+    from qnnbuild.toolchain.quant import aimet
 
     outlier_model(tmp_path / "m.onnx")
     model = onnx.load(str(tmp_path / "m.onnx"))

@@ -92,7 +92,7 @@ def test_infer_cli_and_python_api(tiny_project: Path, cli: CLI) -> None:
     assert proc.stdout.splitlines()[0].startswith("output: shape [1, 4, 16, 16] float32")  # nothing else on stdout
     probe = write(tiny_project, "probe.py", """\
         import numpy as np, qnnbuild
-        from qnnbuild.toolchain import qnn
+        from qnnbuild.toolchain.runtime import qnn
         x = np.load("x.npy")[None]
         y = qnnbuild.load("tiny.yaml", "SM8650").run({"input": x})["output"]
         ref = qnn.cpu_session("model.onnx").run(None, {"input": x})[0]

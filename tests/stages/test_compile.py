@@ -27,7 +27,7 @@ def test_minimal_recipe_builds_a_context_that_runs_on_the_emulator(tiny_project:
     # The deliverable loads and runs on the HTP emulator, and agrees with the fp32 model on the CPU.
     probe = write(tiny_project, "probe.py", """\
         import numpy as np, sys
-        from qnnbuild.toolchain import qnn
+        from qnnbuild.toolchain.runtime import qnn
         x = np.random.default_rng(7).standard_normal((1, 3, 16, 16)).astype(np.float32)
         npu = qnn.htp_session(sys.argv[1], {}).run(None, {"input": x})[0]
         ref = qnn.cpu_session(sys.argv[2]).run(None, {"input": x})[0]

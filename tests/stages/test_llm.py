@@ -34,7 +34,8 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import onnxruntime_genai as og, onnxruntime_qnn
-from qnnbuild.toolchain import llmrun, qnn
+from qnnbuild.toolchain.llm import run as llmrun
+from qnnbuild.toolchain.runtime import qnn
 og.register_execution_provider_library("QNNExecutionProvider", onnxruntime_qnn.get_library_path())
 art = Path(sys.argv[1])
 deliverable = art / "context/SM8650"

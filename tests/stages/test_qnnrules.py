@@ -85,7 +85,7 @@ def test_a_preset_and_its_spelled_out_form_share_a_key(tmp_path: Path, cli: CLI)
                                      "weights: uint8, per_channel: true}\n")
     write(tmp_path, "c.yaml", base + "  quantize: {kind: quantize, model: export, precision: w8a16, "
                                      "per_channel: false}\n")  # an explicit parameter wins over the preset
-    from qnnbuild.engine.plans import load_plan
+    from qnnbuild.engine.recipe.plancache import load_plan
 
     params = {name: load_plan(str(tmp_path / f"{name}.yaml"), tmp_path, cached=False).by_id()["quantize"].params
               for name in ("a", "b", "c")}

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from qnnbuild.toolchain.quantizer import stride_for
+from qnnbuild.toolchain.quant.quantizer import stride_for
 from tests.conftest import CLI, TINY_RECIPE, make_conv_model, write
 
 

@@ -11,7 +11,7 @@ def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     from qnnbuild.errors import StageFailed
-    from qnnbuild.toolchain import tfconvert
+    from qnnbuild.toolchain.sources import tfconvert
 
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if the extra were not installed
     with pytest.raises(StageFailed, match=r"pip install 'qnnbuild\[tensorflow\]'"):

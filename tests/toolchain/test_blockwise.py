@@ -1,4 +1,4 @@
-"""4-bit MatMul weights per channel and per block in QNN's LPBQ form (toolchain/blockwise.py), run on the HTP
+"""4-bit MatMul weights per channel and per block in QNN's LPBQ form (toolchain/quant/blockwise.py), run on the HTP
 emulator against the same QDQ model on the CPU."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qnnbuild.toolchain import blockwise, encodings, metrics, qnn, quantizer
-from qnnbuild.toolchain.llmquant import FeedList
+from qnnbuild.toolchain.data import metrics
+from qnnbuild.toolchain.llm.quant import FeedList
+from qnnbuild.toolchain.quant import blockwise, encodings, quantizer
+from qnnbuild.toolchain.runtime import qnn
 from tests.conftest import CLI, write
 
 SM8650 = {"soc_model": "57", "htp_arch": "75"}

@@ -1,4 +1,4 @@
-"""Static prefill/decode graphs of a causal LM (toolchain/llmexport.py): the exported ONNX graphs, run on
+"""Static prefill/decode graphs of a causal LM (toolchain/llm/export.py): the exported ONNX graphs, run on
 onnxruntime's CPU, give the transformers model's own logits over a padded prompt and decode steps after it, for
 Llama and Qwen2 configs (grouped KV heads; Qwen2 has attention biases); both graphs build for HTP."""
 
@@ -19,7 +19,7 @@ C, N = 32, 8  # context length, prefill length
 def _tiny(family: str) -> Any:
     import torch
 
-    from qnnbuild.toolchain.hfexport import import_transformers
+    from qnnbuild.toolchain.sources.hfexport import import_transformers
 
     tf = import_transformers()
     kwargs = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -45,7 +45,7 @@ def _session(path: Path) -> Any:
 def test_static_graphs_reproduce_the_model(tmp_path: Path, family: str) -> None:
     import torch
 
-    from qnnbuild.toolchain import llmexport
+    from qnnbuild.toolchain.llm import export as llmexport
 
     model = _tiny(family)
     for name, tokens in (("prefill", N), ("decode", 1)):
@@ -72,7 +72,7 @@ def test_static_graphs_reproduce_the_model(tmp_path: Path, family: str) -> None:
 
 
 def test_both_graphs_build_for_htp(tmp_path: Path, cli: CLI) -> None:
-    from qnnbuild.toolchain import llmexport
+    from qnnbuild.toolchain.llm import export as llmexport
 
     model = _tiny("qwen2")
     for name, tokens in (("prefill", N), ("decode", 1)):
@@ -97,8 +97,9 @@ def test_a_trained_tiny_llama_generates_through_the_static_graphs(tmp_path: Path
 
     import torch
 
-    from qnnbuild.toolchain import llmexport, llmrun
-    from qnnbuild.toolchain.hfexport import import_transformers
+    from qnnbuild.toolchain.llm import export as llmexport
+    from qnnbuild.toolchain.llm import run as llmrun
+    from qnnbuild.toolchain.sources.hfexport import import_transformers
     from tests.hfmodels import stdlib_sentences, trained_llama
 
     lines = stdlib_sentences(500)
@@ -129,8 +130,9 @@ def test_runner_generates_and_scores_like_transformers(tmp_path: Path) -> None:
 
     import torch
 
-    from qnnbuild.toolchain import llmexport, llmrun
-    from qnnbuild.toolchain.hfexport import import_transformers
+    from qnnbuild.toolchain.llm import export as llmexport
+    from qnnbuild.toolchain.llm import run as llmrun
+    from qnnbuild.toolchain.sources.hfexport import import_transformers
     from tests.hfmodels import stdlib_sentences, trained_llama
 
     trained_llama(tmp_path / "llama", stdlib_sentences(200), steps=60)

@@ -5,8 +5,8 @@ import pytest
 
 from qnnbuild.stages.profile import parse_profile, percentile
 from qnnbuild.stages.validate import verdicts
-from qnnbuild.toolchain.metrics import compare, cosine, sqnr_db
-from qnnbuild.toolchain.sensitivity import rank
+from qnnbuild.toolchain.data.metrics import compare, cosine, sqnr_db
+from qnnbuild.toolchain.quant.sensitivity import rank
 
 
 def test_sqnr_and_cosine() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.toolchain import shards
+from qnnbuild.toolchain.runtime import shards
 
 ROOT = str(Path(__file__).resolve().parents[2])
 

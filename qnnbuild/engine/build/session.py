@@ -1,0 +1,304 @@
+"""One build of one plan into one artifacts folder: keys, cache hits, running a stage, publishing it.
+
+Shared by `run` (through doit), `status` and the no-op fast path, so all three agree on what a key is. The
+shared cache's traffic lives in `sync`, sending an instance to Dask in `dispatch`; every way an instance ends
+up current (found here, restored from the cache, built here or on a worker) goes through one tail, `_adopt`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qnnbuild.engine.keys.code import CodeDigests
+from qnnbuild.common.faults import checkpoint
+from qnnbuild.engine.recipe.plan import Instance, Plan
+from qnnbuild.common.hashing import StatCache
+from qnnbuild.engine.keys.document import VersionCache, environment, key_document, key_of, tool_versions
+from qnnbuild.engine.build.result import Result
+from qnnbuild.engine.keys.status import Verdict, assess
+from qnnbuild.engine.store.local import Store, remove_tree
+from qnnbuild.errors import StageFailed
+from qnnbuild.stages import KINDS
+from qnnbuild.stages.base import StageRun
+from qnnbuild.toolchain.runtime.targets import TARGETS
+
+if TYPE_CHECKING:  # the shared cache and the worker spawner load only when a run needs them
+    from qnnbuild.engine.store.remote import RemoteCache
+    from qnnbuild.engine.store.sync import SharedSync
+
+
+def label(sessions: list[Session], session: Session, inst_id: str) -> str:
+    """How an instance is named in a run (doit's task, the console line): prefixed by its recipe when a run
+    builds several."""
+    return f"{session.plan.recipe}:{inst_id}" if len(sessions) > 1 else inst_id
+
+
+class Session:
+    """One plan's build. Sessions of one run (`run a.yaml b.yaml`) share a peer's caches and key locks, so an
+    instance whose key another recipe is building waits for it and then takes it from the store."""
+
+    def __init__(self, plan: Plan, artifacts: Path, forced: frozenset[str] = frozenset(),
+                 remote: RemoteCache | None = None, peer: Session | None = None, executor: Any = None,
+                 *, readonly: bool = False) -> None:
+        self.plan = plan
+        self.artifacts = artifacts
+        self.store = Store(artifacts)
+        self.stat: StatCache = peer.stat if peer else StatCache(artifacts / ".qnnbuild" / "statcache.json")
+        self.versions: VersionCache = peer.versions if peer else VersionCache(artifacts / ".qnnbuild" / "versions.json")
+        self.code: CodeDigests = peer.code if peer else CodeDigests(artifacts / ".qnnbuild" / "code.json")
+        self.forced = forced
+        self.readonly = readonly  # status, report, release: look at the store without the run lock, never change it
+        self.remote = remote
+        self.sync: SharedSync | None = None
+        if remote is not None:
+            from qnnbuild.engine.store.sync import SharedSync
+
+            self.sync = SharedSync(self, remote)
+        self.executor = executor
+        self.locked: dict[str, Any] = self.store.read_lock(plan.recipe).get("instances", {})
+        self.results: dict[str, Result] = {}
+        self.keys: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.guard: threading.Lock = peer.guard if peer else threading.Lock()
+        self._building: dict[str, threading.Lock] = peer._building if peer else {}
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self.guard:
+            return self._building.setdefault(key, threading.Lock())
+
+    # --- keys --------------------------------------------------------------------------------------------
+    def key_for(self, inst: Instance, upstream: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        """The instance's key: its declared inputs, plus (for kinds that discover what they read) the files an
+        earlier run of the same declared key reported, digested through the stat cache with no import."""
+        declared = self.declared_document(inst, upstream)
+        if not KINDS[inst.kind].discovers(inst.params):
+            return key_of(declared), declared
+        variants = self.store.discovered(key_of(declared))
+        candidates = [self.with_discovered(declared, files) for files in variants]
+        for key, document in candidates:
+            if self.store.has(key):
+                return key, document
+        return candidates[0] if candidates else (key_of(declared), declared)
+
+    def declared_document(self, inst: Instance, upstream: dict[str, str]) -> dict[str, Any]:
+        kind = KINDS[inst.kind]
+        with self.guard:
+            files = {name: self.stat.digest(Path(path)) for name, path in sorted(inst.files.items())}
+        target: Any = TARGETS[inst.target].as_dict() if inst.target else None
+        if kind.all_targets:
+            target = [TARGETS[t].as_dict() for t in self.plan.targets]
+        with self.guard:
+            code = self.code.digest(kind.run.__module__)
+        return key_document(inst.kind, kind.version, kind.key_params(inst.params), target, upstream, files,
+                            tool_versions(kind.tools_for(inst.params)), code)
+
+    def with_discovered(self, declared: dict[str, Any], files: list[str]) -> tuple[str, dict[str, Any]]:
+        """`files` are relative to the recipe's folder (keys stay equal across checkouts of one layout)."""
+        digests = {}
+        for rel in files:
+            try:
+                with self.guard:
+                    digests[rel] = self.stat.digest(self.root / rel)
+            except OSError:
+                digests[rel] = "missing"
+        document = {**declared, "discovered": digests}
+        return key_of(document), document
+
+    @property
+    def root(self) -> Path:
+        return Path(self.plan.recipe_file).parent
+
+    def output_digest(self, key: str) -> str | None:
+        """The entry's output digest, or None when it is missing or its files no longer match the manifest.
+
+        Checked through the stat cache, so an untouched entry costs a stat per file; a modified or truncated
+        one is moved aside (by a run, which holds the store's lock) and rebuilt instead of being used.
+        """
+        manifest = self.store.manifest(key)
+        if manifest is None:
+            return None
+        entry = self.store.entry(key)
+        try:
+            with self.guard:
+                intact = all(self.stat.digest(entry / rel) == info["sha256"] for rel, info in manifest["files"].items())
+        except OSError:
+            intact = False
+        if not intact:
+            if not self.readonly:
+                self.store.quarantine(key)
+            return None
+        return str(manifest["digest"])
+
+    def view(self, inst: Instance) -> Path:
+        return self.store.view(self.plan.recipe, inst.stage, inst.target)
+
+    def assess(self) -> list[Verdict]:
+        return assess(self.plan, self.key_for, self.output_digest,
+                      lambda inst, key: self.store.view_is(self.view(inst), key), self.locked, self.forced)
+
+    def accept(self, verdicts: list[Verdict]) -> list[Result]:
+        """Record fresh, current verdicts as cached results without running anything."""
+        by_id = self.plan.by_id()
+        return [self._record(by_id[v.id], "cached", 0.0, str(v.key), v.document or {}) for v in verdicts]
+
+    def _upstream_digests(self, inst: Instance) -> dict[str, str]:
+        return {name: str(self.results[up].digest) for name, up in inst.inputs.items()}
+
+    # --- doit's up-to-date check and action -----------------------------------------------------------------
+    def current(self, inst: Instance) -> bool:
+        """True when the key is in the store and the view shows it: doit then skips the instance."""
+        key, document = self.key_for(inst, self._upstream_digests(inst))
+        self.keys[inst.id] = (key, document)
+        if inst.id in self.forced or not self.store.view_is(self.view(inst), key) or self.output_digest(key) is None:
+            return False
+        self._record(inst, "cached", 0.0, key, document)
+        return True
+
+    def execute(self, inst: Instance) -> Result:
+        started = time.monotonic()
+        key, document = self.keys.get(inst.id) or self.key_for(inst, self._upstream_digests(inst))
+        with self._key_lock(key):  # one build per key, however many recipes of this run share it
+            return self._execute(inst, key, document, started)
+
+    def _execute(self, inst: Instance, key: str, document: dict[str, Any], started: float) -> Result:
+        forced = inst.id in self.forced
+        if not forced and self.output_digest(key) is not None:
+            return self._adopt(inst, key, document, "cached", started)
+        restored = self.sync.restore(inst, key, document) if self.sync is not None and not forced else None
+        if restored is not None:
+            return self._adopt(inst, *restored, "cached", started, origin="remote")
+        if self.executor is not None and not KINDS[inst.kind].discovers(inst.params):  # those live here
+            from qnnbuild.engine.build.dispatch import on_cluster
+
+            worker = on_cluster(self, inst, key, document)
+            if worker is not None:
+                return self._adopt(inst, key, document, "ran", started, worker=worker)
+        work = self.store.new_workdir(key)
+        try:
+            self._run_worker(inst, work)
+            key, document = self._rekey(work, document)
+            self.store.publish(work, key, document, time.monotonic() - started, replace=forced, instance=inst.id)
+        except StageFailed as exc:
+            log = self._keep_log(inst, work)
+            raise StageFailed(str(exc), log) from None
+        finally:
+            if work.exists():
+                remove_tree(work)
+        result = self._adopt(inst, key, document, "ran", started)
+        checkpoint("view:switched", inst.id)
+        if self.sync is not None:
+            self.sync.upload(inst, key, document)
+        self.failure_log(inst).unlink(missing_ok=True)  # the last failure of this instance is history now
+        return result
+
+    def _adopt(self, inst: Instance, key: str, document: dict[str, Any], status: str, started: float, *,
+               origin: str = "local", worker: str | None = None) -> Result:
+        """The one tail of every way an entry becomes this instance's: its stats remembered (later runs check
+        it by stat), the view switched to it, the result recorded."""
+        self._remember_stats(key)
+        self.store.set_view(self.view(inst), key)
+        result = self._record(inst, status, time.monotonic() - started, key, document)
+        result.origin, result.worker = origin, worker
+        return result
+
+    def push_pending(self) -> int:
+        """Upload what an earlier run could not (see sync.SharedSync.push_pending)."""
+        return self.sync.push_pending() if self.sync is not None else 0
+
+    def _remember_stats(self, key: str) -> None:
+        """Remember the published files' stats: later runs check them by stat only."""
+        manifest = self.store.manifest(key) or {"files": {}}
+        with self.guard:
+            for rel in manifest["files"]:
+                self.stat.digest(self.store.entry(key) / rel)
+
+    def _rekey(self, work: Path, document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """After a run: the key from the declared inputs and the files the stage reported reading."""
+        report = work / ".qnnbuild" / "discovered.json"
+        if not report.is_file():
+            return key_of(document), document
+        declared = {k: v for k, v in document.items() if k != "discovered"}
+        files = sorted(os.path.relpath(p, self.root) for p in json.loads(report.read_text()))
+        report.unlink()
+        self.store.remember_discovered(key_of(declared), files)
+        return self.with_discovered(declared, files)
+
+    def stage_run(self, inst: Instance, work: Path) -> StageRun:
+        return StageRun(recipe=self.plan.recipe, stage=inst.stage, instance=inst.id, params=inst.params,
+                        inputs={name: self.store.entry(str(self.results[up].key)).resolve()
+                                for name, up in inst.inputs.items()},
+                        files={name: Path(p) for name, p in inst.files.items()}, out=work,
+                        target=TARGETS[inst.target].as_dict() if inst.target else None, root=self.root,
+                        targets=[TARGETS[t].as_dict() for t in self.plan.targets]
+                        if KINDS[inst.kind].all_targets else [], progress_file=self.progress_file(inst))
+
+    def progress_file(self, inst: Instance) -> Path:
+        """Where a running instance's worker reports its progress (StageRun.progress) for the console."""
+        folder = (self.artifacts / ".qnnbuild" / "progress").resolve()  # workers run in their own folder
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{self.plan.recipe}.{inst.id}.json"
+
+    def _run_worker(self, inst: Instance, work: Path) -> None:
+        from qnnbuild.engine.workers.process import spawn
+
+        work = work.resolve()
+        try:
+            spawn(inst.kind, self.stage_run(inst, work), work)
+        finally:
+            self.progress_file(inst).unlink(missing_ok=True)
+
+    def failure_log(self, inst: Instance) -> Path:
+        return self.artifacts / self.plan.recipe / "logs" / (inst.id.replace("[", "-").replace("]", "") + ".log")
+
+    def _keep_log(self, inst: Instance, work: Path) -> Path:
+        dest = self.failure_log(inst)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / ".qnnbuild" / "stage.log", dest)
+        return dest
+
+    def _record(self, inst: Instance, status: str, seconds: float, key: str, document: dict[str, Any]) -> Result:
+        manifest = self.store.manifest(key) or {"files": {}, "digest": None}
+        view = self.view(inst)
+        result = Result(inst.id, inst.stage, inst.target, status, seconds, key,
+                        [str(view / rel) for rel in manifest["files"]], manifest["digest"], document,
+                        {rel: info["sha256"] for rel, info in manifest["files"].items()})
+        with self.guard:
+            self.results[inst.id] = result
+        return result
+
+    def fail(self, inst: Instance, status: str, message: str, seconds: float = 0.0, log: Path | None = None) -> None:
+        with self.guard:
+            self.results[inst.id] = Result(inst.id, inst.stage, inst.target, status, seconds,
+                                           self.keys.get(inst.id, (None,))[0], message=message,
+                                           log=str(log) if log else None)
+
+    # --- after the run -----------------------------------------------------------------------------------------
+    def write_lock(self) -> None:
+        """Record every instance that ended ran/cached; keep the last good entry of the others."""
+        instances = {k: v for k, v in self.locked.items() if k in self.plan.by_id()}
+        for result in self.results.values():
+            if result.status in ("ran", "cached"):
+                instances[result.id] = {"key": result.key, "digest": result.digest, "document": result.document,
+                                        "outputs": result.files}
+        tools = sorted({t for inst in self.plan.instances for t in KINDS[inst.kind].tools_for(inst.params)})
+        lock = {"recipe": self.plan.recipe, "tools": tool_versions(tuple(tools)), "platform": environment(),
+                "instances": dict(sorted(instances.items()))}
+        old = self.store.read_lock(self.plan.recipe)
+        old.pop("schema_version", None)
+        if old != lock:
+            self.store.write_lock(self.plan.recipe, lock)
+        self.save_caches()
+
+    def save_caches(self) -> None:
+        """Input digests and tool versions, so the next run pays a stat per file instead of re-reading them."""
+        self.stat.save()
+        self.versions.save()
+        self.code.save()
+
+    def ordered_results(self) -> list[Result]:
+        return [self.results[i.id] for i in self.plan.instances if i.id in self.results]

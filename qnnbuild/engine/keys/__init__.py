@@ -1,0 +1,1 @@
+"""What determines an output: key documents, code digests, tool versions, and status verdicts."""

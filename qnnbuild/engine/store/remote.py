@@ -1,0 +1,355 @@
+"""The shared cache: the local store's entries under the same keys, on any fsspec URL (s3://, file://, ...).
+
+    <url>/<key>/files/<relpath>      the entry's output files, uploaded first
+    <url>/<key>/meta/<name>          stage.log and timings.json: not outputs, but checked like them against
+                                     the digests the manifest's "meta" holds
+    <url>/<key>/manifest.json        the local manifest, uploaded last with a conditional create: the commit
+                                     marker, so an entry without it does not exist for a reader
+    <url>/deps/<declared key>.json   the discovered-input lists of a declared key (see Session.key_for)
+    <url>/blobs/<digest>             a declared input file (a folder as a tar) shipped to Dask workers
+
+A reader trusts nothing it downloads: the manifest must describe the key it is stored under, every file must
+match the manifest's sha256, and only then is the download published locally by the store's atomic rename. A
+cache that fails costs bounded retries with backoff and one warning, then is left alone for the rest of the
+run (a circuit breaker): the build goes on locally. Credentials come from fsspec's own sources (for S3 the
+standard AWS variables and files); URLs are shown without any userinfo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qnnbuild.common.faults import checkpoint
+from qnnbuild.common.hashing import sha256_file, sha256_json
+from qnnbuild.engine.store.local import META, META_FILES, Store, output_files, remove_tree
+from qnnbuild.errors import UsageError
+
+T = TypeVar("T")
+ATTEMPTS = 3
+BACKOFF_S = 0.2  # then 0.4: a cache that is down costs well under a second per run, once
+MODES = ("readwrite", "read")
+
+
+def redact(url: str) -> str:
+    """The URL without user:password@ (and without a query, where some schemes put tokens)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class CacheDown(Exception):
+    """The cache failed after its retries; the breaker is open for the rest of the run."""
+
+
+@dataclass
+class RemoteCache:
+    url: str
+    mode: str = "readwrite"
+    required: bool = False
+    warn: Callable[[str], None] = print
+    _fs: Any = None
+    _root: str = ""
+    failure: str | None = None
+    warned: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)  # keys whose entry was bad: a writer replaces them
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"--cache-mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+
+    def connect(self) -> None:
+        """Open the filesystem. Not done at construction: a no-op run must not pay for importing fsspec and
+        s3fs (~0.3 s) when it will not touch the cache. Raises UsageError for a URL fsspec cannot open."""
+        if self._fs is not None:
+            return
+        try:
+            import fsspec
+        except ImportError:
+            raise UsageError("--cache needs the remote extra: pip install 'qnnbuild[remote]'") from None
+        options: dict[str, Any] = {}
+        if self.url.startswith(("s3://", "s3a://")):
+            # our retries, not botocore's 5 with 15 s timeouts: a cache that is down must cost seconds, once
+            options = {"config_kwargs": {"connect_timeout": 3, "read_timeout": 30, "retries": {"max_attempts": 1}}}
+        elif self.url.startswith(("file://", "/")):
+            options = {"auto_mkdir": True}
+        try:
+            fs, root = fsspec.core.url_to_fs(self.url, **options)
+        except ImportError as exc:
+            raise UsageError(f"--cache {self.shown}: {exc} (pip install 'qnnbuild[remote]')") from None
+        except ValueError as exc:
+            raise UsageError(f"--cache {self.shown}: {exc}") from None
+        if hasattr(fs, "retries"):
+            fs.retries = 1  # s3fs's own retry loop sleeps up to 30 s before giving up
+        self._fs, self._root = fs, root.rstrip("/")
+
+    @property
+    def fs(self) -> Any:
+        self.connect()
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        self.connect()
+        return self._root
+
+    @property
+    def shown(self) -> str:
+        return redact(self.url)
+
+    @property
+    def writes(self) -> bool:
+        return self.mode == "readwrite"
+
+    # --- fault handling ------------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(...) with bounded retries; a missing object is an answer (raised as is) only when reading."""
+        if self.failure is not None:
+            raise CacheDown(self.failure)
+        answers: tuple[type[Exception], ...] = () if what.startswith("upload") else (FileNotFoundError,)
+        for attempt in range(ATTEMPTS):
+            try:
+                return fn(*args, **kwargs)
+            except answers:
+                raise
+            except _storage_errors() as exc:  # a programming error (TypeError, KeyError, ...) is not "cache down"
+                if attempt == ATTEMPTS - 1:
+                    self._trip(what, exc)
+                time.sleep(BACKOFF_S * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _trip(self, what: str, exc: Exception) -> None:
+        with self._guard:
+            if self.failure is None:
+                detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+                self.failure = f"shared cache {self.shown} failed ({what}: {detail}); building locally"
+                self.warn(self.failure)
+        raise CacheDown(self.failure)
+
+    def once(self, message: str) -> None:
+        with self._guard:
+            if message not in self.warned:
+                self.warned.add(message)
+                self.warn(message)
+
+    # --- paths ---------------------------------------------------------------------------------------------
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    # --- reading -------------------------------------------------------------------------------------------
+    def manifest(self, key: str) -> dict[str, Any] | None:
+        try:
+            raw = json.loads(self._call("read manifest", self.fs.cat_file, self._path(key, "manifest.json")))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            self.once(f"shared cache entry {key[:16]}: manifest.json is not JSON; refused")
+            self.refused.add(key)
+            return None
+        if not isinstance(raw, dict) or raw.get("key") != key or sha256_json(raw.get("document")) != key:
+            self.once(f"shared cache entry {key[:16]}: its manifest does not describe this key; refused")
+            self.refused.add(key)
+            return None
+        return raw
+
+    def fetch(self, key: str, store: Store, replace: bool = False) -> dict[str, Any] | None:
+        """Download the entry for `key`, check every file against its manifest, publish it into `store` (over
+        a local entry of that key with `replace`: a forced run on a worker brings its own log and timings).
+
+        Returns the local manifest, or None when the cache has no (valid) entry; raises CacheDown."""
+        manifest = self.manifest(key)
+        if manifest is None:
+            return None
+        work = store.new_workdir(key)
+        meta = {name: digest for name, digest in (manifest.get("meta") or {}).items() if name in META_FILES}
+        wanted = [(("files", rel), work / rel, f"file {rel}", info["sha256"])
+                  for rel, info in sorted(manifest["files"].items())]
+        # the log and timings too (a manifest from before they were digested brings none): no byte unchecked
+        wanted += [(("meta", name), work / META / name, name, digest) for name, digest in sorted(meta.items())]
+        try:
+            if not all(self._download_checked(key, *item) for item in wanted):
+                return None
+            return store.publish(work, key, manifest["document"], float(manifest.get("seconds", 0.0)),
+                                 replace=replace)
+        finally:
+            if work.exists():
+                remove_tree(work)
+
+    def _download_checked(self, key: str, where: tuple[str, str], dest: Path, shown: str, digest: str) -> bool:
+        """One file of an entry, downloaded and checked against its manifest digest; False (the entry refused,
+        once said) when it is missing or differs."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._call("download", self.fs.get_file, self._path(key, *where), str(dest))
+        except FileNotFoundError:
+            problem = "is missing"
+        else:
+            if sha256_file(dest) == digest:
+                return True
+            problem = "does not match its manifest (sha256)"
+        self.once(f"shared cache entry {key[:16]}: {shown} {problem}; refused, building locally")
+        self.refused.add(key)
+        return False
+
+    def discovered(self, declared_key: str) -> list[list[str]]:
+        try:
+            raw = json.loads(self._call("read deps", self.fs.cat_file, self._path("deps", f"{declared_key}.json")))
+        except (FileNotFoundError, ValueError):
+            return []
+        return [list(v) for v in raw if isinstance(v, list)] if isinstance(raw, list) else []
+
+    # --- writing -------------------------------------------------------------------------------------------
+    def push(self, key: str, store: Store, *, replace: bool = False, instance: str = "") -> bool:
+        """Upload a local entry: files, then the manifest by conditional create. False when it was there."""
+        entry = store.entry(key)
+        manifest_path = self._path(key, "manifest.json")
+        if not replace and self._call("look up", self.fs.exists, manifest_path):
+            return False
+        for path in output_files(entry):
+            rel = path.relative_to(entry).as_posix()
+            self._call("upload", self.fs.put_file, str(path), self._path(key, "files", rel))
+        body = (entry / META / "manifest.json").read_bytes()
+        for name in sorted(json.loads(body).get("meta") or {}):
+            if name in META_FILES:
+                self._call("upload", self.fs.put_file, str(entry / META / name), self._path(key, "meta", name))
+        checkpoint("remote:files-uploaded", instance)
+        if replace:
+            self._call("upload manifest", self.fs.pipe_file, manifest_path, body)
+            return True
+        return self._call("upload manifest", self._create, manifest_path, body)
+
+    def _create(self, path: str, body: bytes) -> bool:
+        """Conditional create (S3 If-None-Match: *; a hard link on a folder); False when the object was there."""
+        if "file" in _protocols(self.fs):
+            return _link_create(Path(path), body)
+        try:
+            self.fs.pipe_file(path, body, mode="create")
+        except FileExistsError:
+            return False
+        except OSError:
+            if self.fs.exists(path):  # S3 answers 412 Precondition Failed, which s3fs raises as EINVAL
+                return False
+            raise
+        return True
+
+    def remember_discovered(self, declared_key: str, variants: list[list[str]]) -> None:
+        self._call("upload deps", self.fs.pipe_file, self._path("deps", f"{declared_key}.json"),
+                   json.dumps(variants).encode())
+
+    # --- declared input files, for Dask workers -------------------------------------------------------------
+    def put_blob(self, path: Path, digest: str) -> None:
+        import tarfile
+        import tempfile
+
+        target = self._path("blobs", digest)
+        if self._call("look up", self.fs.exists, target):
+            return
+        if path.is_dir():
+            with tempfile.TemporaryDirectory(prefix="qnnbuild-blob-") as tmp:
+                archive = Path(tmp) / "folder.tar"
+                with tarfile.open(archive, "w") as tar:
+                    tar.add(path, arcname=".")
+                self._call("upload", self.fs.put_file, str(archive), target)
+        else:
+            self._call("upload", self.fs.put_file, str(path), target)
+
+    def get_blob(self, digest: str, folder: Path, name: str) -> Path:
+        """The input file (or folder) with this digest at folder/name, downloaded once and checked."""
+        import tarfile
+        import uuid
+
+        from qnnbuild.common.hashing import StatCache
+
+        dest = folder / name
+        if dest.exists() and StatCache(folder / ".unused").digest(dest) == digest:
+            return dest
+        folder.mkdir(parents=True, exist_ok=True)
+        raw = folder / f".{uuid.uuid4().hex}.part"
+        try:
+            self._call("download", self.fs.get_file, self._path("blobs", digest), str(raw))
+        except FileNotFoundError:
+            raise CacheDown(f"input file {name} ({digest[:16]}) is not in the shared cache") from None
+        if sha256_file(raw) == digest:
+            raw.replace(dest)
+        else:  # a folder travels as a tar; its digest is over its files
+            with tarfile.open(raw) as tar:
+                tar.extractall(dest, filter="data")
+            raw.unlink()
+        if StatCache(folder / ".unused").digest(dest) != digest:
+            remove_tree(dest) if dest.is_dir() else dest.unlink()
+            raise CacheDown(f"input file {name} from the shared cache does not match its digest {digest[:16]}")
+        return dest
+
+    # --- maintenance ---------------------------------------------------------------------------------------
+    def entries(self) -> list[tuple[str, float]]:
+        """(key, age in days of its manifest) for every committed entry."""
+        now = time.time()
+        found = []
+        for info in self._call("list", self.fs.ls, self.root, detail=True):
+            name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
+            if len(name) != 64:
+                continue
+            try:
+                stamp = self._call("stat", self.fs.modified, self._path(name, "manifest.json")).timestamp()
+            except FileNotFoundError:
+                stamp = now  # an upload in progress (or abandoned): gc leaves it to a later run
+            found.append((name, (now - stamp) / 86400))
+        return found
+
+    def delete(self, key: str) -> None:
+        """Manifest first: the entry stops existing for readers before its files go."""
+        with contextlib.suppress(FileNotFoundError):
+            self._call("delete", self.fs.rm_file, self._path(key, "manifest.json"))
+        self._call("delete", self.fs.rm, self._path(key), recursive=True)
+
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    proto = getattr(fs, "protocol", ())
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _link_create(path: Path, body: bytes) -> bool:
+    """Create `path` with `body` only if it does not exist, atomically: written whole under a temporary name,
+    then hard-linked into place (link(2) fails when the name exists). fsspec's local "create" mode writes a
+    temporary file and renames it over the name, so two racing writers both "won" (found by a test)."""
+    import os
+    import uuid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(body)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
+
+
+def _storage_errors() -> tuple[type[Exception], ...]:
+    """What a flaky network or storage server raises through fsspec: OS and timeout errors (s3fs maps most S3
+    answers to them), and botocore's and aiohttp's own when they come through unmapped."""
+    import asyncio
+
+    found: list[type[Exception]] = [OSError, TimeoutError, asyncio.TimeoutError]
+    with contextlib.suppress(ImportError):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        found += [BotoCoreError, ClientError]
+    with contextlib.suppress(ImportError):
+        from aiohttp import ClientError as HttpError
+
+        found.append(HttpError)
+    return tuple(found)

@@ -1,0 +1,1 @@
+"""Samples and figures: calibration sources, text data, accuracy metrics."""

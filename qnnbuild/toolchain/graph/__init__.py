@@ -1,0 +1,1 @@
+"""ONNX graph surgery: names, shapes, rewrites, the clean fp32 model."""

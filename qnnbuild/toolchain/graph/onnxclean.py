@@ -1,0 +1,92 @@
+"""An fp32 ONNX model from any source → the clean model QNN and the quantizer need, with its I/O description.
+
+Clean means: every input shape concrete, every node named, graph inputs and outputs without ':', ';' or '/',
+every other tensor renamed to a short fixed-width name (`names`: short name → the source's name), constants
+folded and Identity/Constant debris and BatchNorm folded away (onnxruntime's basic graph optimizations, written
+offline), the QNN rewrites applied, shapes inferred. Output bytes depend only on the inputs: fixed file names,
+no metadata, no timestamps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.errors import StageFailed
+
+# tf2onnx's own names carry a process-wide counter (`Relu6_min__15`), and its duplicate-constant merge keeps one
+# of several such names at random: not a source name, so `names` leaves them out (the short name stands)
+TF2ONNX_MADE_UP = re.compile(r"__\d+(:\d+)?$")
+
+
+@dataclass
+class Cleaned:
+    model: Any  # onnx.ModelProto
+    io: dict[str, Any]  # io_spec of the model, with `source_name` where an I/O name was changed, and `nodes`
+    names: dict[str, str]  # short tensor name → the source model's name
+    rewrites: list[dict[str, Any]]
+
+
+def _fold(model: Any, scratch: Path) -> Any:
+    """onnxruntime's basic optimizations (constant folding, Identity/Constant removal, BatchNorm into Conv),
+    written offline: the same folding the quantizer and QNN would otherwise each do their own way."""
+    import onnx
+
+    from qnnbuild.toolchain.runtime.qnn import ort
+
+    fixed = scratch / "fixed.onnx"
+    onnx.save(model, str(fixed))
+    rt = ort()
+    so = rt.SessionOptions()
+    so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(scratch / "optimized.onnx")
+    so.log_severity_level = 3
+    rt.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"])
+    return onnx.load(str(scratch / "optimized.onnx"))
+
+
+def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[[str], None], *,
+          mask_value: float, made_up: re.Pattern[str] | None = None) -> Cleaned:
+    """`mask_value`: what an attention mask's "minus infinity" becomes; `made_up`: names the converter invented
+    (left out of `names`)."""
+    import onnx
+
+    from qnnbuild.toolchain.graph import onnxgraph, rewrites
+
+    model = onnx.load(str(raw))
+    problems = onnxgraph.fix_input_shapes(model, shapes)
+    if problems:
+        raise StageFailed("; ".join(problems))
+    renamed = onnxgraph.rename_tensors(model)
+    if renamed:
+        say(f"renamed {len(renamed)} tensors with unsafe names")
+    onnxgraph.name_nodes(model)
+    applied = rewrites.before_folding(model)
+    del model.metadata_props[:]
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    model, fused = rewrites.after_folding(_fold(model, scratch), mask_value)
+    applied += fused
+    for step in applied:
+        say(f"rewrite {step['rewrite']}: {', '.join(step['nodes'][:8])}")
+    onnxgraph.name_nodes(model)
+    source = {new: old for old, new in renamed.items()}
+    short = onnxgraph.short_names(model)
+    names = {new: source.get(old, old) for new, old in short.items()
+             if not (made_up and made_up.search(source.get(old, old)))}
+    del model.metadata_props[:]
+    model.producer_name, model.producer_version = "qnnbuild", ""
+    model = onnxgraph.infer_shapes(model)
+    debris = [n.name for n in model.graph.node if n.op_type in ("Constant", "Identity")]
+    if debris:
+        say(f"left in the graph: {', '.join(debris)}")
+    onnx.checker.check_model(model)
+    spec = onnxgraph.io_spec(model)
+    for value in [*spec["inputs"], *spec["outputs"]]:
+        if value["name"] in source:
+            value["source_name"] = source[value["name"]]
+    say(f"model.onnx: {len(model.graph.node)} nodes; inputs {spec['inputs']}")
+    return Cleaned(model, {**spec, "nodes": len(model.graph.node)}, names, applied)

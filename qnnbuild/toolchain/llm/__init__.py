@@ -1,0 +1,1 @@
+"""LLMs: their layout, export, quantization, runner, parts and onnxruntime-genai config."""

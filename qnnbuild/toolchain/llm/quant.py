@@ -1,0 +1,225 @@
+"""Quantizing an LLM's prefill and decode graphs together (toolchain/llm/export.py made them).
+
+Calibration runs the fp32 graphs the way an application does (llmrun.Runner): each line of text through prefill,
+then greedy decode steps after it, so the decode graph is calibrated on real caches, not zeros. Each graph is then
+quantized on its own feeds, with one encoding per KV-cache tensor shared by both graphs and by a layer's past
+input and present output (the cache a graph writes is the cache the next run reads, bit for bit, so its scale and
+zero point must be one), at `kv_bits` (8: the cache is most of an LLM's memory traffic). Weights are calibrated
+from the weights themselves, which both graphs share, so their encodings come out identical; `check_shared`
+proves it on the written models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.errors import StageFailed
+from qnnbuild.toolchain.data import textdata
+from qnnbuild.toolchain.llm import run as llmrun
+
+Feeds = dict[str, Any]
+
+
+class FeedList:
+    """A calibration Source over recorded feeds."""
+
+    labels: list[int] | None = None
+    classes: list[str] = []  # noqa: RUF012 - read-only, like Samples.classes
+
+    def __init__(self, feeds: list[Feeds]) -> None:
+        self.feeds = feeds
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def __getitem__(self, index: int) -> Feeds:
+        return self.feeds[index]
+
+
+def token_lines(text: Path, tokenizer: Path, spec: dict[str, Any], bos: int | None) -> list[list[int]]:
+    """The text spec's lines as token ids, each starting with the model's bos token (as in training)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer))
+    tok.no_padding()
+    tok.no_truncation()
+    ids = [tok.encode(line).ids for line in textdata.lines_of(text, spec)]
+    return [([bos] if bos is not None and (not i or i[0] != bos) else []) + i for i in ids]
+
+
+def calibration_feeds(folder: Path, lines: list[list[int]], new_tokens: int) -> dict[str, list[Feeds]]:
+    """graph → the feeds it saw while the fp32 graphs read each line and generated `new_tokens` after it."""
+    from qnnbuild.toolchain.runtime import qnn
+
+    seen: dict[str, list[Feeds]] = {"prefill": [], "decode": []}
+    runner = llmrun.Runner(qnn.cpu_session(str(folder / "model.onnx")),
+                           qnn.cpu_session(str(folder / "decode" / "model.onnx")),
+                           record=lambda graph, feeds: seen[graph].append(feeds))
+    for ids in lines:
+        runner.generate(ids[: runner.context - new_tokens], new_tokens)
+    if not seen["decode"]:
+        raise StageFailed("llm calibration ran no decode step: give longer text or a larger context_length")
+    return seen
+
+
+def exact_encoding(low: float, high: float, bits: int) -> list[dict[str, Any]]:
+    """An onnxruntime override fixing an asymmetric unsigned `bits` (8 or 16) encoding of [low, high] (0 inside)."""
+    import numpy as np
+
+    scale = (high - low) / (2**bits - 1) or 1.0
+    dtype = np.uint8 if bits == 8 else np.uint16
+    return [{"type": f"uint{bits}", "scale": np.array(scale, np.float32),
+             "zero_point": np.array(round(-low / scale), dtype)}]
+
+
+def kv_overrides(feeds: dict[str, list[Feeds]], layers: int, bits: int) -> dict[str, Any]:
+    """One exact encoding per cache tensor (layer i's key, layer i's value), over every cache both graphs read,
+    for the past input and the present output alike."""
+
+    overrides: dict[str, Any] = {}
+    for i in range(layers):
+        for part in ("key", "value"):
+            name = f"past_key_values.{i}.{part}"
+            values = [f[name] for graph in feeds.values() for f in graph]
+            low = min(0.0, *(float(v.min()) for v in values))
+            high = max(0.0, *(float(v.max()) for v in values))
+            entry = exact_encoding(low, high, bits)
+            overrides[name] = entry
+            overrides[f"present.{i}.{part}"] = entry
+    return overrides
+
+
+MOVES = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")  # onnxruntime gives their output their input's
+
+
+def _biased_inputs(model: Any) -> set[str]:
+    """The activations whose encodings set a bias's scale: each Gemm/Conv-with-bias input, followed back through
+    data-movement ops (onnxruntime quantizes a Reshape's output with its input's encoding, so an override on the
+    output alone is not applied)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = set()
+    for node in model.graph.node:
+        if node.op_type in ("Gemm", "Conv", "ConvTranspose") and len(node.input) > 2 and node.input[2]:
+            name = node.input[0]
+            while name in producer and producer[name].op_type in MOVES:
+                name = producer[name].input[0]
+            found.add(name)
+    return found
+
+
+def shared_activations(qdq: dict[str, Path], names: set[str], taken: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One exact encoding for each of `names` (the inputs of Gemm/Conv nodes with a bias) over the union of the
+    two graphs' calibrated ranges, where the recipe and QNN's rules left it free (`taken`, per graph): a bias is
+    quantized with its input's scale times its weight's, so a Qwen2's attention biases came out different in the
+    two graphs until their inputs shared one encoding."""
+    import onnx
+
+    from qnnbuild.toolchain.quant import encodings
+
+    found = {g: encodings.from_qdq(onnx.load(str(p)))["activation_encodings"] for g, p in qdq.items()}
+    first, second = found["prefill"], found["decode"]
+    shared: dict[str, Any] = {}
+    for name in sorted(set(first) & set(second) & names):
+        a, b = first[name][0], second[name][0]
+        if a["bitwidth"] != b["bitwidth"] or "True" in (a["is_symmetric"], b["is_symmetric"]):
+            continue
+        if any(name in taken[g] for g in taken):
+            continue
+        if a["bitwidth"] in (8, 16):
+            low, high = min(a["min"], b["min"], 0.0), max(a["max"], b["max"], 0.0)
+            shared[name] = exact_encoding(low, high, a["bitwidth"])
+    return shared
+
+
+def check_shared(prefill: Path, decode: Path) -> int:
+    """Both QDQ graphs' weight encodings are equal (one set, shared); returns how many were compared."""
+    import onnx
+
+    from qnnbuild.toolchain.quant import encodings
+
+    first, second = (encodings.from_qdq(onnx.load(str(p)))["param_encodings"] for p in (prefill, decode))
+    differ = sorted(n for n in first if n in second and first[n] != second[n])
+    if differ or set(first) != set(second):
+        raise StageFailed("the prefill and decode graphs' weights were quantized differently: "
+                          + ", ".join(differ[:5] or sorted(set(first) ^ set(second))[:5]))
+    return len(first)
+
+
+def write_encodings(out: Path, export: Path) -> None:
+    """out/encodings.json (QNN's layout) of out/model.qdq.onnx, by the source model's tensor names."""
+    import onnx
+
+    from qnnbuild.toolchain.graph import onnxgraph
+    from qnnbuild.toolchain.quant import encodings
+
+    encodings.write(out / "encodings.json",
+                    encodings.named(onnx.load(str(out / "model.qdq.onnx")), onnxgraph.source_names(export)))
+
+
+def quantize_pair(folder: Path, out: Path, feeds: dict[str, list[Feeds]], overrides: dict[str, dict[str, Any]],
+                  make: Callable[[Path, Path, Any, Path], Callable[[dict[str, Any]], Path]], scratch: Path) -> None:
+    """Quantize prefill (folder/model.onnx → out/model.qdq.onnx) and decode (folder/decode → out/decode) on
+    their own feeds, each with its overrides (the recipe's, QNN's rules and the shared KV encodings)."""
+    (out / "decode").mkdir(exist_ok=True)
+    for graph, source, dest in (("prefill", folder, out), ("decode", folder / "decode", out / "decode")):
+        work = scratch / graph
+        work.mkdir(parents=True)
+        make(source / "model.onnx", dest / "model.qdq.onnx", FeedList(feeds[graph]), work / "ranges.json")(
+            overrides[graph])
+
+
+DECODE_STEPS = 8  # greedy decode steps after each calibration line: the decode graph sees real caches
+
+
+def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[str, Path],
+                 recipe_overrides: Callable[[Any, Path], dict[str, Any]], say: Callable[[str], None]) -> None:
+    """The quantize stage for an LLM: `folder` holds the export (model.onnx = prefill, decode/, llm.json);
+    writes both QDQ graphs, rules.json (per graph), calibration.json (with the KV cache encodings) and llm.json."""
+    import json
+    import shutil
+    import tempfile
+
+    import onnx
+
+    from qnnbuild.toolchain.quant import qnnrules, quantizer
+
+    info = json.loads((folder / "llm.json").read_text())
+    if "text" not in params["calibration"]:
+        raise StageFailed("an LLM is calibrated on text: calibration: {text: {file, count}}")
+    tokenizer = files.get("calibration.text.tokenizer", folder / "preprocessing" / "tokenizer.json")
+    lines = token_lines(files["calibration.text.file"], tokenizer, params["calibration"]["text"],
+                        info["bos_token_id"])
+    feeds = calibration_feeds(folder, lines, DECODE_STEPS)
+    say(f"calibrating on {len(lines)} lines of text: {len(feeds['prefill'])} prefill and {len(feeds['decode'])} "
+        "decode runs")
+    kv = kv_overrides(feeds, info["layers"], 8)
+    overrides, listed, biased = {}, [], set()
+    for graph, sub in (("prefill", folder), ("decode", folder / "decode")):
+        model = onnx.load(str(sub / "model.onnx"))
+        biased |= _biased_inputs(model)
+        base = {**kv, **recipe_overrides(model, sub)}
+        overrides[graph], rules = qnnrules.apply(model, params["activations"], base, params["weights"])
+        listed.append({"graph": graph, "rules": rules})
+    def make(model: Path, dest: Path, samples: Any, cache: Path) -> Callable[[dict[str, Any]], Path]:
+        return quantizer.make(model, dest, samples, params, cache, say if dest.parent == out else lambda _: None)
+
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
+        quantize_pair(folder, out, feeds, overrides, make, Path(tmp) / "first")
+        joint = shared_activations({"prefill": out / "model.qdq.onnx", "decode": out / "decode" / "model.qdq.onnx"},
+                                   biased, overrides)
+        if joint:  # biases follow their inputs' scales: quantize again with those shared by both graphs
+            say(f"{len(joint)} biased layer inputs share one encoding in both graphs (the union of their ranges)")
+            quantize_pair(folder, out, feeds, {g: {**joint, **o} for g, o in overrides.items()}, make,
+                          Path(tmp) / "joint")
+    shared = check_shared(out / "model.qdq.onnx", out / "decode" / "model.qdq.onnx")
+    for sub, dest in ((folder, out), (folder / "decode", out / "decode")):
+        write_encodings(dest, sub)
+    say(f"both graphs quantized; {shared} weight encodings identical in both; KV cache at 8 bits")
+    shutil.copyfile(folder / "llm.json", out / "llm.json")
+    (out / "rules.json").write_text(json.dumps(listed, indent=1) + "\n")
+    stats = {"source": "text", "lines": len(lines), "runs": {g: len(f) for g, f in feeds.items()},
+             "kv_cache": {n: {"scale": float(e[0]["scale"]), "zero_point": int(e[0]["zero_point"])}
+                          for n, e in kv.items() if n.startswith("past_")}}
+    (out / "calibration.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")

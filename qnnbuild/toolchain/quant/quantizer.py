@@ -1,0 +1,123 @@
+"""onnxruntime's static quantizer with its QNN configuration, fed one sample at a time, calibrating once.
+
+Its calibrators keep every sample's intermediate tensors until the end, so memory grows with the calibration
+set; we feed them in strides of at most STRIDE samples (onnxruntime's CalibStridedMinMax hook, which merges
+ranges or histograms between strides) from a source that loads one sample at a time. The ranges go to
+onnxruntime's calibration cache, so quantizing again with other overrides (automatic mixed precision) does
+not calibrate again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.errors import StageFailed
+from qnnbuild.toolchain.data.calibration import Source
+
+STRIDE = 16
+QTYPES = ["uint8", "uint16", "int8", "int16", "int4", "uint4"]
+
+
+def stride_for(count: int) -> int:
+    """The largest stride ≤ STRIDE dividing count (onnxruntime requires it to divide the set)."""
+    return max(d for d in range(1, min(STRIDE, count) + 1) if count % d == 0)
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol, plus the range hooks its strided calibration uses."""
+
+    def __init__(self, samples: Source) -> None:
+        self.samples = samples
+        self.start, self.end, self.next = 0, len(samples), 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end, self.next = start_index, end_index, start_index
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self.next >= self.end:
+            return None
+        self.next += 1
+        return self.samples[self.next - 1]
+
+    def rewind(self) -> None:
+        self.next = self.start
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    import os
+    import shutil
+
+    try:
+        os.link(src, dest)
+    except OSError:  # another file system
+        shutil.copyfile(src, dest)
+
+
+def _block_wise(qdq: Path, fp32: Path, block: int | None, say: Callable[[str], None]) -> None:
+    """4-bit MatMul weights per channel (`per_channel`) or per block (`block_size`), in QNN's LPBQ form."""
+    from qnnbuild.toolchain.quant import blockwise
+
+    converted, kept = blockwise.convert_file(qdq, fp32, block)
+    if block and not converted:
+        raise StageFailed(f"block_size {block}: no 4-bit MatMul weight to make block-wise (block_size needs "
+                          "weights: int4 and MatMul layers)")
+    if converted:
+        form = f"block-wise, block {block}" if block else "per channel"
+        say(f"4-bit MatMul weights {form} (QNN's LPBQ form): {len(converted)}"
+            + (f"; {len(kept)} per tensor, their rows not a multiple of {block}: {', '.join(kept[:5])}"
+               if kept else ""))
+
+
+def make(model: Path, out: Path, samples: Source, params: dict[str, Any], cache: Path,
+         say: Callable[[str], None] = lambda _: None) -> Callable[[dict[str, Any]], Path]:
+    """quantize_with(overrides) → the QDQ model path; ranges are calibrated on the first call and read from
+    onnxruntime's calibration cache after that (automatic precision quantizes once per step). With
+    `block_size`, 4-bit MatMul weights then become block-wise (toolchain/quant/blockwise.py)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    qtypes = {name: getattr(QuantType, "Q" + name[0].upper() + name[1:].replace("int", "Int")) for name in QTYPES}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    # onnxruntime's quantize_static writes `<model>-inferred.onnx` beside its input and deletes it: given a
+    # published store entry, two quantize stages of one export running together deleted each other's file. It
+    # reads a private link (or copy) beside the calibration cache instead.
+    private = cache.parent / "quantizer-input.onnx"
+    _link_or_copy(model, private)
+    model_path = str(private)
+
+    def quantize_with(overrides: dict[str, Any]) -> Path:
+        """overrides: tensor → {type, symmetric} (the recipe's syntax) or a list of per-channel dicts that
+        also fix scale and zero_point (an encodings file)."""
+        ort_overrides = {name: [{"quant_type": qtypes[e["type"]], **{k: v for k, v in e.items() if k != "type"}}
+                                for e in (o if isinstance(o, list) else [o])]
+                         for name, o in overrides.items()}
+        config = get_qnn_qdq_config(
+            model_path, _Reader(samples), calibrate_method=methods[params["method"]],
+            activation_type=qtypes[params["activations"]], weight_type=qtypes[params["weights"]],
+            per_channel=params["per_channel"], init_overrides=ort_overrides or None,
+            weight_symmetric=params["symmetric"], stride=stride_for(len(samples)))
+        try:
+            quantize_static(model_path, str(out), config.calibration_data_reader,
+                            calibrate_method=config.calibrate_method, quant_format=config.quant_format,
+                            activation_type=config.activation_type, weight_type=config.weight_type,
+                            op_types_to_quantize=config.op_types_to_quantize,
+                            nodes_to_quantize=config.nodes_to_quantize, nodes_to_exclude=config.nodes_to_exclude,
+                            per_channel=config.per_channel, reduce_range=config.reduce_range,
+                            use_external_data_format=config.use_external_data_format,
+                            calibration_providers=config.calibration_providers,
+                            extra_options=config.extra_options, calibration_cache_path=cache)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise StageFailed(f"onnxruntime.quantization failed: {exc}") from None
+        if params["weights"] == "int4" and (params.get("block_size") or params["per_channel"]):
+            _block_wise(out, private, params.get("block_size"), say)
+        return out
+
+    return quantize_with
+
+

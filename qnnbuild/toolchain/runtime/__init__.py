@@ -1,0 +1,1 @@
+"""The only place that opens QNN or onnxruntime sessions: targets, sessions, preloads, shard processes."""
