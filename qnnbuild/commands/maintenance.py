@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+from qnnbuild.common.child import start_module
 from qnnbuild.engine.recipe.plan import parse_instance_id
 from qnnbuild.engine.store.local import Store, remove_tree
 from qnnbuild.errors import UsageError
@@ -101,12 +101,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Runs the probe in a child process: libQnnHtp writes to fd 1 when it loads."""
-    proc = subprocess.run([sys.executable, "-m", "qnnbuild.commands.doctor"], capture_output=True, text=True,
-                          check=False)
+    proc = start_module("qnnbuild.commands.doctor", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
     try:
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        report = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        print(proc.stdout + proc.stderr)
+        print(out + err)
         print("doctor: the probe crashed; see above")
         return 1
     for name, value in report["versions"].items():

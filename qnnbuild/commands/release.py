@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common.atomic import replacing
 from qnnbuild.common.hashing import sha256_file
 from qnnbuild.engine.build.session import Session
 from qnnbuild.engine.recipe.plan import Plan
@@ -61,9 +62,7 @@ def _sha(data: bytes) -> str:
 
 
 def write_bundle(files: dict[str, bytes | Path], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tmp.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+    with replacing(out) as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for dirname in sorted({str(Path(n).parent) for n in files} | {n.split("/")[0] for n in files}):
             info = tarfile.TarInfo(dirname)
@@ -77,7 +76,6 @@ def write_bundle(files: dict[str, bytes | Path], out: Path) -> None:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
-    tmp.replace(out)
 
 
 def cmd_release(plan: Plan, artifacts: Path, out: Path) -> int:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from qnnbuild.common.stamps import StampCache
 
 CHUNK = 1 << 20
 
@@ -33,16 +34,10 @@ def sha256_json(value: object) -> str:
 class StatCache:
     """path → digest, trusted while the file's size, mtime_ns and inode are unchanged."""
 
+    FORMAT = 1
+
     def __init__(self, file: Path) -> None:
-        self.file = file
-        self.entries: dict[str, list[object]] = {}
-        self.dirty = False
-        try:
-            raw = json.loads(file.read_text())
-            if isinstance(raw, dict) and raw.get("version") == 1:
-                self.entries = raw["entries"]
-        except (OSError, ValueError, KeyError):
-            pass  # a missing or damaged cache only costs re-hashing
+        self.cache = StampCache(file, self.FORMAT)  # a missing or damaged cache only costs re-hashing
 
     def digest(self, path: Path) -> str:
         """sha256 of a file, or of a folder's (relative name, file digest) pairs in sorted order."""
@@ -52,19 +47,12 @@ class StatCache:
         st = path.stat()
         key = str(path)
         stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
-        hit = self.entries.get(key)
+        hit = self.cache.data.get(key)
         if hit is not None and hit[:3] == stamp:
             return str(hit[3])
         value = sha256_file(path)
-        self.entries[key] = [*stamp, value]
-        self.dirty = True
+        self.cache.put(key, [*stamp, value])
         return value
 
     def save(self) -> None:
-        if not self.dirty:
-            return
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_name(f"{self.file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": 1, "entries": self.entries}))
-        tmp.replace(self.file)
-        self.dirty = False
+        self.cache.save()

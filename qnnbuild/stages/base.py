@@ -7,6 +7,7 @@ so everything it receives is JSON-serialisable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common.atomic import write_json
 from qnnbuild.errors import StageFailed
 
 Params = dict[str, Any]
@@ -102,12 +104,9 @@ class StageRun:
             return
         since = last[1] if (done or 0) > 0 else now  # the ETA's rate counts from the first sample
         _PROGRESS_WRITTEN[self.progress_file] = (now, since)
-        tmp = self.progress_file.with_suffix(".tmp")
-        try:  # a display aid: never worth failing a stage over
-            tmp.write_text(json.dumps({"done": done, "total": total, "unit": unit, "phase": phase, "since": since}))
-            tmp.replace(self.progress_file)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # a display aid: never worth failing a stage over
+            write_json(self.progress_file, {"done": done, "total": total, "unit": unit, "phase": phase,
+                                            "since": since}, sort_keys=False, indent=None)
 
     def watched(self, samples: Any, phase: str = "") -> Any:
         """`samples` (a calibration Source) reporting progress as they are read: how many distinct samples of

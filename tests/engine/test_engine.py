@@ -226,7 +226,7 @@ def test_touched_input_is_hashed_once(project: Path, cli: CLI, monkeypatch: pyte
     assert statuses(cli) == CACHED
     assert hashed.count(big) == 1  # touched: read once, its digest found unchanged
     cache = StatCache(project / "artifacts/.qnnbuild/statcache.json")
-    assert cache.entries[str(big)][1] == 5  # the new mtime is remembered ...
+    assert cache.cache.data[str(big)][1] == 5  # the new mtime is remembered ...
     hashed.clear()
     assert statuses(cli) == CACHED
     assert big not in hashed  # ... so the next run only stats it

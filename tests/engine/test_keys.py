@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qnnbuild.engine.keys import document as keys
+from qnnbuild.engine.keys import versions as keys
 
 
 def test_version_cache_is_trusted_only_while_the_site_folders_are_unchanged(tmp_path: Path,
@@ -15,15 +15,15 @@ def test_version_cache_is_trusted_only_while_the_site_folders_are_unchanged(tmp_
     cache = keys.VersionCache(file)
     real = keys.tool_version("pyyaml")
     cache.save()
-    assert json.loads(file.read_text())["versions"] == {"pyyaml": real}
+    assert json.loads(file.read_text())["data"] == {"pyyaml": real}
 
     raw = json.loads(file.read_text())
-    file.write_text(json.dumps({**raw, "versions": {"pyyaml": "0.0-cached"}}))
+    file.write_text(json.dumps({**raw, "data": {"pyyaml": "0.0-cached"}}))
     monkeypatch.setattr(keys, "_versions", {})
     keys.VersionCache(file)
     assert keys.tool_version("pyyaml") == "0.0-cached"  # same stamp: no importlib.metadata
 
-    file.write_text(json.dumps({"stamp": [["/elsewhere/site-packages", 1, 1]], "versions": {"pyyaml": "0.0-cached"}}))
+    file.write_text(json.dumps({"stamp": [["/elsewhere/site-packages", 1, 1]], "data": {"pyyaml": "0.0-cached"}}))
     monkeypatch.setattr(keys, "_versions", {})
     keys.VersionCache(file)
     assert keys.tool_version("pyyaml") == real  # a site folder changed: looked up again
@@ -41,14 +41,17 @@ def test_code_digest_covers_the_stage_module_and_what_it_imports(tmp_path: Path,
     import shutil
 
     shutil.copytree(codekeys.PACKAGE, fake, ignore=shutil.ignore_patterns("__pycache__"))
+    from qnnbuild.common import stamps
+
     monkeypatch.setattr(codekeys, "PACKAGE", fake)
-    codekeys.package_stamp.cache_clear()
+    monkeypatch.setattr(stamps, "PACKAGE", fake)
+    stamps.package_stamp.cache_clear()
     before = codekeys.CodeDigests(tmp_path / "a.json")
     digests = {m: before.digest(m) for m in ("qnnbuild.stages.quantize", "qnnbuild.stages.profile")}
     before.save()
     with (fake / "toolchain" / "quant" / "quantizer.py").open("a") as fh:
         fh.write("\n# changed\n")
-    codekeys.package_stamp.cache_clear()  # a new process would take the stamp anew
+    stamps.package_stamp.cache_clear()  # a new process would take the stamp anew
     after = codekeys.CodeDigests(tmp_path / "a.json")  # the remembered digests are dropped: a file changed
     assert after.digest("qnnbuild.stages.quantize") != digests["qnnbuild.stages.quantize"]
     assert after.digest("qnnbuild.stages.profile") == digests["qnnbuild.stages.profile"]

@@ -19,7 +19,8 @@ from qnnbuild.engine.keys.code import CodeDigests
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.engine.recipe.plan import Instance, Plan
 from qnnbuild.common.hashing import StatCache
-from qnnbuild.engine.keys.document import VersionCache, environment, key_document, key_of, tool_versions
+from qnnbuild.engine.keys.document import environment, key_document, key_of
+from qnnbuild.engine.keys.versions import VersionCache, tool_versions
 from qnnbuild.engine.build.result import Result
 from qnnbuild.engine.keys.status import Verdict, assess
 from qnnbuild.engine.store.local import Store, remove_tree

@@ -11,14 +11,10 @@ file, which the plan cache pays already.
 from __future__ import annotations
 
 import ast
-import functools
-import json
 from pathlib import Path
 
 from qnnbuild.common.hashing import sha256_file, sha256_json
-from qnnbuild.engine.store.local import write_json_atomic
-
-PACKAGE = Path(__file__).resolve().parents[2]
+from qnnbuild.common.stamps import PACKAGE, StampCache, package_stamp_json
 
 
 def _file_of(module: str) -> Path | None:
@@ -57,50 +53,21 @@ def closure(module: str) -> list[Path]:
     return sorted(set(seen.values()))
 
 
-@functools.cache
-def package_stamp() -> tuple[tuple[str, int, int], ...]:
-    """(file, mtime_ns, size) of every module of the package, taken once per process (the plan cache uses it
-    too)."""
-    found = []
-    for p in sorted(PACKAGE.rglob("*.py")):
-        st = p.stat()
-        found.append((p.relative_to(PACKAGE).as_posix(), st.st_mtime_ns, st.st_size))
-    return tuple(found)
-
-
-def _stamp() -> list[object]:
-    return [list(entry) for entry in package_stamp()]
-
-
 class CodeDigests:
     """module → digest of its closure, remembered in `file` while the package's files are unchanged."""
 
     def __init__(self, file: Path) -> None:
         self.file = file
-        self.stamp: list[object] | None = None
-        self.digests: dict[str, str] = {}
-        self.dirty = False
-
-    def _load(self) -> None:
-        self.stamp = _stamp()
-        try:
-            raw = json.loads(self.file.read_text())
-        except (OSError, ValueError):
-            return
-        if isinstance(raw, dict) and raw.get("stamp") == self.stamp and isinstance(raw.get("digests"), dict):
-            self.digests = {str(k): str(v) for k, v in raw["digests"].items()}
+        self.cache: StampCache | None = None  # loaded on first use: a run that keys nothing never stats the package
 
     def digest(self, module: str) -> str:
-        if self.stamp is None:
-            self._load()
-        if module not in self.digests:
+        if self.cache is None:
+            self.cache = StampCache(self.file, package_stamp_json())
+        if module not in self.cache.data:
             files = closure(module)
-            self.digests[module] = sha256_json([[p.relative_to(PACKAGE).as_posix(), sha256_file(p)] for p in files])
-            self.dirty = True
-        return self.digests[module]
+            self.cache.put(module, sha256_json([[p.relative_to(PACKAGE).as_posix(), sha256_file(p)] for p in files]))
+        return str(self.cache.data[module])
 
     def save(self) -> None:
-        if not self.dirty:
-            return
-        write_json_atomic(self.file, {"stamp": self.stamp, "digests": self.digests})
-        self.dirty = False
+        if self.cache is not None:
+            self.cache.save()

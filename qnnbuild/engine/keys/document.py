@@ -8,77 +8,16 @@ the versions of the tools the stage calls. Keeping the document (not just its di
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import sys
-from pathlib import Path
 from typing import Any
 
-from qnnbuild import __version__
 from qnnbuild.common.hashing import sha256_json
-
-_versions: dict[str, str] = {}
-
-
-def tool_version(dist: str) -> str:
-    if dist not in _versions:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            _versions[dist] = version(dist)
-        except PackageNotFoundError:
-            _versions[dist] = "missing"
-    return _versions[dist]
-
-
-def tool_versions(dists: tuple[str, ...]) -> dict[str, str]:
-    return {d: tool_version(d) for d in dists}
-
-
-def _path_stamp() -> list[object]:
-    """Installing, removing or upgrading a distribution adds, removes or renames its `.dist-info` folder, which
-    changes the mtime of the site folder holding it: a stat per folder says whether versions may differ."""
-    stamp: list[object] = []
-    for entry in sys.path:
-        if Path(entry).name not in ("site-packages", "dist-packages"):
-            continue  # the working folder changes with every build; distributions live in the site folders
-        try:
-            st = Path(entry or ".").stat()
-        except OSError:
-            continue
-        stamp.append([entry, st.st_mtime_ns, st.st_ino])
-    return stamp
-
-
-class VersionCache:
-    """Distribution versions remembered across runs (importlib.metadata costs ~30 ms a run), trusted while no
-    sys.path folder changed."""
-
-    def __init__(self, file: Path) -> None:
-        self.file = file
-        self.stamp = _path_stamp()
-        try:
-            raw = json.loads(file.read_text())
-        except (OSError, ValueError):
-            raw = {}
-        if isinstance(raw, dict) and raw.get("stamp") == self.stamp and isinstance(raw.get("versions"), dict):
-            for dist, value in raw["versions"].items():
-                _versions.setdefault(dist, str(value))
-        self.known = dict(_versions)
-
-    def save(self) -> None:
-        if _versions != self.known:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.file.with_name(f"{self.file.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"stamp": self.stamp, "versions": _versions}))
-            tmp.replace(self.file)
-            self.known = dict(_versions)
+from qnnbuild.common.version import VERSION
 
 
 def environment() -> dict[str, Any]:
     """What the lock file records about where a build ran."""
-    return {"qnnbuild": __version__, "python": platform.python_version(), "machine": platform.machine(),
+    return {"qnnbuild": VERSION, "python": platform.python_version(), "machine": platform.machine(),
             "system": platform.system()}
 
 

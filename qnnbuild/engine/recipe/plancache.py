@@ -10,17 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qnnbuild import __version__
+from qnnbuild.common.atomic import write_json
 from qnnbuild.common.hashing import sha256_json
-from qnnbuild.engine.keys.code import package_stamp
+from qnnbuild.common.stamps import package_stamp_json
+from qnnbuild.common.version import VERSION
 from qnnbuild.engine.recipe.limits import MAX_BYTES
 from qnnbuild.engine.recipe.plan import Plan
-from qnnbuild.engine.store.local import write_json_atomic
 from qnnbuild.errors import Problem, RecipeError
-
-
-def _code_stamp() -> list[object]:
-    return [list(entry) for entry in package_stamp()]
 
 
 def _read(path: Path, shown: str) -> bytes:
@@ -43,7 +39,7 @@ def load_plan(recipe: str, artifacts: Path, *, cached: bool = True) -> Plan:
     raw = _read(path, recipe)
     if not cached:
         return full_plan(path, recipe, raw)
-    digest = sha256_json([__version__, _code_stamp(), str(path.resolve()), raw.hex()])
+    digest = sha256_json([VERSION, package_stamp_json(), str(path.resolve()), raw.hex()])
     cache = artifacts / ".qnnbuild" / "plans" / f"{digest}.json"
     try:
         plan = Plan.from_json(json.loads(cache.read_text()))
@@ -53,5 +49,5 @@ def load_plan(recipe: str, artifacts: Path, *, cached: bool = True) -> Plan:
         if all(Path(p).exists() for inst in plan.instances for p in inst.files.values()):
             return plan  # else: a file vanished since; the full check names it with file:line:col
     plan = full_plan(path, recipe, raw)
-    write_json_atomic(cache, plan.to_json(), sort_keys=False)  # inputs: order is data
+    write_json(cache, plan.to_json(), sort_keys=False)  # inputs: order is data
     return plan

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common.atomic import write_json
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.common.hashing import sha256_file, sha256_json
 from qnnbuild.errors import StageFailed, StoreError
@@ -34,18 +35,6 @@ META = ".qnnbuild"
 META_FILES = ("stage.log", "timings.json")
 LOCK_SCHEMA_VERSION = 1
 MAX_VARIANTS = 8  # import lists remembered per declared key
-
-
-def write_json_atomic(path: Path, value: object, *, sort_keys: bool = True) -> None:
-    """`sort_keys=False` where a mapping's order is data (a plan's `inputs:` bind a model's arguments)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("w") as fh:
-        json.dump(value, fh, indent=1, sort_keys=sort_keys)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 def output_files(folder: Path) -> list[Path]:
@@ -103,7 +92,7 @@ class Store:
         meta = {name: sha256_file(work / META / name) for name in META_FILES if (work / META / name).is_file()}
         manifest = {"key": key, "digest": sha256_json({k: v["sha256"] for k, v in files.items()}),
                     "files": files, "meta": meta, "document": document, "seconds": round(seconds, 3)}
-        write_json_atomic(work / META / "manifest.json", manifest)
+        write_json(work / META / "manifest.json", manifest)
         for path in output_files(work):
             path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         checkpoint("publish:manifest", instance)
@@ -188,7 +177,7 @@ class Store:
     def remember_discovered(self, declared_key: str, files: list[str]) -> None:
         """Put `files` first among the variants of `declared_key` (a reverted import list stays a cache hit)."""
         variants = [files, *(v for v in self.discovered(declared_key) if v != files)][:MAX_VARIANTS]
-        write_json_atomic(self.root / ".deps" / f"{declared_key}.json", variants)
+        write_json(self.root / ".deps" / f"{declared_key}.json", variants)
 
     # --- views ----------------------------------------------------------------------------------------------
     def view(self, recipe: str, stage: str, target: str | None) -> Path:
@@ -221,7 +210,7 @@ class Store:
         return raw if isinstance(raw, dict) and raw.get("schema_version") == LOCK_SCHEMA_VERSION else {}
 
     def write_lock(self, recipe: str, lock: dict[str, Any]) -> None:
-        write_json_atomic(self.lock_path(recipe), {"schema_version": LOCK_SCHEMA_VERSION, **lock})
+        write_json(self.lock_path(recipe), {"schema_version": LOCK_SCHEMA_VERSION, **lock})
 
     def all_locks(self) -> dict[str, dict[str, Any]]:
         if not self.artifacts.is_dir():

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from qnnbuild.common.atomic import write_json
 from qnnbuild.engine.keys.document import key_of
-from qnnbuild.engine.store.local import write_json_atomic
 from qnnbuild.stages import KINDS
 
 if TYPE_CHECKING:
@@ -103,5 +103,5 @@ class SharedSync:
             keys += [k for k in (add or []) if k not in keys]
             if add or remove:
                 table[url] = keys
-                write_json_atomic(path, {u: v for u, v in table.items() if v})
+                write_json(path, {u: v for u, v in table.items() if v})
             return keys

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common.atomic import write_text
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.engine.store.local import Store, remove_tree
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache
@@ -98,9 +99,7 @@ class Cluster:
 def _write_progress(path: Path, text: str) -> None:
     """A worker's progress, relayed, where the console reads it (atomically: it reads while we write)."""
     with contextlib.suppress(OSError):
-        tmp = path.with_suffix(".relay")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text(path, text)
 
 
 def this_worker() -> Any:

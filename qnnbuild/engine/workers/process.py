@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import os
-import subprocess
 import sys
 import threading
 import traceback
@@ -21,30 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common.child import child_env, die_with_parent, start_module
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun
 
 EXIT_STAGE_FAILED = 3
-
-
-@functools.cache
-def _prctl() -> Any:
-    """libc's prctl, resolved in the parent: the child between fork and exec must not import or lock."""
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-
-def _die_with_parent() -> None:
-    """In the worker, before exec: receive SIGKILL when qnnbuild dies, so no orphan keeps building."""
-    prctl = _prctl()  # already cached by the parent (see _run_worker)
-    if prctl is not None:
-        prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 
 
 PRELOAD = ["qnnbuild.stages", "qnnbuild.toolchain.runtime.preload"]  # imported once by the fork server, by name
@@ -117,15 +98,15 @@ def _forked(request: str, work: str, log: str, env: dict[str, str]) -> None:
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - fd 1 is the log
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     os.chdir(work)
-    _die_with_parent()
+    die_with_parent()
     sys.exit(main([request]))
 
 
 def _run(request: Path, work: Path, log: Path, extra_env: dict[str, str]) -> int:
     """The stage in a fresh process: forked from the fork server (imports paid once), or a new interpreter
     (`python -m qnnbuild.engine.workers.process`) with QNNBUILD_FORKSERVER=0; its exit status."""
-    env = {**os.environ, **extra_env, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
     if _use_forkserver():
+        env = child_env(extra_env)
         warm()  # the first stage of a run that did not start it early (a no-op run never starts it)
         process = _forkserver().Process(target=_forked, args=(str(request), str(work), str(log), env))
         with _children_allowed():
@@ -133,10 +114,8 @@ def _run(request: Path, work: Path, log: Path, extra_env: dict[str, str]) -> int
         process.join()
         return int(process.exitcode if process.exitcode is not None else 1)
     with log.open("wb") as out:
-        proc = subprocess.run([sys.executable, "-m", "qnnbuild.engine.workers.process", str(request)],
-                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=work, env=env,
-                              check=False, preexec_fn=_die_with_parent)
-    return proc.returncode
+        return start_module("qnnbuild.engine.workers.process", str(request), stdout=out, cwd=work,
+                            env=extra_env).wait()
 
 
 def spawn(kind: str, run: StageRun, work: Path, spread: dict[str, Any] | None = None,
@@ -147,7 +126,6 @@ def spawn(kind: str, run: StageRun, work: Path, spread: dict[str, Any] | None = 
     meta = work / ".qnnbuild"
     request = meta / "request.json"
     request.write_text(json.dumps({"kind": kind, "run": run.to_json(), "spread": spread}))
-    _prctl()
     returncode = _run(request, work, meta / "stage.log", env or {})
     request.unlink()
     if returncode != 0:

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common.child import start_module
+
 _registered = False
 VERBOSE_ENV = "QNNBUILD_QNN_VERBOSE"  # set: QNN's own log is on (it follows the logger level at registration)
 
@@ -159,12 +161,12 @@ def failure_log(model: str, provider: dict[str, str], *, fallback: bool = False)
     import json
     import subprocess
 
-    env = {**os.environ, VERBOSE_ENV: "1"}
     request = json.dumps({"model": str(Path(model).resolve()), "provider": provider, "fallback": fallback})
     with tempfile.TemporaryDirectory(prefix="qnnbuild-explain-") as tmp:
-        proc = subprocess.run([sys.executable, "-m", "qnnbuild.toolchain.runtime.qnn", request], cwd=tmp, env=env,
-                              capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
-    return proc.stderr
+        proc = start_module("qnnbuild.toolchain.runtime.qnn", request, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp, env={VERBOSE_ENV: "1"}, text=True)
+        _, err = proc.communicate()
+    return str(err)
 
 
 def _owner(qnn_name: str, node_types: dict[str, str]) -> str:

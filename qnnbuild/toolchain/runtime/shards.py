@@ -20,7 +20,6 @@ import contextlib
 import functools
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common.atomic import write_bytes
+from qnnbuild.common.child import start_module
+from qnnbuild.common.faults import checkpoint
 from qnnbuild.errors import StageFailed
 
 Work = Callable[[dict[str, Any], int, int], Any]  # (spec, start, stop) → that range's result
@@ -142,9 +144,7 @@ def isolated(work: Work, spec: dict[str, Any], start: int, stop: int, report: Re
         folder = Path(tmp)
         (folder / "job.pkl").write_bytes(pickle.dumps((work, spec, start, stop, core)))
         with (folder / "log").open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "qnnbuild.toolchain.runtime.shards", tmp],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"})
+            proc = start_module("qnnbuild.toolchain.runtime.shards", tmp, stdout=log)
             try:
                 _watch(proc, folder / "done", report)
             finally:
@@ -177,30 +177,9 @@ def _watch(proc: subprocess.Popen[bytes], counter: Path, report: Report) -> None
         time.sleep(POLL_S)
 
 
-def _crash_point(start: int) -> None:
-    """The crash tests' hook (common/faults.py's variables; the toolchain does not import the engine):
-    QNNBUILD_KILL_AT=shard@<start> kills the shard starting at that sample, once per QNNBUILD_KILL_ONCE file."""
-    if os.environ.get("QNNBUILD_KILL_AT") != f"shard@{start}":
-        return
-    try:
-        os.close(os.open(os.environ["QNNBUILD_KILL_ONCE"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except (FileExistsError, KeyError):
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _die_with_parent() -> None:
-    """SIGKILL when the process that started this shard dies, so no orphan keeps running."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-
-
 def _child(folder: Path) -> int:
     """The shard's process: the job from job.pkl, its count into `done`, its outcome into answer.pkl."""
     global _done  # noqa: PLW0603 - this process runs one shard
-    _die_with_parent()
     work, spec, start, stop, core = pickle.loads((folder / "job.pkl").read_bytes())  # noqa: S301 - ours
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if core is not None and len(cores) > 1:
@@ -211,24 +190,18 @@ def _child(folder: Path) -> int:
         count[0] += 1
         if time.monotonic() - count[1] >= POLL_S / 2:
             count[1] = time.monotonic()
-            _write(folder / "done", str(count[0]).encode())
+            write_bytes(folder / "done", str(count[0]).encode())
 
     _done = counted
-    _crash_point(start)
+    checkpoint("shard", str(start))  # the crash tests' hook: QNNBUILD_KILL_AT=shard@<first sample>
     started = time.perf_counter()
     try:
         outcome: tuple[Any, ...] = ("ok", work(spec, start, stop), time.perf_counter() - started)
     except Exception as exc:  # the shard's own error: its message goes to the parent
         outcome = ("error", str(exc).strip() if isinstance(exc, StageFailed) else f"{type(exc).__name__}: {exc}")
-    _write(folder / "done", str(count[0]).encode())
-    _write(folder / "answer.pkl", pickle.dumps(outcome))
+    write_bytes(folder / "done", str(count[0]).encode())
+    write_bytes(folder / "answer.pkl", pickle.dumps(outcome))
     return 0 if outcome[0] == "ok" else 1
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":  # through the imported module: the work's tick() calls reach the same _done

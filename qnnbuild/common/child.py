@@ -1,0 +1,53 @@
+"""The one launcher of qnnbuild's own child processes (`python -m qnnbuild...`: a stage, a shard, QNN's verbose
+probe, doctor's probe), each of which dies with its parent.
+
+Why children at all: QNN state leaks within a process, libQnnHtp writes to file descriptor 1, and a crash in
+native code must fail one stage, not the build. Why they die with the parent: a killed `qnnbuild run` must not
+leave a stage or shard building in the background (PR_SET_PDEATHSIG, SIGKILL). The hash seed is fixed so that
+every child orders sets and dicts alike (a build is compared byte for byte).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+PR_SET_PDEATHSIG = 1
+SIGKILL = 9
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, resolved in the parent: a child between fork and exec must not import or take locks."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+def die_with_parent() -> None:
+    """Receive SIGKILL when the parent dies (called in the child: before exec, or first thing after a fork)."""
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, SIGKILL)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, **(extra or {}), "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def start_module(module: str, *args: str, stdout: IO[Any] | int | None = None,
+                 stderr: IO[Any] | int | None = subprocess.STDOUT, cwd: Path | str | None = None,
+                 env: dict[str, str] | None = None, text: bool = False) -> subprocess.Popen[Any]:
+    """`python -m module args...` as a child that dies with this process; stdin is closed, stderr joins stdout
+    unless given. `env` adds to (never replaces) this process's environment."""
+    _prctl()  # resolved here, in the parent
+    return subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL, stdout=stdout,
+                            stderr=stderr, cwd=cwd, env=child_env(env), text=text,
+                            preexec_fn=die_with_parent)  # noqa: PLW1509 - prctl resolved above; takes no lock

@@ -1,0 +1,60 @@
+"""The versions of the distributions a stage runs, for its key document and the lock file.
+
+importlib.metadata costs ~30 ms a run, so versions are remembered across runs in a stamp cache, trusted while
+no site folder changed (installing, removing or upgrading a distribution renames a `.dist-info` folder, which
+changes the mtime of the site folder holding it).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from qnnbuild.common.stamps import StampCache
+
+_versions: dict[str, str] = {}
+
+
+def tool_version(dist: str) -> str:
+    if dist not in _versions:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            _versions[dist] = version(dist)
+        except PackageNotFoundError:
+            _versions[dist] = "missing"
+    return _versions[dist]
+
+
+def tool_versions(dists: tuple[str, ...]) -> dict[str, str]:
+    return {d: tool_version(d) for d in dists}
+
+
+def _path_stamp() -> list[object]:
+    """A stat per site folder of sys.path (the working folder changes with every build; distributions live in
+    the site folders)."""
+    stamp: list[object] = []
+    for entry in sys.path:
+        if Path(entry).name not in ("site-packages", "dist-packages"):
+            continue
+        try:
+            st = Path(entry or ".").stat()
+        except OSError:
+            continue
+        stamp.append([entry, st.st_mtime_ns, st.st_ino])
+    return stamp
+
+
+class VersionCache:
+    """Distribution versions remembered in `file`, trusted while no sys.path site folder changed."""
+
+    def __init__(self, file: Path) -> None:
+        self.cache = StampCache(file, _path_stamp())
+        for dist, value in self.cache.data.items():
+            _versions.setdefault(dist, str(value))
+
+    def save(self) -> None:
+        for dist, value in _versions.items():
+            if self.cache.data.get(dist) != value:
+                self.cache.put(dist, value)
+        self.cache.save()
