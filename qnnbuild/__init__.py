@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-
 from typing import TYPE_CHECKING
+
+from qnnbuild.common.version import VERSION as __version__
+
+__all__ = ["__version__", "load"]
 
 if TYPE_CHECKING:
     from qnnbuild.commands.infer import Deployed

@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from qnnbuild import __version__
+from qnnbuild.common.version import VERSION
 from qnnbuild.engine.recipe.limits import MAX_PROBLEMS
 from qnnbuild.errors import QnnbuildError, RecipeError
 
@@ -74,7 +74,7 @@ def _infer_parser(sub: Any) -> None:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="qnnbuild", description="Incremental, reproducible builds for Qualcomm NPUs.")
-    top.add_argument("--version", action="version", version=f"qnnbuild {__version__}")
+    top.add_argument("--version", action="version", version=f"qnnbuild {VERSION}")
     top.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -139,91 +139,20 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def cmd_dag(args: argparse.Namespace) -> int:
-    from qnnbuild.engine.recipe.plan import render
-    from qnnbuild.engine.recipe.plancache import load_plan
-
-    sys.stdout.write(render(load_plan(args.recipe, Path(), cached=False), args.format))
-    return 0
-
-
-def cmd_schema(args: argparse.Namespace) -> int:
-    from qnnbuild.engine.recipe.schema import recipe_schema
-
-    print(json.dumps(recipe_schema(), indent=2))
-    return 0
+# command → "module:function" of qnnbuild.commands, imported only when that command runs (a no-op `run` must
+# not pay for report's or infer's imports)
+COMMANDS = {"run": "run:cmd_run", "status": "status:cmd_status", "dag": "show:cmd_dag", "schema": "show:cmd_schema",
+            "infer": "infer:cmd_infer", "init": "init:cmd_init", "report": "report:cmd_report",
+            "release": "release:cmd_release", "cache": "cache:cmd_cache", "diff": "diff:cmd_diff",
+            "clean": "maintenance:cmd_clean", "gc": "maintenance:cmd_gc", "verify": "maintenance:cmd_verify",
+            "doctor": "maintenance:cmd_doctor"}
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from qnnbuild.commands.report import build
-    from qnnbuild.engine.recipe.plancache import load_plan
-
-    artifacts = Path(args.artifacts)
-    plan = load_plan(args.recipe, artifacts)
-    out = Path(args.output) if args.output else artifacts / plan.recipe / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build(plan, artifacts))
-    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
-    return 0
-
-
-def cmd_release(args: argparse.Namespace) -> int:
-    from qnnbuild.commands.release import cmd_release as release
-    from qnnbuild.engine.recipe.plancache import load_plan
-
-    return release(load_plan(args.recipe, Path(args.artifacts)), Path(args.artifacts), Path(args.output))
-
-
-def _maintenance(name: str) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        from qnnbuild.commands import maintenance
-
-        return int(getattr(maintenance, name)(args))
-
-    return command
-
-
-def cmd_diff(args: argparse.Namespace) -> int:
-    from qnnbuild.commands.diff import cmd_diff as diff
-
-    return diff(args)
-
-
-def cmd_cache(args: argparse.Namespace) -> int:
-    from qnnbuild.commands import cache
-
-    return cache.cmd_push(args) if args.verb == "push" else cache.cmd_gc(args)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from qnnbuild.commands.run import cmd_run as run
-
-    return run(args)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from qnnbuild.commands.status import cmd_status as status
-
-    return status(args)
-
-
-def cmd_init(args: argparse.Namespace) -> int:
-    from qnnbuild.commands.init import cmd_init as init
-
-    return init(args)
-
-
-def cmd_infer(args: argparse.Namespace) -> int:
-    from qnnbuild.commands.infer import cmd_infer as infer
-
-    return infer(args)
-
-
-def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
-    return {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "schema": cmd_schema, "infer": cmd_infer,
-            "init": cmd_init, "report": cmd_report, "release": cmd_release, "cache": cmd_cache, "diff": cmd_diff,
-            "clean": _maintenance("cmd_clean"), "gc": _maintenance("cmd_gc"), "verify": _maintenance("cmd_verify"),
-            "doctor": _maintenance("cmd_doctor")}
+def command(name: str) -> Callable[[argparse.Namespace], int]:
+    module, _, function = COMMANDS[name].partition(":")
+    found: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(f"qnnbuild.commands.{module}"),
+                                                         function)
+    return found
 
 
 MAX_SHOWN_PROBLEMS = MAX_PROBLEMS + 1  # the loader stops at 50 and says so in one more line
@@ -246,7 +175,7 @@ def _report_problems(exc: RecipeError, *, json_out: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return _commands()[args.command](args)
+        return command(args.command)(args)
     except QnnbuildError as exc:
         if args.debug:
             raise

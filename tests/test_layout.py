@@ -33,10 +33,12 @@ TOOLCHAIN_BASE = ("errors", "common")
 RULES: dict[str, tuple[str, ...]] = {
     "errors": (),
     "common": ("errors",),
+    "engine": (),  # the wing's own __init__; every engine module lives in a sub-wing
+    "toolchain": (),
     "engine.recipe": ENGINE_BASE,
     "engine.keys": (*ENGINE_BASE, "engine.recipe"),
-    "engine.store": (*ENGINE_BASE, "engine.keys"),
-    "engine.workers": (*ENGINE_BASE, "engine.store"),
+    "engine.store": (*ENGINE_BASE, "engine.recipe", "engine.keys"),
+    "engine.workers": (*ENGINE_BASE, "engine.recipe", "engine.keys", "engine.store"),
     "engine.build": (*ENGINE_BASE, "engine.recipe", "engine.keys", "engine.store", "engine.workers"),
     "toolchain.runtime": TOOLCHAIN_BASE,
     "toolchain.graph": (*TOOLCHAIN_BASE, "toolchain.runtime"),

@@ -57,3 +57,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         raise CacheError(f"cache gc: {remote.failure}") from None
     console.say(f"{remote.shown}: removed {len(old)} of {len(entries)} entries older than {args.older_than:g} days")
     return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    return cmd_push(args) if args.verb == "push" else cmd_gc(args)

@@ -8,6 +8,7 @@ one recipe give the same bundle.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import io
 import json
@@ -78,7 +79,13 @@ def write_bundle(files: dict[str, bytes | Path], out: Path) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def cmd_release(plan: Plan, artifacts: Path, out: Path) -> int:
+def cmd_release(args: argparse.Namespace) -> int:
+    from qnnbuild.engine.recipe.plancache import load_plan
+
+    return release(load_plan(args.recipe, Path(args.artifacts)), Path(args.artifacts), Path(args.output))
+
+
+def release(plan: Plan, artifacts: Path, out: Path) -> int:
     files = bundle_files(plan, artifacts)
     write_bundle(files, out)
     print(f"wrote {out}: {len(files)} files, {out.stat().st_size / 1e6:.2f} MB, sha256 {sha256_file(out)}")

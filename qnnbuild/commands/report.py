@@ -7,6 +7,7 @@ artifacts folder; nothing is rebuilt. No external resources, so it opens anywher
 
 from __future__ import annotations
 
+import argparse
 import base64
 import html
 import io
@@ -306,3 +307,15 @@ def build(plan: Plan, artifacts: Path) -> str:
         parts += ["<h2>Tools</h2>", _table(["tool", "version"], [[e(k), e(str(v))] for k, v in sorted(tools.items())])]
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>qnnbuild: {e(plan.recipe)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}{SELF_CHECK}</body></html>\n")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qnnbuild.engine.recipe.plancache import load_plan
+
+    artifacts = Path(args.artifacts)
+    plan = load_plan(args.recipe, artifacts)
+    out = Path(args.output) if args.output else artifacts / plan.recipe / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(build(plan, artifacts))
+    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
+    return 0

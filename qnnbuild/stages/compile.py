@@ -16,6 +16,7 @@ from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
+from qnnbuild.toolchain.llm import layout
 
 PERFORMANCE_MODES = ["default", "burst", "balanced", "high_performance", "sustained_high_performance",
                      "power_saver", "low_power_saver", "high_power_saver", "low_balanced", "extreme_power_saver"]
@@ -108,7 +109,7 @@ def _graphs(model: Path, parts: int, limit: float, scratch: Path) -> dict[str, l
 
     from qnnbuild.toolchain.llm import parts as llmparts
 
-    llm = (model / "llm.json").is_file()
+    llm = layout.is_llm(model)
     if parts > 1 and not llm:
         raise StageFailed("parts: K splits an LLM's decoder between its layers; this model is not an LLM export")
     graphs = {"prefill": model / "model.qdq.onnx", **({"decode": model / "decode" / "model.qdq.onnx"} if llm else {})}
@@ -143,11 +144,11 @@ def _llm(ctx: StageRun, graphs: dict[str, list[Path]], options: dict[str, str], 
             dest = ctx.out / ("" if graph == "prefill" else "decode") if parts == 1 else \
                 ctx.out / "parts" / graph / str(index)
             _finalize(path, dest, options, target)
-    info = json.loads((model / "llm.json").read_text())
+    info = layout.info(model)
     if parts > 1:  # each graph's own inputs and outputs, for a chain of the parts to present
         info["parts"] = parts
         info["graphs"] = {g: _io_of(model / ("" if g == "prefill" else "decode") / "model.qdq.onnx") for g in graphs}
-    (ctx.out / "llm.json").write_text(json.dumps(info, indent=1) + "\n")
+    layout.write_info(ctx.out, info)
     if ctx.params["weight_sharing"]:
         for index in range(parts):
             pair = {g: graphs[g][index] for g in ("prefill", "decode")}
@@ -165,7 +166,7 @@ def run(ctx: StageRun) -> None:
     model = ctx.inputs["model"]
     with tempfile.TemporaryDirectory(prefix="qnnbuild-parts-") as scratch:
         graphs = _graphs(model, ctx.params["parts"], ctx.params["max_part_mb"], Path(scratch))
-        if (model / "llm.json").is_file():
+        if layout.is_llm(model):
             _llm(ctx, graphs, options, target)
         else:
             _finalize(graphs["prefill"][0], ctx.out, options, target)

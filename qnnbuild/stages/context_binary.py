@@ -14,6 +14,7 @@ from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import PREPROCESSING, StageKind, StageRun, refs_of
+from qnnbuild.toolchain.llm import layout
 
 
 def _deliver(compiled: Path, out: Path, stem: str) -> dict[str, Any]:
@@ -115,11 +116,11 @@ def run(ctx: StageRun) -> None:
     target = ctx.require_target()
     compiled = ctx.inputs["compiled"]
     stem = f"{ctx.recipe}_{target['name']}"
-    llm = (compiled / "llm.json").is_file()
+    llm = layout.is_llm(compiled)
     if llm:  # both graphs, and what onnxruntime-genai needs to run them
         from qnnbuild.toolchain.llm import genai
 
-        info = json.loads((compiled / "llm.json").read_text())
+        info = layout.info(compiled)
         spec = _llm_graph(compiled, ctx.out, stem, "prefill", info)
         spec["decode"] = _llm_graph(compiled, ctx.out, stem, "decode", info)
         spec["llm"] = {k: v for k, v in info.items() if k != "graphs"}

@@ -16,6 +16,7 @@ from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import PREPROCESSING, Params, StageKind, StageRun
+from qnnbuild.toolchain.llm import layout
 from qnnbuild.toolchain.llm.export import SCHEMA as LLM_SCHEMA
 from qnnbuild.toolchain.sources.hfexport import TASKS as HF_TASKS
 
@@ -129,7 +130,7 @@ def _llm(ctx: StageRun, scratch: Path) -> None:
     hfexport.preprocessing_files(ctx.files["hf"], ctx.out / PREPROCESSING, ctx.say)
     for graph, folder in (("prefill", ctx.out), ("decode", ctx.out / "decode")):
         _write(onnxclean.clean(files[graph], scratch, {}, ctx.say, mask_value=ctx.params["mask_value"]), folder)
-    (ctx.out / "llm.json").write_text(json.dumps(info, indent=1) + "\n")
+    layout.write_info(ctx.out, info)
 
 
 def run(ctx: StageRun) -> None:

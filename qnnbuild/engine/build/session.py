@@ -29,9 +29,10 @@ from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun
 from qnnbuild.toolchain.runtime.targets import TARGETS
 
-if TYPE_CHECKING:  # the shared cache and the worker spawner load only when a run needs them
+if TYPE_CHECKING:  # the shared cache, the cluster and the worker spawner load only when a run needs them
     from qnnbuild.engine.store.remote import RemoteCache
     from qnnbuild.engine.store.sync import SharedSync
+    from qnnbuild.engine.workers.client import Cluster, Job
 
 
 def label(sessions: list[Session], session: Session, inst_id: str) -> str:
@@ -45,7 +46,7 @@ class Session:
     instance whose key another recipe is building waits for it and then takes it from the store."""
 
     def __init__(self, plan: Plan, artifacts: Path, forced: frozenset[str] = frozenset(),
-                 remote: RemoteCache | None = None, peer: Session | None = None, executor: Any = None,
+                 remote: RemoteCache | None = None, peer: Session | None = None, executor: Cluster | None = None,
                  *, readonly: bool = False) -> None:
         self.plan = plan
         self.artifacts = artifacts
@@ -56,16 +57,16 @@ class Session:
         self.forced = forced
         self.readonly = readonly  # status, report, release: look at the store without the run lock, never change it
         self.remote = remote
-        self.sync: SharedSync | None = None
-        if remote is not None:
-            from qnnbuild.engine.store.sync import SharedSync
-
-            self.sync = SharedSync(self, remote)
         self.executor = executor
         self.locked: dict[str, Any] = self.store.read_lock(plan.recipe).get("instances", {})
         self.results: dict[str, Result] = {}
         self.keys: dict[str, tuple[str, dict[str, Any]]] = {}
         self.guard: threading.Lock = peer.guard if peer else threading.Lock()
+        self.sync: SharedSync | None = None
+        if remote is not None:
+            from qnnbuild.engine.store.sync import SharedSync
+
+            self.sync = SharedSync(remote, self.store, self.guard)
         self._building: dict[str, threading.Lock] = peer._building if peer else {}
 
     def _key_lock(self, key: str) -> threading.Lock:
@@ -170,13 +171,11 @@ class Session:
         forced = inst.id in self.forced
         if not forced and self.output_digest(key) is not None:
             return self._adopt(inst, key, document, "cached", started)
-        restored = self.sync.restore(inst, key, document) if self.sync is not None and not forced else None
+        restored = self._restore(inst, key, document) if self.sync is not None and not forced else None
         if restored is not None:
             return self._adopt(inst, *restored, "cached", started, origin="remote")
         if self.executor is not None and not KINDS[inst.kind].discovers(inst.params):  # those live here
-            from qnnbuild.engine.build.dispatch import on_cluster
-
-            worker = on_cluster(self, inst, key, document)
+            worker = self.executor.build(self._job(inst, key, document), self.store)
             if worker is not None:
                 return self._adopt(inst, key, document, "ran", started, worker=worker)
         work = self.store.new_workdir(key)
@@ -193,9 +192,27 @@ class Session:
         result = self._adopt(inst, key, document, "ran", started)
         checkpoint("view:switched", inst.id)
         if self.sync is not None:
-            self.sync.upload(inst, key, document)
+            self.sync.upload(inst.id, key, document, forced=forced)
         self.failure_log(inst).unlink(missing_ok=True)  # the last failure of this instance is history now
         return result
+
+    def _restore(self, inst: Instance, key: str, document: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        assert self.sync is not None
+        declared = {k: v for k, v in document.items() if k != "discovered"}
+        variant = (lambda files: self.with_discovered(declared, files)) if KINDS[inst.kind].discovers(inst.params) \
+            else None
+        return self.sync.restore(key, document, variant)
+
+    def _job(self, inst: Instance, key: str, document: dict[str, Any]) -> Job:
+        """What a worker needs to build `inst`, and nothing of this Session."""
+        from qnnbuild.engine.workers.client import Job
+
+        with self.guard:
+            files = {name: (Path(path), self.stat.digest(Path(path))) for name, path in sorted(inst.files.items())}
+        return Job(inst.id, inst.kind, key, document, {name: str(self.results[up].key) for name, up in
+                                                        inst.inputs.items()},
+                   files, self.stage_run(inst, Path("/nonexistent")).to_json(), KINDS[inst.kind].spreads,
+                   self.progress_file(inst), self.failure_log(inst))
 
     def _adopt(self, inst: Instance, key: str, document: dict[str, Any], status: str, started: float, *,
                origin: str = "local", worker: str | None = None) -> Result:

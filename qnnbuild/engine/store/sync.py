@@ -7,65 +7,74 @@ A cache error never fails a build: CacheDown means "build here" (or "upload next
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qnnbuild.common.atomic import write_json
 from qnnbuild.engine.keys.document import key_of
-from qnnbuild.stages import KINDS
+from qnnbuild.engine.store.local import Store
 
 if TYPE_CHECKING:
-    from qnnbuild.engine.build.session import Session
-    from qnnbuild.engine.recipe.plan import Instance
     from qnnbuild.engine.store.remote import RemoteCache
+
+# files an earlier run of a declared key reported reading → that variant's (key, key document)
+Variant = Callable[[list[str]], tuple[str, dict[str, Any]]]
 
 
 class SharedSync:
-    def __init__(self, session: Session, remote: RemoteCache) -> None:
-        self.session = session
-        self.remote = remote
+    """One artifacts folder's traffic with one shared cache. `guard` is the run's lock around shared files."""
 
-    def restore(self, inst: Instance, key: str, document: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-        """The entry for this instance from the shared cache, published locally; None to build it here."""
+    def __init__(self, remote: RemoteCache, store: Store, guard: threading.Lock) -> None:
+        self.remote = remote
+        self.store = store
+        self.guard = guard
+        self.ledger = store.artifacts / ".qnnbuild" / "unpushed.json"
+
+    def restore(self, key: str, document: dict[str, Any],
+                variant: Variant | None = None) -> tuple[str, dict[str, Any]] | None:
+        """The entry for this key from the shared cache, published locally; None to build it here. With `variant`
+        (a kind that discovers what it reads), the variants other machines recorded for its declared key count
+        too."""
         from qnnbuild.engine.store.remote import CacheDown
 
-        session, remote = self.session, self.remote
+        remote = self.remote
         candidates = [(key, document)]
-        if KINDS[inst.kind].discovers(inst.params):
+        if variant is not None:
             declared = {k: v for k, v in document.items() if k != "discovered"}
             try:
                 variants = remote.discovered(key_of(declared))
             except CacheDown:
                 return None
-            candidates += [session.with_discovered(declared, files) for files in variants]
+            candidates += [variant(files) for files in variants]
         for candidate, doc in dict(candidates).items():
             try:
-                if remote.fetch(candidate, session.store) is not None:
+                if remote.fetch(candidate, self.store) is not None:
                     return candidate, doc
             except CacheDown:
                 return None
         return None
 
-    def upload(self, inst: Instance, key: str, document: dict[str, Any]) -> None:
+    def upload(self, instance: str, key: str, document: dict[str, Any], *, forced: bool = False) -> None:
         """After a run: upload the entry (files, then the manifest as commit marker); never fails the build.
 
         The key is recorded as pending first and cleared once committed, so an upload cut short (cache down,
         writer killed) is retried by the next run instead of being forgotten behind a local cache hit."""
         from qnnbuild.engine.store.remote import CacheDown
 
-        remote, store = self.remote, self.session.store
+        remote, store = self.remote, self.store
         if not remote.writes:
             return
         self.pending(add=[key])
         try:
-            remote.push(key, store, replace=key in remote.refused or inst.id in self.session.forced,
-                        instance=inst.id)
+            remote.push(key, store, replace=key in remote.refused or forced, instance=instance)
             if "discovered" in document:
                 declared = key_of({k: v for k, v in document.items() if k != "discovered"})
                 remote.remember_discovered(declared, store.discovered(declared))
         except CacheDown:
             return
         except OSError as exc:  # reading our own entry failed: say so, never fail the build
-            remote.once(f"could not upload {inst.id} to the shared cache: {exc}")
+            remote.once(f"could not upload {instance} to the shared cache: {exc}")
             return
         self.pending(remove=[key])
 
@@ -77,9 +86,9 @@ class SharedSync:
             return 0
         pushed = []
         for key in self.pending():
-            if self.session.store.has(key):
+            if self.store.has(key):
                 try:
-                    self.remote.push(key, self.session.store)
+                    self.remote.push(key, self.store)
                 except CacheDown:
                     break
                 except OSError as exc:
@@ -92,9 +101,8 @@ class SharedSync:
 
     def pending(self, add: list[str] | None = None, remove: list[str] | None = None) -> list[str]:
         """Keys built here whose upload to this cache has not been committed yet."""
-        url = self.remote.shown
-        path = self.session.artifacts / ".qnnbuild" / "unpushed.json"
-        with self.session.guard:
+        url, path = self.remote.shown, self.ledger
+        with self.guard:
             try:
                 table = json.loads(path.read_text())
             except (OSError, ValueError):

@@ -12,25 +12,33 @@ not retry what would fail again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import tempfile
-import threading
-import time
 import uuid
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qnnbuild.common.atomic import write_text
-from qnnbuild.common.faults import checkpoint
-from qnnbuild.engine.store.local import Store, remove_tree
+from qnnbuild.engine.store.local import Store
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache
-from qnnbuild.engine.workers.process import spawn
-from qnnbuild.engine.workers.spread import CACHE_ENV, CONNECT_TIMEOUT_S, worker_threads
+from qnnbuild.engine.workers.place import CONNECT_TIMEOUT_S, worker_threads
+from qnnbuild.engine.workers.task import run_on_worker
 from qnnbuild.errors import StageFailed, UsageError
-from qnnbuild.stages.base import StageRun
 
-RELAY_EVERY_S = 0.5
+
+@dataclass(frozen=True)
+class Job:
+    """One stale instance as a worker needs it, built by the Session: no Session crosses to the cluster."""
+
+    instance: str
+    kind: str
+    key: str
+    document: dict[str, Any]
+    upstream: dict[str, str]  # input name → the upstream entry's key
+    files: dict[str, tuple[Path, str]]  # declared input name → (path here, digest)
+    run: dict[str, Any]  # the StageRun as JSON; paths are replaced on the worker
+    spreads: bool  # the stage may run its shards as tasks of their own
+    progress: Path  # where the relayed progress lands for the console
+    failure_log: Path  # where a failed stage's log is kept
 
 
 class Cluster:
@@ -88,6 +96,37 @@ class Cluster:
                 self.client.unsubscribe_topic(name)
         return reply
 
+    def build(self, job: Job, store: Store) -> str | None:
+        """Build the job on a worker and restore its entry into `store`; the worker's address, or None when the
+        cache failed (the instance then runs here: a cache error never fails a build)."""
+        remote = self.remote
+        try:
+            for up_key in job.upstream.values():  # a worker reads its inputs from the cache: make sure they are there
+                remote.push(up_key, store)
+            for path, digest in job.files.values():
+                self.ship(path, digest)
+        except CacheDown:
+            return None
+        request = {"kind": job.kind, "key": job.key, "document": job.document, "upstream": job.upstream,
+                   "file_digests": {name: digest for name, (_, digest) in sorted(job.files.items())},
+                   "run": job.run, "spreads": job.spreads}
+        try:
+            reply = self.run(request, job.progress)
+        finally:
+            job.progress.unlink(missing_ok=True)
+        if not reply["ok"]:
+            job.failure_log.parent.mkdir(parents=True, exist_ok=True)
+            job.failure_log.write_text(reply.get("log", ""))
+            raise StageFailed(f"{reply['message']} (on {reply['worker']})", job.failure_log)
+        try:
+            restored = remote.fetch(job.key, store, replace=True)  # this run's log and timings
+        except CacheDown:
+            restored = None
+        if restored is None:
+            raise StageFailed(f"worker {reply['worker']} built {job.instance}, but the shared cache holds no valid "
+                              "entry for it")
+        return str(reply["worker"])
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
@@ -100,125 +139,3 @@ def _write_progress(path: Path, text: str) -> None:
     """A worker's progress, relayed, where the console reads it (atomically: it reads while we write)."""
     with contextlib.suppress(OSError):
         write_text(path, text)
-
-
-def this_worker() -> Any:
-    """The Dask worker running this task, or None outside one."""
-    try:
-        from distributed import get_worker
-
-        return get_worker()
-    except (ImportError, ValueError):
-        return None
-
-
-def worker_store(worker: Any) -> Store:
-    """A store per worker process, under the worker's own directory (or the temp folder)."""
-    return Store(Path(worker.local_directory if worker else tempfile.gettempdir()) / "qnnbuild")
-
-
-def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
-    """On a Dask worker: inputs from the shared cache, the stage in a fresh process, the entry back there. A
-    stage that spreads its shards over the cluster gives up its worker slot while it runs (it only waits)."""
-    worker = this_worker()
-    seceded = bool(request.get("spreads")) and worker is not None
-    if seceded:
-        from distributed import rejoin, secede
-
-        secede()
-    try:
-        return _build_here(request, cache_url, worker)
-    finally:
-        if seceded:
-            rejoin()
-
-
-def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[str, Any]:
-    started = time.monotonic()
-    warnings: list[str] = []
-    remote = RemoteCache(cache_url, "readwrite", warn=warnings.append)
-    store = worker_store(worker)
-    key = request["key"]
-    me = str(worker.address) if worker else "local"
-    try:
-        # checked as the client checks it (every file against the manifest); a bad entry is rebuilt and replaced
-        if store.has(key) or remote.fetch(key, store) is not None:
-            return {"ok": True, "worker": me, "seconds": time.monotonic() - started, "note": "already in the cache"}
-        run = _localize(request, remote, store)
-        work = store.new_workdir(key)
-        try:
-            run = dataclasses.replace(run, out=work.resolve(), progress_file=_progress_file(store, work))
-            spread = {"scheduler": worker.scheduler.address, "upstream": request["upstream"],
-                      "file_digests": request["file_digests"]} if request.get("spreads") and worker else None
-            with _relayed(run.progress_file, worker, request.get("progress_topic")):
-                spawn(request["kind"], run, run.out, spread=spread, env={CACHE_ENV: cache_url} if spread else None)
-            checkpoint("cluster:ran", run.instance)
-            store.publish(work, key, request["document"], time.monotonic() - started, instance=run.instance)
-        except StageFailed as exc:
-            log = work / ".qnnbuild" / "stage.log"
-            return {"ok": False, "worker": me, "message": str(exc),
-                    "log": log.read_text(errors="replace") if log.is_file() else ""}
-        finally:
-            if work.exists():
-                remove_tree(work)
-            if run.progress_file:
-                run.progress_file.unlink(missing_ok=True)
-        remote.push(key, store, replace=key in remote.refused, instance=run.instance)
-    except CacheDown as exc:
-        return {"ok": False, "worker": me, "message": f"on worker {me}: {exc}", "log": "\n".join(warnings)}
-    return {"ok": True, "worker": me, "seconds": time.monotonic() - started}
-
-
-def _progress_file(store: Store, work: Path) -> Path:
-    folder = (store.artifacts / ".qnnbuild" / "progress").resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{work.name}.json"
-
-
-@contextlib.contextmanager
-def _relayed(progress: Path | None, worker: Any, topic: str | None) -> Iterator[None]:
-    """While the stage runs, its progress file goes to the client as Dask events on `topic` (the client writes
-    them where its console reads), whenever the file changes."""
-    if progress is None or worker is None or not topic:
-        yield
-        return
-    stop = threading.Event()
-
-    def relay() -> None:
-        sent = ""
-        while not stop.wait(RELAY_EVERY_S):
-            with contextlib.suppress(OSError):
-                text = progress.read_text()
-                if text and text != sent:
-                    worker.log_event(topic, text)
-                    sent = text
-
-    thread = threading.Thread(target=relay, name="qnnbuild-progress-relay", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def fetch_inputs(upstream: dict[str, str], digests: dict[str, str], names: dict[str, str], remote: RemoteCache,
-                 store: Store) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Upstream entries (name → key) and declared files (name → digest, saved as names[name]) in this worker's
-    store, fetched from the shared cache unless already here."""
-    inputs = {}
-    for name, key in upstream.items():
-        if not (store.has(key) or remote.fetch(key, store) is not None):
-            raise CacheDown(f"upstream entry {key[:16]} ({name}) is not in the shared cache")
-        inputs[name] = store.entry(key).resolve()
-    files = {name: remote.get_blob(digest, store.root / ".files" / digest, names[name])
-             for name, digest in digests.items()}
-    return inputs, files
-
-
-def _localize(request: dict[str, Any], remote: RemoteCache, store: Store) -> StageRun:
-    """The request's StageRun with paths on this worker: upstream entries and input files fetched here."""
-    run = StageRun.from_json(request["run"])
-    inputs, files = fetch_inputs(request["upstream"], request["file_digests"],
-                                 {n: Path(p).name for n, p in run.files.items()}, remote, store)
-    return dataclasses.replace(run, inputs={**run.inputs, **inputs}, files={**run.files, **files})

@@ -17,17 +17,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.engine.store.remote import CacheDown, RemoteCache
+from qnnbuild.engine.workers.place import (
+    CACHE_ENV,
+    CONNECT_TIMEOUT_S,
+    fetch_inputs,
+    this_worker,
+    worker_store,
+    worker_threads,
+)
 from qnnbuild.errors import StageFailed
 
-CACHE_ENV = "QNNBUILD_SPREAD_CACHE"  # the cache URL reaches the stage's process by environment, never a file
 POLL_S = 0.5
-CONNECT_TIMEOUT_S = 20
-
-
-def worker_threads(client: Any) -> int:
-    """The cluster's worker threads (at least 1): how many instances, or shards, it runs at once."""
-    workers = client.scheduler_info()["workers"].values()
-    return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
 
 
 class DaskSpread:
@@ -108,9 +109,6 @@ def shard_task(run_range: Any, template: dict[str, Any], part: tuple[int, int], 
     """On a worker: the shard's inputs from the shared cache, the shard in a fresh process, its answer as
     ("ok", result, seconds, worker) or ("lost" | "error", message, worker): exceptions stay inside the task, so
     Dask retries only what a lost worker left undone."""
-    from qnnbuild.engine.store.remote import CacheDown, RemoteCache
-    from qnnbuild.engine.workers.client import fetch_inputs, this_worker, worker_store
-
     worker = this_worker()
     me = str(worker.address) if worker else "local"
     store = worker_store(worker)

@@ -72,3 +72,14 @@ class TextSamples:
                   "token_type_ids": encoding.type_ids}
         return {name: np.asarray(values[name], dtype=spec["dtype"]).reshape(spec["shape"])
                 for name, spec in self.inputs.items()}
+
+
+def token_lines(text: Path, tokenizer: Path, spec: dict[str, Any], bos: int | None) -> list[list[int]]:
+    """The text spec's lines as token ids, each starting with the model's bos token (as in training)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer))
+    tok.no_padding()
+    tok.no_truncation()
+    ids = [tok.encode(line).ids for line in lines_of(text, spec)]
+    return [([bos] if bos is not None and (not i or i[0] != bos) else []) + i for i in ids]

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.toolchain.data import textdata
 from qnnbuild.toolchain.llm import run as llmrun
 
 Feeds = dict[str, Any]
@@ -36,17 +35,6 @@ class FeedList:
 
     def __getitem__(self, index: int) -> Feeds:
         return self.feeds[index]
-
-
-def token_lines(text: Path, tokenizer: Path, spec: dict[str, Any], bos: int | None) -> list[list[int]]:
-    """The text spec's lines as token ids, each starting with the model's bos token (as in training)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer))
-    tok.no_padding()
-    tok.no_truncation()
-    ids = [tok.encode(line).ids for line in textdata.lines_of(text, spec)]
-    return [([bos] if bos is not None and (not i or i[0] != bos) else []) + i for i in ids]
 
 
 def calibration_feeds(folder: Path, lines: list[list[int]], new_tokens: int) -> dict[str, list[Feeds]]:
@@ -94,7 +82,7 @@ def kv_overrides(feeds: dict[str, list[Feeds]], layers: int, bits: int) -> dict[
 MOVES = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")  # onnxruntime gives their output their input's
 
 
-def _biased_inputs(model: Any) -> set[str]:
+def biased_inputs(model: Any) -> set[str]:
     """The activations whose encodings set a bias's scale: each Gemm/Conv-with-bias input, followed back through
     data-movement ops (onnxruntime quantizes a Reshape's output with its input's encoding, so an override on the
     output alone is not applied)."""
@@ -168,58 +156,3 @@ def quantize_pair(folder: Path, out: Path, feeds: dict[str, list[Feeds]], overri
         work.mkdir(parents=True)
         make(source / "model.onnx", dest / "model.qdq.onnx", FeedList(feeds[graph]), work / "ranges.json")(
             overrides[graph])
-
-
-DECODE_STEPS = 8  # greedy decode steps after each calibration line: the decode graph sees real caches
-
-
-def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[str, Path],
-                 recipe_overrides: Callable[[Any, Path], dict[str, Any]], say: Callable[[str], None]) -> None:
-    """The quantize stage for an LLM: `folder` holds the export (model.onnx = prefill, decode/, llm.json);
-    writes both QDQ graphs, rules.json (per graph), calibration.json (with the KV cache encodings) and llm.json."""
-    import json
-    import shutil
-    import tempfile
-
-    import onnx
-
-    from qnnbuild.toolchain.quant import qnnrules, quantizer
-
-    info = json.loads((folder / "llm.json").read_text())
-    if "text" not in params["calibration"]:
-        raise StageFailed("an LLM is calibrated on text: calibration: {text: {file, count}}")
-    tokenizer = files.get("calibration.text.tokenizer", folder / "preprocessing" / "tokenizer.json")
-    lines = token_lines(files["calibration.text.file"], tokenizer, params["calibration"]["text"],
-                        info["bos_token_id"])
-    feeds = calibration_feeds(folder, lines, DECODE_STEPS)
-    say(f"calibrating on {len(lines)} lines of text: {len(feeds['prefill'])} prefill and {len(feeds['decode'])} "
-        "decode runs")
-    kv = kv_overrides(feeds, info["layers"], 8)
-    overrides, listed, biased = {}, [], set()
-    for graph, sub in (("prefill", folder), ("decode", folder / "decode")):
-        model = onnx.load(str(sub / "model.onnx"))
-        biased |= _biased_inputs(model)
-        base = {**kv, **recipe_overrides(model, sub)}
-        overrides[graph], rules = qnnrules.apply(model, params["activations"], base, params["weights"])
-        listed.append({"graph": graph, "rules": rules})
-    def make(model: Path, dest: Path, samples: Any, cache: Path) -> Callable[[dict[str, Any]], Path]:
-        return quantizer.make(model, dest, samples, params, cache, say if dest.parent == out else lambda _: None)
-
-    with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
-        quantize_pair(folder, out, feeds, overrides, make, Path(tmp) / "first")
-        joint = shared_activations({"prefill": out / "model.qdq.onnx", "decode": out / "decode" / "model.qdq.onnx"},
-                                   biased, overrides)
-        if joint:  # biases follow their inputs' scales: quantize again with those shared by both graphs
-            say(f"{len(joint)} biased layer inputs share one encoding in both graphs (the union of their ranges)")
-            quantize_pair(folder, out, feeds, {g: {**joint, **o} for g, o in overrides.items()}, make,
-                          Path(tmp) / "joint")
-    shared = check_shared(out / "model.qdq.onnx", out / "decode" / "model.qdq.onnx")
-    for sub, dest in ((folder, out), (folder / "decode", out / "decode")):
-        write_encodings(dest, sub)
-    say(f"both graphs quantized; {shared} weight encodings identical in both; KV cache at 8 bits")
-    shutil.copyfile(folder / "llm.json", out / "llm.json")
-    (out / "rules.json").write_text(json.dumps(listed, indent=1) + "\n")
-    stats = {"source": "text", "lines": len(lines), "runs": {g: len(f) for g, f in feeds.items()},
-             "kv_cache": {n: {"scale": float(e[0]["scale"]), "zero_point": int(e[0]["zero_point"])}
-                          for n, e in kv.items() if n.startswith("past_")}}
-    (out / "calibration.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 Feeds = dict[str, Any]
@@ -150,30 +149,3 @@ def evaluate(runners: dict[str, Runner], texts: list[list[int]], new_tokens: int
 def decode_speed(runner: Runner) -> float:
     """Decode tokens/s of `runner` so far."""
     return round(runner.runs["decode"] / runner.seconds["decode"], 2) if runner.seconds["decode"] else 0.0
-
-
-def validate(inputs: dict[str, Path], files: dict[str, Path], data: dict[str, Any],
-             progress: Callable[[int, int, str], None] = lambda done, total, unit: None
-             ) -> tuple[dict[str, Any], dict[str, float]]:
-    """The validate stage's figures for an LLM: `inputs` are its reference (export), quantized and context
-    folders; returns (metrics, decode tokens/s per model)."""
-    import json
-
-    from qnnbuild.errors import StageFailed
-    from qnnbuild.toolchain.llm import quant as llmquant
-    from qnnbuild.toolchain.runtime import qnn
-
-    ref = inputs["reference"]
-    if "text" not in data:
-        raise StageFailed("an LLM is validated on text: data: {text: {file, skip, count}}")
-    info = json.loads((ref / "llm.json").read_text())
-    tokenizer = files.get("data.text.tokenizer", ref / "preprocessing" / "tokenizer.json")
-    texts = llmquant.token_lines(files["data.text.file"], tokenizer, data["text"], info["bos_token_id"])
-    pairs = {"fp32": (ref / "model.onnx", ref / "decode" / "model.onnx")}
-    if "quantized" in inputs:
-        pairs["qdq_cpu"] = (inputs["quantized"] / "model.qdq.onnx", inputs["quantized"] / "decode" / "model.qdq.onnx")
-    runners = {m: Runner(qnn.cpu_session(str(p)), qnn.cpu_session(str(d))) for m, (p, d) in pairs.items()}
-    runners["htp"] = Runner(qnn.deliverable_session(inputs["context"]),
-                            qnn.deliverable_session(inputs["context"], graph="decode"))
-    report = {"samples": len(texts), "source": "text", **evaluate(runners, texts, progress=progress)}
-    return report, {m: decode_speed(r) for m, r in runners.items()}

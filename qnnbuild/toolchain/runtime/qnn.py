@@ -79,7 +79,7 @@ def deliverable_session(folder: Path, provider: dict[str, str] | None = None, gr
     """A session on a context-binary folder: its EPContext model (named in io_spec.json) refers to the binary
     by a path relative to itself, so it is opened from inside the folder. An LLM's deliverable holds two graphs:
     `graph` "decode" picks the second (the prefill graph is the folder's first); a graph built in parts is a
-    chain of their sessions (toolchain/llmparts.Chain) that runs as one."""
+    chain of their sessions (runtime/chain.Chain) that runs as one."""
     import json
 
     spec = json.loads((folder / "io_spec.json").read_text())
@@ -87,9 +87,9 @@ def deliverable_session(folder: Path, provider: dict[str, str] | None = None, gr
     with contextlib.chdir(folder):
         if "parts" not in entry:
             return htp_session(entry["epcontext_model"], provider or {})
-        from qnnbuild.toolchain.llm import parts as llmparts
+        from qnnbuild.toolchain.runtime.chain import Chain
 
-        return llmparts.Chain([htp_session(p["epcontext_model"], provider or {}) for p in entry["parts"]],
+        return Chain([htp_session(p["epcontext_model"], provider or {}) for p in entry["parts"]],
                               [v["name"] for v in entry["inputs"]], [v["name"] for v in entry["outputs"]])
 
 

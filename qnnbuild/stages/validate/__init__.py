@@ -15,6 +15,7 @@ from typing import Any
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun, read_json, refs_of
 from qnnbuild.toolchain.data import calibration
+from qnnbuild.toolchain.llm import layout
 
 HELD_OUT = {"synthetic": {"count": 8, "seed": 1000}}
 
@@ -116,7 +117,7 @@ def run(ctx: StageRun) -> None:
     from qnnbuild.toolchain.data import metrics
 
     target = ctx.require_target()
-    if (ctx.inputs["reference"] / "llm.json").is_file():
+    if layout.is_llm(ctx.inputs["reference"]):
         _llm(ctx, target["name"])
         return
     samples = calibration.samples_for(ctx.params["data"], ctx.files, ctx.inputs["reference"])
@@ -147,22 +148,9 @@ def run(ctx: StageRun) -> None:
 
 
 def _llm(ctx: StageRun, target: str) -> None:
-    """An LLM: perplexity and greedy agreement of QDQ-CPU and HTP against fp32 on text (toolchain/llmrun)."""
-    from qnnbuild.toolchain.llm import run as llmrun
+    from qnnbuild.stages.validate.llm import validate_llm
 
-    report, speed = llmrun.validate(ctx.inputs, ctx.files, ctx.params["data"], ctx.progress)
-    ppl, limit = report["perplexity"], ctx.params.get("max_perplexity_ratio")
-    miss = limit is not None and ppl["htp"] > limit * ppl["fp32"]
-    report.update(target=target, passed=not miss)
-    (ctx.out / "metrics.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    ctx.timings({"decode_tokens_per_second": speed})
-    ctx.say(f"{report['samples']} texts: perplexity " + ", ".join(f"{m} {v:.3f}" for m, v in ppl.items())
-            + "; greedy agreement with fp32 " + ", ".join(f"{m} {v:.0%}" for m, v in
-                                                         report["greedy_agreement"].items())
-            + "; decode tokens/s " + ", ".join(f"{m} {v:g}" for m, v in speed.items()))
-    if miss:
-        raise StageFailed(f"accuracy on {target} below the recipe's thresholds: perplexity {ppl['htp']:.3f} on "
-                          f"HTP > {limit} x fp32's {ppl['fp32']:.3f}")
+    validate_llm(ctx, target)
 
 
 def _embedding_misses(report: dict[str, Any], params: Params) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
 from qnnbuild.toolchain.data import calibration
+from qnnbuild.toolchain.llm import layout
 from qnnbuild.toolchain.quant import qnnrules, quantizer
 
 TECHNIQUES = ["cle", "adaround", "seqmse"]
@@ -127,11 +128,11 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, bas
 
 def _llm(ctx: StageRun) -> None:
     """An LLM's prefill and decode graphs, calibrated by running them on text (toolchain/llmquant)."""
+    from qnnbuild.stages.quantize.llm import quantize_llm
     from qnnbuild.toolchain.graph import onnxgraph
-    from qnnbuild.toolchain.llm import quant as llmquant
 
-    llmquant.quantize_llm(ctx.inputs["model"], ctx.out, ctx.params, ctx.files,
-                          lambda model, folder: _overrides(ctx, model, onnxgraph.source_names(folder)), ctx.say)
+    quantize_llm(ctx.inputs["model"], ctx.out, ctx.params, ctx.files,
+                 lambda model, folder: _overrides(ctx, model, onnxgraph.source_names(folder)), ctx.say)
     ctx.carry("model")
 
 
@@ -141,7 +142,7 @@ def run(ctx: StageRun) -> None:
     from qnnbuild.toolchain.graph import onnxgraph
     from qnnbuild.toolchain.quant import encodings
 
-    if (ctx.inputs["model"] / "llm.json").is_file():
+    if layout.is_llm(ctx.inputs["model"]):
         _llm(ctx)
         return
     params = ctx.params

@@ -1,0 +1,117 @@
+"""The task a Dask worker runs for one stale instance: its inputs from the shared cache, the stage in a fresh
+process (process.spawn, as locally) in the worker's own store, its entry back to the shared cache, manifest
+last. A stage that fails is an answer, not an exception, so Dask does not retry what would fail again; a worker
+lost mid-stage has published nothing, and Dask gives the task to another worker (`allowed-failures`)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.common.faults import checkpoint
+from qnnbuild.engine.store.local import Store, remove_tree
+from qnnbuild.engine.store.remote import CacheDown, RemoteCache
+from qnnbuild.engine.workers.place import CACHE_ENV, fetch_inputs, this_worker, worker_store
+from qnnbuild.engine.workers.process import spawn
+from qnnbuild.errors import StageFailed
+from qnnbuild.stages.base import StageRun
+
+RELAY_EVERY_S = 0.5
+
+
+def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
+    """On a Dask worker: inputs from the shared cache, the stage in a fresh process, the entry back there. A
+    stage that spreads its shards over the cluster gives up its worker slot while it runs (it only waits)."""
+    worker = this_worker()
+    seceded = bool(request.get("spreads")) and worker is not None
+    if seceded:
+        from distributed import rejoin, secede
+
+        secede()
+    try:
+        return _build_here(request, cache_url, worker)
+    finally:
+        if seceded:
+            rejoin()
+
+
+def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[str, Any]:
+    started = time.monotonic()
+    warnings: list[str] = []
+    remote = RemoteCache(cache_url, "readwrite", warn=warnings.append)
+    store = worker_store(worker)
+    key = request["key"]
+    me = str(worker.address) if worker else "local"
+    try:
+        # checked as the client checks it (every file against the manifest); a bad entry is rebuilt and replaced
+        if store.has(key) or remote.fetch(key, store) is not None:
+            return {"ok": True, "worker": me, "seconds": time.monotonic() - started, "note": "already in the cache"}
+        run = _localize(request, remote, store)
+        work = store.new_workdir(key)
+        try:
+            run = dataclasses.replace(run, out=work.resolve(), progress_file=_progress_file(store, work))
+            spread = {"scheduler": worker.scheduler.address, "upstream": request["upstream"],
+                      "file_digests": request["file_digests"]} if request.get("spreads") and worker else None
+            with _relayed(run.progress_file, worker, request.get("progress_topic")):
+                spawn(request["kind"], run, run.out, spread=spread, env={CACHE_ENV: cache_url} if spread else None)
+            checkpoint("cluster:ran", run.instance)
+            store.publish(work, key, request["document"], time.monotonic() - started, instance=run.instance)
+        except StageFailed as exc:
+            log = work / ".qnnbuild" / "stage.log"
+            return {"ok": False, "worker": me, "message": str(exc),
+                    "log": log.read_text(errors="replace") if log.is_file() else ""}
+        finally:
+            if work.exists():
+                remove_tree(work)
+            if run.progress_file:
+                run.progress_file.unlink(missing_ok=True)
+        remote.push(key, store, replace=key in remote.refused, instance=run.instance)
+    except CacheDown as exc:
+        return {"ok": False, "worker": me, "message": f"on worker {me}: {exc}", "log": "\n".join(warnings)}
+    return {"ok": True, "worker": me, "seconds": time.monotonic() - started}
+
+
+def _progress_file(store: Store, work: Path) -> Path:
+    folder = (store.artifacts / ".qnnbuild" / "progress").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{work.name}.json"
+
+
+@contextlib.contextmanager
+def _relayed(progress: Path | None, worker: Any, topic: str | None) -> Iterator[None]:
+    """While the stage runs, its progress file goes to the client as Dask events on `topic` (the client writes
+    them where its console reads), whenever the file changes."""
+    if progress is None or worker is None or not topic:
+        yield
+        return
+    stop = threading.Event()
+
+    def relay() -> None:
+        sent = ""
+        while not stop.wait(RELAY_EVERY_S):
+            with contextlib.suppress(OSError):
+                text = progress.read_text()
+                if text and text != sent:
+                    worker.log_event(topic, text)
+                    sent = text
+
+    thread = threading.Thread(target=relay, name="qnnbuild-progress-relay", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _localize(request: dict[str, Any], remote: RemoteCache, store: Store) -> StageRun:
+    """The request's StageRun with paths on this worker: upstream entries and input files fetched here."""
+    run = StageRun.from_json(request["run"])
+    inputs, files = fetch_inputs(request["upstream"], request["file_digests"],
+                                 {n: Path(p).name for n, p in run.files.items()}, remote, store)
+    return dataclasses.replace(run, inputs={**run.inputs, **inputs}, files={**run.files, **files})

@@ -1,0 +1,66 @@
+"""The quantize stage for an LLM: its prefill and decode graphs quantized together, calibrated by running them
+on text the way an application does (toolchain/llm/quant.py holds the pieces: calibration feeds, the shared KV
+cache and bias encodings, the check that both graphs' weights match)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.errors import StageFailed
+from qnnbuild.toolchain.data import textdata
+from qnnbuild.toolchain.llm import layout
+from qnnbuild.toolchain.llm import quant as llmquant
+
+DECODE_STEPS = 8  # greedy decode steps after each calibration line: the decode graph sees real caches
+
+
+def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[str, Path],
+                 recipe_overrides: Callable[[Any, Path], dict[str, Any]], say: Callable[[str], None]) -> None:
+    """The quantize stage for an LLM: `folder` holds the export (model.onnx = prefill, decode/, llm.json);
+    writes both QDQ graphs, rules.json (per graph), calibration.json (with the KV cache encodings) and llm.json."""
+    import json
+    import tempfile
+
+    import onnx
+
+    from qnnbuild.toolchain.quant import qnnrules, quantizer
+
+    info = layout.info(folder)
+    if "text" not in params["calibration"]:
+        raise StageFailed("an LLM is calibrated on text: calibration: {text: {file, count}}")
+    tokenizer = files.get("calibration.text.tokenizer", layout.tokenizer(folder))
+    lines = textdata.token_lines(files["calibration.text.file"], tokenizer, params["calibration"]["text"],
+                        info["bos_token_id"])
+    feeds = llmquant.calibration_feeds(folder, lines, DECODE_STEPS)
+    say(f"calibrating on {len(lines)} lines of text: {len(feeds['prefill'])} prefill and {len(feeds['decode'])} "
+        "decode runs")
+    kv = llmquant.kv_overrides(feeds, info["layers"], 8)
+    overrides, listed, biased = {}, [], set()
+    for graph, sub in (("prefill", folder), ("decode", folder / "decode")):
+        model = onnx.load(str(sub / "model.onnx"))
+        biased |= llmquant.biased_inputs(model)
+        base = {**kv, **recipe_overrides(model, sub)}
+        overrides[graph], rules = qnnrules.apply(model, params["activations"], base, params["weights"])
+        listed.append({"graph": graph, "rules": rules})
+    def make(model: Path, dest: Path, samples: Any, cache: Path) -> Callable[[dict[str, Any]], Path]:
+        return quantizer.make(model, dest, samples, params, cache, say if dest.parent == out else lambda _: None)
+
+    with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
+        llmquant.quantize_pair(folder, out, feeds, overrides, make, Path(tmp) / "first")
+        joint = llmquant.shared_activations(layout.graphs(out, "model.qdq.onnx"), biased, overrides)
+        if joint:  # biases follow their inputs' scales: quantize again with those shared by both graphs
+            say(f"{len(joint)} biased layer inputs share one encoding in both graphs (the union of their ranges)")
+            llmquant.quantize_pair(folder, out, feeds, {g: {**joint, **o} for g, o in overrides.items()}, make,
+                          Path(tmp) / "joint")
+    shared = llmquant.check_shared(out / "model.qdq.onnx", out / "decode" / "model.qdq.onnx")
+    for sub, dest in ((folder, out), (folder / "decode", out / "decode")):
+        llmquant.write_encodings(dest, sub)
+    say(f"both graphs quantized; {shared} weight encodings identical in both; KV cache at 8 bits")
+    layout.carry_info(folder, out)
+    (out / "rules.json").write_text(json.dumps(listed, indent=1) + "\n")
+    stats = {"source": "text", "lines": len(lines), "runs": {g: len(f) for g, f in feeds.items()},
+             "kv_cache": {n: {"scale": float(e[0]["scale"]), "zero_point": int(e[0]["zero_point"])}
+                          for n, e in kv.items() if n.startswith("past_")}}
+    (out / "calibration.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
