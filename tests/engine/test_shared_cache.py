@@ -245,7 +245,7 @@ def test_two_writers_racing_one_manifest(tmp_path: Path, seaweed: SeaweedFS, whe
     os.environ.update(env)
     try:
         writers = [RemoteCache(url) for _ in range(6)]
-        path = writers[0]._path("k" * 64, "manifest.json")
+        path = writers[0].path("k" * 64, "manifest.json")
         with ThreadPoolExecutor(6) as pool:
             won = list(pool.map(lambda w: w._create(path, f"{id(w)}".encode()), writers))
         assert won.count(True) == 1, won
@@ -269,7 +269,7 @@ def test_a_programming_error_is_not_cache_down(tmp_path: Path) -> None:
         raise TypeError("a bug")
 
     with pytest.raises(TypeError, match="a bug"):
-        cache._call("read manifest", buggy)
+        cache.call("read manifest", buggy)
     assert cache.failure is None
 
     def down(*_: object) -> None:
@@ -278,5 +278,5 @@ def test_a_programming_error_is_not_cache_down(tmp_path: Path) -> None:
     from qnnbuild.engine.store.remote import CacheDown
 
     with pytest.raises(CacheDown):
-        cache._call("read manifest", down)
+        cache.call("read manifest", down)
     assert cache.failure and "Connection refused" in cache.failure

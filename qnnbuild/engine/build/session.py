@@ -1,8 +1,9 @@
 """One build of one plan into one artifacts folder: keys, cache hits, running a stage, publishing it.
 
 Shared by `run` (through doit), `status` and the no-op fast path, so all three agree on what a key is. The
-shared cache's traffic lives in `sync`, sending an instance to Dask in `dispatch`; every way an instance ends
-up current (found here, restored from the cache, built here or on a worker) goes through one tail, `_adopt`.
+shared cache's traffic lives in `store/sync` (given keys and callables), sending an instance to Dask in
+`workers/client` (given a Job); every way an instance ends up current (found here, restored from the cache,
+built here or on a worker) goes through one tail, `_adopt`.
 """
 
 from __future__ import annotations

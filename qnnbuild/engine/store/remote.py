@@ -6,7 +6,7 @@
     <url>/<key>/manifest.json        the local manifest, uploaded last with a conditional create: the commit
                                      marker, so an entry without it does not exist for a reader
     <url>/deps/<declared key>.json   the discovered-input lists of a declared key (see Session.key_for)
-    <url>/blobs/<digest>             a declared input file (a folder as a tar) shipped to Dask workers
+    <url>/blobs/<digest>             a declared input file (a folder as a tar) shipped to Dask workers (blobs.py)
 
 A reader trusts nothing it downloads: the manifest must describe the key it is stored under, every file must
 match the manifest's sha256, and only then is the download published locally by the store's atomic rename. A
@@ -21,7 +21,6 @@ import contextlib
 import json
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, TypeVar
 
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.common.hashing import sha256_file, sha256_json
+from qnnbuild.engine.store.fsio import link_create, protocols, redact, storage_errors
 from qnnbuild.engine.store.local import META, META_FILES, Store, output_files, remove_tree
 from qnnbuild.errors import UsageError
 
@@ -36,15 +36,6 @@ T = TypeVar("T")
 ATTEMPTS = 3
 BACKOFF_S = 0.2  # then 0.4: a cache that is down costs well under a second per run, once
 MODES = ("readwrite", "read")
-
-
-def redact(url: str) -> str:
-    """The URL without user:password@ (and without a query, where some schemes put tokens)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class CacheDown(Exception):
@@ -112,7 +103,7 @@ class RemoteCache:
         return self.mode == "readwrite"
 
     # --- fault handling ------------------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """fn(...) with bounded retries; a missing object is an answer (raised as is) only when reading."""
         if self.failure is not None:
             raise CacheDown(self.failure)
@@ -122,7 +113,7 @@ class RemoteCache:
                 return fn(*args, **kwargs)
             except answers:
                 raise
-            except _storage_errors() as exc:  # a programming error (TypeError, KeyError, ...) is not "cache down"
+            except storage_errors() as exc:  # a programming error (TypeError, KeyError, ...) is not "cache down"
                 if attempt == ATTEMPTS - 1:
                     self._trip(what, exc)
                 time.sleep(BACKOFF_S * 2 ** attempt)
@@ -143,13 +134,13 @@ class RemoteCache:
                 self.warn(message)
 
     # --- paths ---------------------------------------------------------------------------------------------
-    def _path(self, *parts: str) -> str:
+    def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
     # --- reading -------------------------------------------------------------------------------------------
     def manifest(self, key: str) -> dict[str, Any] | None:
         try:
-            raw = json.loads(self._call("read manifest", self.fs.cat_file, self._path(key, "manifest.json")))
+            raw = json.loads(self.call("read manifest", self.fs.cat_file, self.path(key, "manifest.json")))
         except FileNotFoundError:
             return None
         except ValueError:
@@ -190,7 +181,7 @@ class RemoteCache:
         once said) when it is missing or differs."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._call("download", self.fs.get_file, self._path(key, *where), str(dest))
+            self.call("download", self.fs.get_file, self.path(key, *where), str(dest))
         except FileNotFoundError:
             problem = "is missing"
         else:
@@ -203,7 +194,7 @@ class RemoteCache:
 
     def discovered(self, declared_key: str) -> list[list[str]]:
         try:
-            raw = json.loads(self._call("read deps", self.fs.cat_file, self._path("deps", f"{declared_key}.json")))
+            raw = json.loads(self.call("read deps", self.fs.cat_file, self.path("deps", f"{declared_key}.json")))
         except (FileNotFoundError, ValueError):
             return []
         return [list(v) for v in raw if isinstance(v, list)] if isinstance(raw, list) else []
@@ -212,26 +203,26 @@ class RemoteCache:
     def push(self, key: str, store: Store, *, replace: bool = False, instance: str = "") -> bool:
         """Upload a local entry: files, then the manifest by conditional create. False when it was there."""
         entry = store.entry(key)
-        manifest_path = self._path(key, "manifest.json")
-        if not replace and self._call("look up", self.fs.exists, manifest_path):
+        manifest_path = self.path(key, "manifest.json")
+        if not replace and self.call("look up", self.fs.exists, manifest_path):
             return False
         for path in output_files(entry):
             rel = path.relative_to(entry).as_posix()
-            self._call("upload", self.fs.put_file, str(path), self._path(key, "files", rel))
+            self.call("upload", self.fs.put_file, str(path), self.path(key, "files", rel))
         body = (entry / META / "manifest.json").read_bytes()
         for name in sorted(json.loads(body).get("meta") or {}):
             if name in META_FILES:
-                self._call("upload", self.fs.put_file, str(entry / META / name), self._path(key, "meta", name))
+                self.call("upload", self.fs.put_file, str(entry / META / name), self.path(key, "meta", name))
         checkpoint("remote:files-uploaded", instance)
         if replace:
-            self._call("upload manifest", self.fs.pipe_file, manifest_path, body)
+            self.call("upload manifest", self.fs.pipe_file, manifest_path, body)
             return True
-        return self._call("upload manifest", self._create, manifest_path, body)
+        return self.call("upload manifest", self._create, manifest_path, body)
 
     def _create(self, path: str, body: bytes) -> bool:
         """Conditional create (S3 If-None-Match: *; a hard link on a folder); False when the object was there."""
-        if "file" in _protocols(self.fs):
-            return _link_create(Path(path), body)
+        if "file" in protocols(self.fs):
+            return link_create(Path(path), body)
         try:
             self.fs.pipe_file(path, body, mode="create")
         except FileExistsError:
@@ -243,64 +234,20 @@ class RemoteCache:
         return True
 
     def remember_discovered(self, declared_key: str, variants: list[list[str]]) -> None:
-        self._call("upload deps", self.fs.pipe_file, self._path("deps", f"{declared_key}.json"),
+        self.call("upload deps", self.fs.pipe_file, self.path("deps", f"{declared_key}.json"),
                    json.dumps(variants).encode())
-
-    # --- declared input files, for Dask workers -------------------------------------------------------------
-    def put_blob(self, path: Path, digest: str) -> None:
-        import tarfile
-        import tempfile
-
-        target = self._path("blobs", digest)
-        if self._call("look up", self.fs.exists, target):
-            return
-        if path.is_dir():
-            with tempfile.TemporaryDirectory(prefix="qnnbuild-blob-") as tmp:
-                archive = Path(tmp) / "folder.tar"
-                with tarfile.open(archive, "w") as tar:
-                    tar.add(path, arcname=".")
-                self._call("upload", self.fs.put_file, str(archive), target)
-        else:
-            self._call("upload", self.fs.put_file, str(path), target)
-
-    def get_blob(self, digest: str, folder: Path, name: str) -> Path:
-        """The input file (or folder) with this digest at folder/name, downloaded once and checked."""
-        import tarfile
-        import uuid
-
-        from qnnbuild.common.hashing import StatCache
-
-        dest = folder / name
-        if dest.exists() and StatCache(folder / ".unused").digest(dest) == digest:
-            return dest
-        folder.mkdir(parents=True, exist_ok=True)
-        raw = folder / f".{uuid.uuid4().hex}.part"
-        try:
-            self._call("download", self.fs.get_file, self._path("blobs", digest), str(raw))
-        except FileNotFoundError:
-            raise CacheDown(f"input file {name} ({digest[:16]}) is not in the shared cache") from None
-        if sha256_file(raw) == digest:
-            raw.replace(dest)
-        else:  # a folder travels as a tar; its digest is over its files
-            with tarfile.open(raw) as tar:
-                tar.extractall(dest, filter="data")
-            raw.unlink()
-        if StatCache(folder / ".unused").digest(dest) != digest:
-            remove_tree(dest) if dest.is_dir() else dest.unlink()
-            raise CacheDown(f"input file {name} from the shared cache does not match its digest {digest[:16]}")
-        return dest
 
     # --- maintenance ---------------------------------------------------------------------------------------
     def entries(self) -> list[tuple[str, float]]:
         """(key, age in days of its manifest) for every committed entry."""
         now = time.time()
         found = []
-        for info in self._call("list", self.fs.ls, self.root, detail=True):
+        for info in self.call("list", self.fs.ls, self.root, detail=True):
             name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
             if len(name) != 64:
                 continue
             try:
-                stamp = self._call("stat", self.fs.modified, self._path(name, "manifest.json")).timestamp()
+                stamp = self.call("stat", self.fs.modified, self.path(name, "manifest.json")).timestamp()
             except FileNotFoundError:
                 stamp = now  # an upload in progress (or abandoned): gc leaves it to a later run
             found.append((name, (now - stamp) / 86400))
@@ -309,47 +256,5 @@ class RemoteCache:
     def delete(self, key: str) -> None:
         """Manifest first: the entry stops existing for readers before its files go."""
         with contextlib.suppress(FileNotFoundError):
-            self._call("delete", self.fs.rm_file, self._path(key, "manifest.json"))
-        self._call("delete", self.fs.rm, self._path(key), recursive=True)
-
-
-
-def _protocols(fs: Any) -> tuple[str, ...]:
-    proto = getattr(fs, "protocol", ())
-    return (proto,) if isinstance(proto, str) else tuple(proto)
-
-
-def _link_create(path: Path, body: bytes) -> bool:
-    """Create `path` with `body` only if it does not exist, atomically: written whole under a temporary name,
-    then hard-linked into place (link(2) fails when the name exists). fsspec's local "create" mode writes a
-    temporary file and renames it over the name, so two racing writers both "won" (found by a test)."""
-    import os
-    import uuid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(body)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink()
-    return True
-
-
-def _storage_errors() -> tuple[type[Exception], ...]:
-    """What a flaky network or storage server raises through fsspec: OS and timeout errors (s3fs maps most S3
-    answers to them), and botocore's and aiohttp's own when they come through unmapped."""
-    import asyncio
-
-    found: list[type[Exception]] = [OSError, TimeoutError, asyncio.TimeoutError]
-    with contextlib.suppress(ImportError):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        found += [BotoCoreError, ClientError]
-    with contextlib.suppress(ImportError):
-        from aiohttp import ClientError as HttpError
-
-        found.append(HttpError)
-    return tuple(found)
+            self.call("delete", self.fs.rm_file, self.path(key, "manifest.json"))
+        self.call("delete", self.fs.rm, self.path(key), recursive=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.common.atomic import write_text
+from qnnbuild.engine.store.blobs import put_blob
 from qnnbuild.engine.store.local import Store
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache
 from qnnbuild.engine.workers.place import CONNECT_TIMEOUT_S, worker_threads
@@ -79,7 +80,7 @@ class Cluster:
     def ship(self, path: Path, digest: str) -> None:
         """Put a declared input file into the shared cache, by digest, for workers to fetch."""
         if digest not in self.shipped:
-            self.remote.put_blob(path, digest)
+            put_blob(self.remote, path, digest)
             self.shipped.add(digest)
 
     def run(self, request: dict[str, Any], progress: Path | None = None) -> dict[str, Any]:

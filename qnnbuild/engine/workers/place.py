@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.engine.store.blobs import get_blob
 from qnnbuild.engine.store.local import Store
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache
 
@@ -45,6 +46,6 @@ def fetch_inputs(upstream: dict[str, str], digests: dict[str, str], names: dict[
         if not (store.has(key) or remote.fetch(key, store) is not None):
             raise CacheDown(f"upstream entry {key[:16]} ({name}) is not in the shared cache")
         inputs[name] = store.entry(key).resolve()
-    files = {name: remote.get_blob(digest, store.root / ".files" / digest, names[name])
+    files = {name: get_blob(remote, digest, store.root / ".files" / digest, names[name])
              for name, digest in digests.items()}
     return inputs, files
