@@ -80,6 +80,7 @@ def test_adaround_and_seqmse_report_layers_done(tmp_path: Path) -> None:
     import onnx
 
     from qnnbuild.toolchain.quant import aimet
+    from qnnbuild.toolchain.quant.spec import QuantSpec
 
     outlier_model(tmp_path / "m.onnx")
     model = onnx.load(str(tmp_path / "m.onnx"))
@@ -87,7 +88,7 @@ def test_adaround_and_seqmse_report_layers_done(tmp_path: Path) -> None:
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     samples = [{model.graph.input[0].name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
     calls: list[tuple[int, int, str, str]] = []
-    aimet.simulate(model, samples, {"weights": "uint8", "activations": "uint8", "adaround_iterations": 5},
+    aimet.simulate(model, samples, QuantSpec(weights="uint8", activations="uint8", adaround_iterations=5),
                    ["seqmse", "adaround"], lambda done, total, unit, phase: calls.append((done, total, unit, phase)))
     layers = sum(n.op_type == "Conv" for n in model.graph.node)
     for phase in ("seqmse", "adaround"):

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qnnbuild.toolchain.data import metrics
 from qnnbuild.toolchain.llm.quant import FeedList
 from qnnbuild.toolchain.quant import blockwise, encodings, quantizer
+from qnnbuild.toolchain.quant.spec import QuantSpec
 from qnnbuild.toolchain.runtime import qnn
 from tests.conftest import CLI, write
 
@@ -43,8 +44,8 @@ def _feeds(count: int, seed: int) -> list[dict[str, Any]]:
 
 
 def _quantize(tmp: Path, fp32: Path, **params: Any) -> Path:
-    settings = {"activations": "uint16", "weights": "int4", "per_channel": True, "symmetric": True,
-                "method": "minmax", **params}
+    settings = QuantSpec.of({"activations": "uint16", "weights": "int4", "per_channel": True, "symmetric": True,
+                             "method": "minmax", **params})
     tmp.mkdir()
     return quantizer.make(fp32, tmp / "model.qdq.onnx", FeedList(_feeds(8, 0)), settings, tmp / "ranges.json")({})
 

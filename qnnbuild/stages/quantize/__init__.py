@@ -21,6 +21,7 @@ from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
 from qnnbuild.toolchain.data import calibration
 from qnnbuild.toolchain.llm import layout
 from qnnbuild.toolchain.quant import qnnrules, quantizer
+from qnnbuild.toolchain.quant.spec import PRESETS, QTYPES, QuantSpec, expand
 
 TECHNIQUES = ["cle", "adaround", "seqmse"]
 HUGE_RANGE = 1e4
@@ -115,9 +116,11 @@ def _with_techniques(ctx: StageRun, model: Any, samples: calibration.Source, bas
         if base or params.get("auto_precision"):
             raise StageFailed("technique adaround/seqmse quantizes through AIMET's simulation: it cannot be "
                               "combined with overrides, encodings or auto_precision")
-        onnx.save(aimet.simulate(model, samples, params, techniques, ctx.progress), str(ctx.out / "model.qdq.onnx"))
+        simulated = aimet.simulate(model, samples, QuantSpec.of(params), techniques, ctx.progress)
+        onnx.save(simulated, str(ctx.out / "model.qdq.onnx"))
         return record
-    quantize_with = quantizer.make(model_path, ctx.out / "model.qdq.onnx", samples, params, tmp / "ranges.json",
+    quantize_with = quantizer.make(model_path, ctx.out / "model.qdq.onnx", samples, QuantSpec.of(params),
+                                   tmp / "ranges.json",
                                    ctx.say)
     if params.get("auto_precision"):
         _auto_precision(ctx, model, source, quantize_with, base)
@@ -191,20 +194,6 @@ def run(ctx: StageRun) -> None:
 
 
 AIMET_FIXED = ("per_channel", "symmetric", "method")
-PRESETS: dict[str, Params] = {
-    "w8a8": {"activations": "uint8", "weights": "uint8", "per_channel": True},
-    "w8a16": {"activations": "uint16", "weights": "uint8", "per_channel": True},
-    "w4a16": {"activations": "uint16", "weights": "int4", "per_channel": True, "symmetric": True},
-    "w16a16": {"activations": "uint16", "weights": "int16", "per_channel": True, "symmetric": True},
-}
-
-
-def _expand(params: Params) -> Params:
-    """`precision: w8a16` → the explicit parameters it stands for; the recipe's explicit ones win."""
-    preset = PRESETS.get(params.get("precision", ""), {})
-    return {**preset, **{k: v for k, v in params.items() if k != "precision"}}
-
-
 def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
     """AdaRound/SeqMSE quantize with AIMET's HTP configuration (per-channel symmetric weights, min-max ranges):
     a setting it would ignore is refused by name rather than silently dropped."""
@@ -213,7 +202,7 @@ def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
     found: list[tuple[tuple[str | int, ...], str]] = [
         ((name,), f"technique {'/'.join(sorted(used))} quantizes with AIMET's HTP configuration (per-channel "
                   f"symmetric weights, min-max ranges); {name} cannot be set with it") for name in fixed]
-    if "block_size" in params and _expand(params).get("weights") != "int4":
+    if "block_size" in params and expand(params).get("weights") != "int4":
         found.append((("block_size",), "block_size makes 4-bit weights block-wise: it needs weights: int4 "
                                        "(precision: w4a16)"))
     return found
@@ -244,7 +233,7 @@ KIND = StageKind(
                       "description": "tensor name → {type, symmetric}: mixed precision per tensor",
                       "additionalProperties": {"type": "object", "additionalProperties": False,
                                                "required": ["type"],
-                                               "properties": {"type": {"enum": quantizer.QTYPES},
+                                               "properties": {"type": {"enum": QTYPES},
                                                               "symmetric": {"type": "boolean"}}}},
         "encodings": {"type": "string", "description": "an AIMET/QNN encodings file (0.6.1 or 1.0.0, what QNN "
                       "takes as --quantization_overrides): its tensors get exactly its scale, offset and bit width; "
@@ -265,7 +254,7 @@ KIND = StageKind(
     required=("model",),
     refs=refs_of("model"),
     checks=_checks,
-    expand=_expand,
+    expand=expand,
     files=_files,
     tools=lambda params: ("onnx", "onnxruntime", *(("aimet-onnx", "torch") if params.get("technique") else ())),
     run=run,

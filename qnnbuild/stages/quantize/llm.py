@@ -12,6 +12,7 @@ from qnnbuild.errors import StageFailed
 from qnnbuild.toolchain.data import textdata
 from qnnbuild.toolchain.llm import layout
 from qnnbuild.toolchain.llm import quant as llmquant
+from qnnbuild.toolchain.quant.spec import QuantSpec
 
 DECODE_STEPS = 8  # greedy decode steps after each calibration line: the decode graph sees real caches
 
@@ -45,7 +46,8 @@ def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[st
         overrides[graph], rules = qnnrules.apply(model, params["activations"], base, params["weights"])
         listed.append({"graph": graph, "rules": rules})
     def make(model: Path, dest: Path, samples: Any, cache: Path) -> Callable[[dict[str, Any]], Path]:
-        return quantizer.make(model, dest, samples, params, cache, say if dest.parent == out else lambda _: None)
+        return quantizer.make(model, dest, samples, QuantSpec.of(params), cache,
+                              say if dest.parent == out else lambda _: None)
 
     with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
         llmquant.quantize_pair(folder, out, feeds, overrides, make, Path(tmp) / "first")

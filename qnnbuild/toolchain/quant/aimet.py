@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from qnnbuild.errors import StageFailed
+from qnnbuild.toolchain.quant.spec import QuantSpec
 
 MIN_FIDELITY_DB = 60.0  # float rescaling keeps > 100 dB; a changed activation function falls far below
 BITS = {"uint8": "int8", "int8": "int8", "uint16": "int16", "int16": "int16", "int4": "int4", "uint4": "int4"}
@@ -78,14 +79,14 @@ Progress = Callable[..., None]  # StageRun.progress(done, total, unit, phase)
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers AdaRound and SeqMSE optimize
 
 
-def simulate(model: Any, samples: Any, params: dict[str, Any], techniques: list[str],
+def simulate(model: Any, samples: Any, spec: QuantSpec, techniques: list[str],
              progress: Progress = lambda *a, **k: None) -> Any:
     """AIMET's quantization simulation with AdaRound and/or SeqMSE applied → a QDQ ModelProto. Reports layers
     optimized of the weighted layers (counted from AIMET's own log records), then samples calibrated."""
     aimet_onnx = _aimet()
     inputs = [samples[i] for i in range(len(samples))]
-    sim = aimet_onnx.QuantizationSimModel(model, param_type=BITS[params["weights"]],
-                                          activation_type=BITS[params["activations"]],
+    sim = aimet_onnx.QuantizationSimModel(model, param_type=BITS[spec.weights],
+                                          activation_type=BITS[spec.activations],
                                           providers=["CPUExecutionProvider"])
     inits = {i.name for i in model.graph.initializer}
     layers = sum(n.op_type in WEIGHTED and any(i in inits for i in n.input[1:2]) for n in model.graph.node)
@@ -95,7 +96,7 @@ def simulate(model: Any, samples: Any, params: dict[str, Any], techniques: list[
                 aimet_onnx.apply_seq_mse(sim, inputs)
         if "adaround" in techniques:
             with _counted("Quant", "Started Optimizing weight rounding of module: ", layers, "adaround", progress):
-                aimet_onnx.apply_adaround(sim, inputs, num_iterations=params.get("adaround_iterations", 1000))
+                aimet_onnx.apply_adaround(sim, inputs, num_iterations=spec.adaround_iterations)
         with aimet_onnx.compute_encodings(sim):
             for done, x in enumerate(inputs, 1):
                 sim.session.run(None, x)

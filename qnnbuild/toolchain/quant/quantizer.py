@@ -15,9 +15,9 @@ from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.toolchain.data.calibration import Source
+from qnnbuild.toolchain.quant.spec import QTYPES, QuantSpec
 
 STRIDE = 16
-QTYPES = ["uint8", "uint16", "int8", "int16", "int4", "uint4"]
 
 
 def stride_for(count: int) -> int:
@@ -73,7 +73,7 @@ def _block_wise(qdq: Path, fp32: Path, block: int | None, say: Callable[[str], N
                if kept else ""))
 
 
-def make(model: Path, out: Path, samples: Source, params: dict[str, Any], cache: Path,
+def make(model: Path, out: Path, samples: Source, spec: QuantSpec, cache: Path,
          say: Callable[[str], None] = lambda _: None) -> Callable[[dict[str, Any]], Path]:
     """quantize_with(overrides) → the QDQ model path; ranges are calibrated on the first call and read from
     onnxruntime's calibration cache after that (automatic precision quantizes once per step). With
@@ -98,10 +98,10 @@ def make(model: Path, out: Path, samples: Source, params: dict[str, Any], cache:
                                 for e in (o if isinstance(o, list) else [o])]
                          for name, o in overrides.items()}
         config = get_qnn_qdq_config(
-            model_path, _Reader(samples), calibrate_method=methods[params["method"]],
-            activation_type=qtypes[params["activations"]], weight_type=qtypes[params["weights"]],
-            per_channel=params["per_channel"], init_overrides=ort_overrides or None,
-            weight_symmetric=params["symmetric"], stride=stride_for(len(samples)))
+            model_path, _Reader(samples), calibrate_method=methods[spec.method],
+            activation_type=qtypes[spec.activations], weight_type=qtypes[spec.weights],
+            per_channel=spec.per_channel, init_overrides=ort_overrides or None,
+            weight_symmetric=spec.symmetric, stride=stride_for(len(samples)))
         try:
             quantize_static(model_path, str(out), config.calibration_data_reader,
                             calibrate_method=config.calibrate_method, quant_format=config.quant_format,
@@ -114,8 +114,8 @@ def make(model: Path, out: Path, samples: Source, params: dict[str, Any], cache:
                             extra_options=config.extra_options, calibration_cache_path=cache)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise StageFailed(f"onnxruntime.quantization failed: {exc}") from None
-        if params["weights"] == "int4" and (params.get("block_size") or params["per_channel"]):
-            _block_wise(out, private, params.get("block_size"), say)
+        if spec.weights == "int4" and (spec.block_size or spec.per_channel):
+            _block_wise(out, private, spec.block_size, say)
         return out
 
     return quantize_with
