@@ -22,6 +22,7 @@ from qnnbuild.engine.recipe.plan import Instance, Plan
 from qnnbuild.common.hashing import StatCache
 from qnnbuild.engine.keys.document import environment, key_document, key_of
 from qnnbuild.engine.keys.versions import VersionCache, tool_versions
+from qnnbuild.engine.build.lock import write_lock
 from qnnbuild.engine.build.result import Result
 from qnnbuild.engine.keys.status import Verdict, assess
 from qnnbuild.engine.store.local import Store, remove_tree
@@ -92,9 +93,7 @@ class Session:
         kind = KINDS[inst.kind]
         with self.guard:
             files = {name: self.stat.digest(Path(path)) for name, path in sorted(inst.files.items())}
-        target: Any = TARGETS[inst.target].as_dict() if inst.target else None
-        if kind.all_targets:
-            target = [TARGETS[t].as_dict() for t in self.plan.targets]
+        target: Any = self.targets_of(inst) if kind.all_targets else self.target_of(inst)
         with self.guard:
             code = self.code.digest(kind.run.__module__)
         return key_document(inst.kind, kind.version, kind.key_params(inst.params), target, upstream, files,
@@ -252,9 +251,17 @@ class Session:
                         inputs={name: self.store.entry(str(self.results[up].key)).resolve()
                                 for name, up in inst.inputs.items()},
                         files={name: Path(p) for name, p in inst.files.items()}, out=work,
-                        target=TARGETS[inst.target].as_dict() if inst.target else None, root=self.root,
-                        targets=[TARGETS[t].as_dict() for t in self.plan.targets]
-                        if KINDS[inst.kind].all_targets else [], progress_file=self.progress_file(inst))
+                        target=self.target_of(inst), root=self.root,
+                        targets=self.targets_of(inst) if KINDS[inst.kind].all_targets else [],
+                        progress_file=self.progress_file(inst))
+
+    def target_of(self, inst: Instance) -> dict[str, Any] | None:
+        """The instance's target as the key and the stage both see it (resolved in one place)."""
+        return TARGETS[inst.target].as_dict() if inst.target else None
+
+    def targets_of(self, inst: Instance) -> list[dict[str, Any]]:
+        """Every target of the plan, for a kind that builds for all of them at once."""
+        return [TARGETS[t].as_dict() for t in self.plan.targets]
 
     def progress_file(self, inst: Instance) -> Path:
         """Where a running instance's worker reports its progress (StageRun.progress) for the console."""
@@ -298,19 +305,8 @@ class Session:
 
     # --- after the run -----------------------------------------------------------------------------------------
     def write_lock(self) -> None:
-        """Record every instance that ended ran/cached; keep the last good entry of the others."""
-        instances = {k: v for k, v in self.locked.items() if k in self.plan.by_id()}
-        for result in self.results.values():
-            if result.status in ("ran", "cached"):
-                instances[result.id] = {"key": result.key, "digest": result.digest, "document": result.document,
-                                        "outputs": result.files}
-        tools = sorted({t for inst in self.plan.instances for t in KINDS[inst.kind].tools_for(inst.params)})
-        lock = {"recipe": self.plan.recipe, "tools": tool_versions(tuple(tools)), "platform": environment(),
-                "instances": dict(sorted(instances.items()))}
-        old = self.store.read_lock(self.plan.recipe)
-        old.pop("schema_version", None)
-        if old != lock:
-            self.store.write_lock(self.plan.recipe, lock)
+        """The lock file of this build (build/lock.py), then the caches."""
+        write_lock(self.store, self.plan, self.locked, list(self.results.values()))
         self.save_caches()
 
     def save_caches(self) -> None:
