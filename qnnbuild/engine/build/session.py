@@ -20,7 +20,8 @@ from qnnbuild.engine.keys.code import CodeDigests
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.engine.recipe.plan import Instance, Plan
 from qnnbuild.common.hashing import StatCache
-from qnnbuild.engine.keys.document import environment, key_document, key_of
+from qnnbuild.engine.keys.document import key_of
+from qnnbuild.engine.keys.instance import InstanceKeys
 from qnnbuild.engine.keys.versions import VersionCache, tool_versions
 from qnnbuild.engine.build.lock import write_lock
 from qnnbuild.engine.build.result import Result
@@ -64,6 +65,7 @@ class Session:
         self.results: dict[str, Result] = {}
         self.keys: dict[str, tuple[str, dict[str, Any]]] = {}
         self.guard: threading.Lock = peer.guard if peer else threading.Lock()
+        self.keying = InstanceKeys(plan, self.stat, self.code, self.guard, self.store, readonly=readonly)
         self.sync: SharedSync | None = None
         if remote is not None:
             from qnnbuild.engine.store.sync import SharedSync
@@ -75,72 +77,11 @@ class Session:
         with self.guard:
             return self._building.setdefault(key, threading.Lock())
 
-    # --- keys --------------------------------------------------------------------------------------------
-    def key_for(self, inst: Instance, upstream: dict[str, str]) -> tuple[str, dict[str, Any]]:
-        """The instance's key: its declared inputs, plus (for kinds that discover what they read) the files an
-        earlier run of the same declared key reported, digested through the stat cache with no import."""
-        declared = self.declared_document(inst, upstream)
-        if not KINDS[inst.kind].discovers(inst.params):
-            return key_of(declared), declared
-        variants = self.store.discovered(key_of(declared))
-        candidates = [self.with_discovered(declared, files) for files in variants]
-        for key, document in candidates:
-            if self.store.has(key):
-                return key, document
-        return candidates[0] if candidates else (key_of(declared), declared)
-
-    def declared_document(self, inst: Instance, upstream: dict[str, str]) -> dict[str, Any]:
-        kind = KINDS[inst.kind]
-        with self.guard:
-            files = {name: self.stat.digest(Path(path)) for name, path in sorted(inst.files.items())}
-        target: Any = self.targets_of(inst) if kind.all_targets else self.target_of(inst)
-        with self.guard:
-            code = self.code.digest(kind.run.__module__)
-        return key_document(inst.kind, kind.version, kind.key_params(inst.params), target, upstream, files,
-                            tool_versions(kind.tools_for(inst.params)), code)
-
-    def with_discovered(self, declared: dict[str, Any], files: list[str]) -> tuple[str, dict[str, Any]]:
-        """`files` are relative to the recipe's folder (keys stay equal across checkouts of one layout)."""
-        digests = {}
-        for rel in files:
-            try:
-                with self.guard:
-                    digests[rel] = self.stat.digest(self.root / rel)
-            except OSError:
-                digests[rel] = "missing"
-        document = {**declared, "discovered": digests}
-        return key_of(document), document
-
-    @property
-    def root(self) -> Path:
-        return Path(self.plan.recipe_file).parent
-
-    def output_digest(self, key: str) -> str | None:
-        """The entry's output digest, or None when it is missing or its files no longer match the manifest.
-
-        Checked through the stat cache, so an untouched entry costs a stat per file; a modified or truncated
-        one is moved aside (by a run, which holds the store's lock) and rebuilt instead of being used.
-        """
-        manifest = self.store.manifest(key)
-        if manifest is None:
-            return None
-        entry = self.store.entry(key)
-        try:
-            with self.guard:
-                intact = all(self.stat.digest(entry / rel) == info["sha256"] for rel, info in manifest["files"].items())
-        except OSError:
-            intact = False
-        if not intact:
-            if not self.readonly:
-                self.store.quarantine(key)
-            return None
-        return str(manifest["digest"])
-
     def view(self, inst: Instance) -> Path:
         return self.store.view(self.plan.recipe, inst.stage, inst.target)
 
     def assess(self) -> list[Verdict]:
-        return assess(self.plan, self.key_for, self.output_digest,
+        return assess(self.plan, self.keying.key_for, self.keying.output_digest,
                       lambda inst, key: self.store.view_is(self.view(inst), key), self.locked, self.forced)
 
     def accept(self, verdicts: list[Verdict]) -> list[Result]:
@@ -154,22 +95,22 @@ class Session:
     # --- doit's up-to-date check and action -----------------------------------------------------------------
     def current(self, inst: Instance) -> bool:
         """True when the key is in the store and the view shows it: doit then skips the instance."""
-        key, document = self.key_for(inst, self._upstream_digests(inst))
+        key, document = self.keying.key_for(inst, self._upstream_digests(inst))
         self.keys[inst.id] = (key, document)
-        if inst.id in self.forced or not self.store.view_is(self.view(inst), key) or self.output_digest(key) is None:
+        if inst.id in self.forced or not self.store.view_is(self.view(inst), key) or self.keying.output_digest(key) is None:
             return False
         self._record(inst, "cached", 0.0, key, document)
         return True
 
     def execute(self, inst: Instance) -> Result:
         started = time.monotonic()
-        key, document = self.keys.get(inst.id) or self.key_for(inst, self._upstream_digests(inst))
+        key, document = self.keys.get(inst.id) or self.keying.key_for(inst, self._upstream_digests(inst))
         with self._key_lock(key):  # one build per key, however many recipes of this run share it
             return self._execute(inst, key, document, started)
 
     def _execute(self, inst: Instance, key: str, document: dict[str, Any], started: float) -> Result:
         forced = inst.id in self.forced
-        if not forced and self.output_digest(key) is not None:
+        if not forced and self.keying.output_digest(key) is not None:
             return self._adopt(inst, key, document, "cached", started)
         restored = self._restore(inst, key, document) if self.sync is not None and not forced else None
         if restored is not None:
@@ -199,7 +140,7 @@ class Session:
     def _restore(self, inst: Instance, key: str, document: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         assert self.sync is not None
         declared = {k: v for k, v in document.items() if k != "discovered"}
-        variant = (lambda files: self.with_discovered(declared, files)) if KINDS[inst.kind].discovers(inst.params) \
+        variant = (lambda files: self.keying.with_discovered(declared, files)) if KINDS[inst.kind].discovers(inst.params) \
             else None
         return self.sync.restore(key, document, variant)
 
@@ -241,27 +182,19 @@ class Session:
         if not report.is_file():
             return key_of(document), document
         declared = {k: v for k, v in document.items() if k != "discovered"}
-        files = sorted(os.path.relpath(p, self.root) for p in json.loads(report.read_text()))
+        files = sorted(os.path.relpath(p, self.keying.root) for p in json.loads(report.read_text()))
         report.unlink()
         self.store.remember_discovered(key_of(declared), files)
-        return self.with_discovered(declared, files)
+        return self.keying.with_discovered(declared, files)
 
     def stage_run(self, inst: Instance, work: Path) -> StageRun:
         return StageRun(recipe=self.plan.recipe, stage=inst.stage, instance=inst.id, params=inst.params,
                         inputs={name: self.store.entry(str(self.results[up].key)).resolve()
                                 for name, up in inst.inputs.items()},
                         files={name: Path(p) for name, p in inst.files.items()}, out=work,
-                        target=self.target_of(inst), root=self.root,
-                        targets=self.targets_of(inst) if KINDS[inst.kind].all_targets else [],
+                        target=self.keying.target_of(inst), root=self.keying.root,
+                        targets=self.keying.targets_of(inst) if KINDS[inst.kind].all_targets else [],
                         progress_file=self.progress_file(inst))
-
-    def target_of(self, inst: Instance) -> dict[str, Any] | None:
-        """The instance's target as the key and the stage both see it (resolved in one place)."""
-        return TARGETS[inst.target].as_dict() if inst.target else None
-
-    def targets_of(self, inst: Instance) -> list[dict[str, Any]]:
-        """Every target of the plan, for a kind that builds for all of them at once."""
-        return [TARGETS[t].as_dict() for t in self.plan.targets]
 
     def progress_file(self, inst: Instance) -> Path:
         """Where a running instance's worker reports its progress (StageRun.progress) for the console."""
