@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from qnnbuild.errors import UsageError
-from qnnbuild.toolchain.data.calibration import with_batch
+from qnnbuild.toolchain.data.samples import with_batch
 
 DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
           "tensor(uint16)": np.uint16, "tensor(int8)": np.int8, "tensor(int16)": np.int16,

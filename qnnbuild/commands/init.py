@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 from qnnbuild.errors import UsageError
+from qnnbuild.toolchain.data.samples import IMAGE_SUFFIXES
 from qnnbuild.toolchain.sources.modelinfo import Input, ModelInfo
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 SEQUENCE, SIDE, CONTEXT, PREFILL = 128, 224, 256, 32
 TEXT_LINES = 200
 

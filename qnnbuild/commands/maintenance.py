@@ -9,7 +9,8 @@ from pathlib import Path
 
 from qnnbuild.common.child import start_module
 from qnnbuild.engine.recipe.plan import parse_instance_id
-from qnnbuild.engine.store.local import Store, remove_tree
+from qnnbuild.engine.store.files import remove_tree
+from qnnbuild.engine.store.local import Store
 from qnnbuild.errors import UsageError
 
 

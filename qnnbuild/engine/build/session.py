@@ -26,7 +26,8 @@ from qnnbuild.engine.keys.versions import VersionCache, tool_versions
 from qnnbuild.engine.build.lock import write_lock
 from qnnbuild.engine.build.result import Result
 from qnnbuild.engine.keys.status import Verdict, assess
-from qnnbuild.engine.store.local import Store, remove_tree
+from qnnbuild.engine.store.files import remove_tree
+from qnnbuild.engine.store.local import Store
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun

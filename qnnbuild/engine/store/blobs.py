@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qnnbuild.common.hashing import StatCache, sha256_file
-from qnnbuild.engine.store.local import remove_tree
+from qnnbuild.engine.store.files import remove_tree
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
 import sys
 import time
@@ -27,23 +26,14 @@ from typing import Any
 from qnnbuild.common.atomic import write_json
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.common.hashing import sha256_file, sha256_json
+from qnnbuild.engine.store.files import META, alive, output_files, remove_tree
 from qnnbuild.errors import StageFailed, StoreError
 
-META = ".qnnbuild"
 # Files beside the manifest that are not outputs (not keyed, not compared by `verify`): what the stage printed
 # and its wall-clock figures. The manifest still records their digests, so a copy from a cache is checked.
 META_FILES = ("stage.log", "timings.json")
 LOCK_SCHEMA_VERSION = 1
 MAX_VARIANTS = 8  # import lists remembered per declared key
-
-
-def output_files(folder: Path) -> list[Path]:
-    """Files a stage produced, in a stable order, without qnnbuild's own metadata."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) == folder and d == META))
-        found.extend(Path(dirpath) / f for f in sorted(filenames))
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
 class Store:
@@ -119,7 +109,7 @@ class Store:
         for work in sorted(tmp.iterdir()) if tmp.is_dir() else []:
             parts = work.name.split(".")
             pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-            if pid is None or not _alive(pid):
+            if pid is None or not alive(pid):
                 remove_tree(work)
                 swept += 1
         return swept
@@ -242,30 +232,3 @@ class Store:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_tree(path: Path) -> None:
-    """rmtree that also removes the read-only files the store publishes."""
-    def make_writable(func: Any, p: str, _exc: Any) -> None:
-        parent = Path(p).parent
-        parent.chmod(parent.stat().st_mode | stat.S_IWUSR)
-        Path(p).chmod(stat.S_IWUSR | stat.S_IRUSR)
-        func(p)
-
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(path, onexc=make_writable)
-        else:  # pragma: no cover - 3.11
-            shutil.rmtree(path, onerror=make_writable)

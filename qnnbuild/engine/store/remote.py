@@ -28,8 +28,9 @@ from typing import Any, TypeVar
 
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.common.hashing import sha256_file, sha256_json
+from qnnbuild.engine.store.files import META, output_files, remove_tree
 from qnnbuild.engine.store.fsio import link_create, protocols, redact, storage_errors
-from qnnbuild.engine.store.local import META, META_FILES, Store, output_files, remove_tree
+from qnnbuild.engine.store.local import META_FILES, Store
 from qnnbuild.errors import UsageError
 
 T = TypeVar("T")

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.common.faults import checkpoint
-from qnnbuild.engine.store.local import Store, remove_tree
+from qnnbuild.engine.store.files import remove_tree
+from qnnbuild.engine.store.local import Store
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache
 from qnnbuild.engine.workers.place import CACHE_ENV, fetch_inputs, this_worker, worker_store
 from qnnbuild.engine.workers.process import spawn
