@@ -77,7 +77,20 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"qnnbuild {VERSION}")
     top.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _build_parsers(sub)
+    _store_parsers(sub)
+    _deliverable_parsers(sub)
+    _init_parser(sub)
+    p = sub.add_parser("schema", help="print the recipe JSON Schema")
+    _add_common(p, recipe=False, artifacts=False)
+    _add_cache_commands(sub)
+    p = sub.add_parser("doctor", help="toolchain versions and which QNN backends load here")
+    _add_common(p, recipe=False, artifacts=False)
+    return top
 
+
+def _build_parsers(sub: Any) -> None:
+    """run, status, dag: what a build does and would do."""
     p = sub.add_parser("run", help="build what is stale")
     p.add_argument("recipe", nargs="+", help="recipe YAML files: several are built in one run, shared stages once")
     _add_common(p, recipe=False)
@@ -99,6 +112,9 @@ def parser() -> argparse.ArgumentParser:
     _add_common(p, artifacts=False)
     p.add_argument("--format", choices=["text", "mermaid", "dot"], default="text")
 
+
+def _store_parsers(sub: Any) -> None:
+    """clean, gc, verify: the artifacts folder and its store."""
     p = sub.add_parser("clean", help="remove a recipe's outputs, or everything under the artifacts folder")
     p.add_argument("recipe", nargs="?", help="recipe whose views and lock to remove (default: everything)")
     _add_common(p, recipe=False)
@@ -113,6 +129,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=int, default=1)
     _add_common(p, recipe=False)
 
+
+def _deliverable_parsers(sub: Any) -> None:
+    """release, infer, report, diff: what a build gives."""
     p = sub.add_parser("release", help="a reproducible tar.gz of every target's deliverable")
     _add_common(p)
     p.add_argument("-o", "--output", required=True, help="the bundle to write (.tar.gz)")
@@ -128,15 +147,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("b", metavar="B", help="the build to compare it with")
     p.add_argument("--json", action="store_true")
     _add_common(p, recipe=False)
-
-    _init_parser(sub)
-    p = sub.add_parser("schema", help="print the recipe JSON Schema")
-    _add_common(p, recipe=False, artifacts=False)
-
-    _add_cache_commands(sub)
-    p = sub.add_parser("doctor", help="toolchain versions and which QNN backends load here")
-    _add_common(p, recipe=False, artifacts=False)
-    return top
 
 
 # command → "module:function" of qnnbuild.commands, imported only when that command runs (a no-op `run` must
