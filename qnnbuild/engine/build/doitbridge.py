@@ -18,8 +18,8 @@ from doit.exceptions import BaseFail, TaskFailed, UnmetDependency
 from doit.task import Task
 
 from qnnbuild.engine.build.console import Console
-from qnnbuild.engine.recipe.plan import Instance
 from qnnbuild.engine.build.session import Session, label
+from qnnbuild.engine.recipe.plan import Instance
 from qnnbuild.errors import StageFailed
 
 Named = dict[str, tuple[Session, Instance]]

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.engine.build.console import Console
-from qnnbuild.engine.recipe.plancache import load_plan
 from qnnbuild.engine.build.session import Session, label
+from qnnbuild.engine.recipe.plancache import load_plan
 from qnnbuild.errors import UsageError
 
 

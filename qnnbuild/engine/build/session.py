@@ -16,22 +16,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qnnbuild.engine.keys.code import CodeDigests
 from qnnbuild.common.faults import checkpoint
-from qnnbuild.engine.recipe.plan import Instance, Plan
 from qnnbuild.common.hashing import StatCache
-from qnnbuild.engine.keys.document import key_of
-from qnnbuild.engine.keys.instance import InstanceKeys
-from qnnbuild.engine.keys.versions import VersionCache, tool_versions
 from qnnbuild.engine.build.lock import write_lock
 from qnnbuild.engine.build.result import Result
+from qnnbuild.engine.keys.code import CodeDigests
+from qnnbuild.engine.keys.document import key_of
+from qnnbuild.engine.keys.instance import InstanceKeys
 from qnnbuild.engine.keys.status import Verdict, assess
+from qnnbuild.engine.keys.versions import VersionCache
+from qnnbuild.engine.recipe.plan import Instance, Plan
 from qnnbuild.engine.store.files import remove_tree
 from qnnbuild.engine.store.local import Store
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun
-from qnnbuild.toolchain.runtime.targets import TARGETS
 
 if TYPE_CHECKING:  # the shared cache, the cluster and the worker spawner load only when a run needs them
     from qnnbuild.engine.store.remote import RemoteCache
@@ -98,7 +97,8 @@ class Session:
         """True when the key is in the store and the view shows it: doit then skips the instance."""
         key, document = self.keying.key_for(inst, self._upstream_digests(inst))
         self.keys[inst.id] = (key, document)
-        if inst.id in self.forced or not self.store.view_is(self.view(inst), key) or self.keying.output_digest(key) is None:
+        if inst.id in self.forced or not self.store.view_is(self.view(inst), key) \
+                or self.keying.output_digest(key) is None:
             return False
         self._record(inst, "cached", 0.0, key, document)
         return True
@@ -139,11 +139,13 @@ class Session:
         return result
 
     def _restore(self, inst: Instance, key: str, document: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-        assert self.sync is not None
+        """The entry from the shared cache (a kind that discovers its inputs: any variant other machines saw)."""
+        if self.sync is None:
+            return None
         declared = {k: v for k, v in document.items() if k != "discovered"}
-        variant = (lambda files: self.keying.with_discovered(declared, files)) if KINDS[inst.kind].discovers(inst.params) \
-            else None
-        return self.sync.restore(key, document, variant)
+        discovers = KINDS[inst.kind].discovers(inst.params)
+        return self.sync.restore(key, document,
+                                 (lambda files: self.keying.with_discovered(declared, files)) if discovers else None)
 
     def _job(self, inst: Instance, key: str, document: dict[str, Any]) -> Job:
         """What a worker needs to build `inst`, and nothing of this Session."""
