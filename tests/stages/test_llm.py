@@ -219,7 +219,9 @@ def test_parts_chain_like_the_whole_graph_and_genai_runs_them(tmp_path: Path, cl
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tokens = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert tokens["genai"] == tokens["htp"] and len(tokens["genai"]) == 10
+    # genai stops at the model's end-of-sequence id (2): ten tokens, or fewer ending there (which one depends on the
+    # trained weights, so on the installed transformers and tokenizers)
+    assert tokens["genai"] == tokens["htp"] and (len(tokens["genai"]) == 10 or tokens["genai"][-1] == 2)
 
     write(tmp_path, "split.yaml", whole.replace("weight_sharing: true", "parts: 2, max_part_mb: 0.05"))
     code, _, err = cli("run", "split.yaml")
