@@ -26,12 +26,13 @@ def techniques_of(params: Params) -> list[str]:
 
 def _auto_precision(ctx: StageRun, model: Any, source: dict[str, str], quantize_with: Any,
                     base: dict[str, dict[str, Any]]) -> None:
-    from qnnbuild.toolchain.quant import auto_precision as precision
+    from qnnbuild.toolchain.quant import auto_precision
 
     spec = ctx.params["auto_precision"]
     held_out = calibration.samples_for(spec.get("data", HELD_OUT), ctx.files, ctx.inputs["model"], "auto_precision")
-    found = precision.search(model, held_out, quantize_with, base, spec["min_sqnr_db"], spec.get("max_promoted", 16),
-                             ctx.say, lambda done, total: ctx.progress(done, total, "steps", "auto precision"))
+    found = auto_precision.search(model, held_out, quantize_with, base, spec["min_sqnr_db"],
+                                  spec.get("max_promoted", 16), ctx.say,
+                                  lambda done, total: ctx.progress(done, total, "steps", "auto precision"))
     named = {"promoted": [source.get(t, t) for t in found["promoted"]], "sqnr_db": found["sqnr_db"],
              "steps": found["steps"], "samples": len(held_out),
              "overrides": {source.get(t, t): o for t, o in sorted(found["overrides"].items())}}
