@@ -7,7 +7,9 @@ profile's outputs carry timings), must be equal on both commits.
     python benchmarks/key_documents.py --base 05b50cf [--recipes recipes/mobilenet.yaml ...]
 
 Each side is built from its own checkout (a git worktree for the base) in its own artifacts folder, by
-`python -m qnnbuild run`, with that checkout first on PYTHONPATH.
+`python -m qnnbuild run`, with that checkout first on PYTHONPATH. Models a recipe names under recipes/models/
+(downloaded or trained, git-ignored) are shared by both sides; e.g. for the tiny Llama first run
+`python -m qnnbuild.zoo.tinyllama recipes/models/tinyllama`.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qnnbuild-keys-") as tmp:
         base = Path(tmp) / "base"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(base), args.base], cwd=ROOT, check=True)
+        models = ROOT / "recipes" / "models"  # downloaded or trained models (git-ignored): both sides read the same
+        if models.is_dir():
+            (base / "recipes" / "models").symlink_to(models)
         try:
             failed = 0
             for recipe in args.recipes:
