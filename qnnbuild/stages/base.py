@@ -46,7 +46,7 @@ class StageRun:
     targets: list[dict[str, Any]] = field(default_factory=list)  # every recipe target (kinds with all_targets)
     reads: list[Path] = field(default_factory=list)  # files the stage discovered it read (see `read`)
     progress_file: Path | None = None  # where `progress` writes for the console; None: nobody watches
-    spread: Any = None  # on a Dask cluster, the engine's shard runner (toolchain/shards.Spread); never in JSON
+    spread: Any = None  # on a Dask cluster, the engine's shard runner (toolchain/runtime/shards.Spread); never in JSON
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "stage": self.stage, "instance": self.instance, "params": self.params,
@@ -114,7 +114,7 @@ class StageRun:
         return _Watched(samples, lambda seen: self.progress(seen, len(samples), "samples", phase))
 
     def workers(self) -> int:
-        """How many shards per-sample work is spread over (toolchain/shards): the stage's `workers`, or on a
+        """How many shards per-sample work is spread over (toolchain/runtime/shards): the stage's `workers`, or on a
         Dask cluster its worker threads, or the run's -j (the engine passes it as QNNBUILD_JOBS), or 1."""
         import os
 

@@ -120,7 +120,7 @@ def _write(cleaned: Any, folder: Path) -> None:
 
 def _llm(ctx: StageRun, scratch: Path) -> None:
     """A causal LM's prefill graph is the stage's model.onnx, its decode graph decode/model.onnx; llm.json says
-    how they go together (toolchain/llmexport)."""
+    how they go together (toolchain/llm/export.py)."""
     from qnnbuild.toolchain.graph import onnxclean
     from qnnbuild.toolchain.llm import export as llmexport
     from qnnbuild.toolchain.sources import hfexport

@@ -1,4 +1,4 @@
-"""toolchain/shards: per-sample work over shard processes, results in sample order, errors named by samples."""
+"""toolchain/runtime/shards: per-sample work over shard processes, results in sample order, errors named by samples."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 doit still orders and tracks the work: a task's action submits its instance and waits, so `-j` is the number
 of instances in flight. On the worker, the instance runs exactly as the local runner runs it (a fresh process
-per stage, `worker.spawn`) in a worker-local store: its upstream entries and its declared input files come
+per stage, `process.spawn`) in a worker-local store: its upstream entries and its declared input files come
 from the shared cache, and its entry goes back there, manifest last. The client then restores the entry
 like any other cache hit. A worker lost mid-stage has published nothing; the scheduler gives the task to
 another worker (Dask's `allowed-failures`). A stage that fails is an answer, not an exception, so Dask does

@@ -1,4 +1,4 @@
-"""A stage's shards as Dask tasks (toolchain/shards.Spread), for a stage that runs on a cluster worker.
+"""A stage's shards as Dask tasks (toolchain/runtime/shards.Spread), for a stage that runs on a cluster worker.
 
 The stage's process (on one worker) connects to the scheduler and submits one task per shard, shard i to
 worker i (modulo the workers), so two shards never queue behind each other while a worker idles. A task
@@ -127,7 +127,7 @@ def shard_task(run_range: Any, template: dict[str, Any], part: tuple[int, int], 
 
     try:
         result, seconds = run_range(spec, *part, report, None)
-    except ChildProcessError as exc:  # toolchain/shards.ShardLost
+    except ChildProcessError as exc:  # toolchain/runtime/shards.ShardLost
         return ("lost", str(exc).splitlines()[0], me)
     except Exception as exc:
         return ("error", str(exc), me)

@@ -71,7 +71,7 @@ def _overrides(ctx: StageRun, model: Any, source: dict[str, str]) -> dict[str, d
 
 
 def _llm(ctx: StageRun) -> None:
-    """An LLM's prefill and decode graphs, calibrated by running them on text (toolchain/llmquant)."""
+    """An LLM's prefill and decode graphs, calibrated by running them on text (stages/quantize/llm.py)."""
     from qnnbuild.stages.quantize.llm import quantize_llm
     from qnnbuild.toolchain.graph import onnxgraph
 

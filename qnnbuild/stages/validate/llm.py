@@ -39,7 +39,7 @@ def figures(inputs: dict[str, Path], files: dict[str, Path], data: dict[str, Any
 
 
 def validate_llm(ctx: StageRun, target: str) -> None:
-    """An LLM: perplexity and greedy agreement of QDQ-CPU and HTP against fp32 on text (toolchain/llmrun)."""
+    """An LLM: perplexity and greedy agreement of QDQ-CPU and HTP against fp32 on text (toolchain/llm/run.py)."""
     report, speed = figures(ctx.inputs, ctx.files, ctx.params["data"], ctx.progress)
     ppl, limit = report["perplexity"], ctx.params.get("max_perplexity_ratio")
     miss = limit is not None and ppl["htp"] > limit * ppl["fp32"]

@@ -21,7 +21,7 @@ def activation_sqnr(fp32: Any, qdq: Any, samples: Any) -> tuple[dict[str, float]
 def activation_values(fp32: Any, qdq: Any, samples: Any, start: int, stop: int,
                       tick: Any = lambda: None) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
     """Every quantized activation of samples [start, stop), fp32 and dequantized: one shard's share (the
-    layer-error stage spreads the samples over processes; toolchain/shards)."""
+    layer-error stage spreads the samples over processes; toolchain/runtime/shards)."""
     from qnnbuild.toolchain.runtime import qnn
 
     pairs, _ = pair_activations(fp32, qdq)
