@@ -96,20 +96,22 @@ def _accuracy(found: list[tuple[Instance, Path]]) -> list[str]:
 
 
 def _llm(validates: list[tuple[Instance, Path]], contexts: list[tuple[Instance, Path]]) -> list[str]:
-    """An LLM's figures: perplexity and greedy agreement per target, decode speed, the weight-shared variant."""
+    """An LLM's figures: perplexity, token agreement and first divergence per target, decode speed, the
+    weight-shared variant."""
     e = html.escape
     rows = []
     for inst, folder in validates:
         metrics = _read(folder, "metrics.json") or {}
         if "perplexity" not in metrics:
             continue
-        ppl, agree = metrics["perplexity"], metrics["greedy_agreement"]
+        ppl, agree, apart = metrics["perplexity"], metrics["token_agreement"], metrics["first_divergence"]
         speed = (_read(folder / ".qnnbuild", "timings.json") or {}).get("decode_tokens_per_second", {})
         verdict = "<span class=fresh>pass</span>" if metrics["passed"] else "<span class=fail>fail</span>"
         rows.append([e(str(inst.target)), " / ".join(f"{ppl[m]:.3f}" if m in ppl else "–" for m in
                                                       ("fp32", "qdq_cpu", "htp")),
-                     f"{ppl['htp'] / ppl['fp32']:.3f}", f"{agree['htp']:.0%}",
-                     f"{agree['qdq_cpu']:.0%}" if "qdq_cpu" in agree else "–",
+                     f"{ppl['htp'] / ppl['fp32']:.3f}", f"{agree['htp']:.1%}",
+                     f"{agree['qdq_cpu']:.1%}" if "qdq_cpu" in agree else "–",
+                     f"{apart['htp']:g} of {metrics['generate']['tokens']}",
                      f"{speed['htp']:.1f}" if "htp" in speed else "–", metrics["samples"], verdict])
     shared = []
     for inst, folder in contexts:
@@ -122,9 +124,10 @@ def _llm(validates: list[tuple[Instance, Path]], contexts: list[tuple[Instance, 
         return []
     out = ["<h2>LLM (prefill and decode graphs)</h2>"]
     if rows:
-        headers = ["target", "perplexity fp32 / QDQ-CPU / HTP", "HTP / fp32", "greedy agreement (HTP)", "(QDQ-CPU)",
-                   "decode tokens/s (HTP emulator)", "texts", "thresholds"]
-        out.append(_table(headers, rows, {2, 3, 4, 5, 6}))
+        headers = ["target", "perplexity fp32 / QDQ-CPU / HTP", "HTP / fp32", "token agreement (HTP)", "(QDQ-CPU)",
+                   "greedy tokens equal before the first difference (HTP)", "decode tokens/s (HTP emulator)",
+                   "texts", "thresholds"]
+        out.append(_table(headers, rows, {2, 3, 4, 5, 6, 7}))
     return out + shared
 
 

@@ -103,7 +103,10 @@ def test_llm_builds_and_genai_generates_on_htp(tmp_path: Path, cli: CLI, llama: 
     assert ppl["htp"] <= 1.05 * ppl["fp32"], ppl
     metrics = json.loads((art / "validate/SM8650/metrics.json").read_text())
     assert metrics["perplexity"]["htp"] == pytest.approx(ppl["htp"], rel=1e-6)  # the same 4 lines
-    assert set(metrics["greedy_agreement"]) == {"qdq_cpu", "htp"} and metrics["passed"]
+    assert set(metrics["token_agreement"]) == set(metrics["first_divergence"]) == {"qdq_cpu", "htp"}
+    assert metrics["passed"] and metrics["generate"] == {"prompts": 2, "tokens": 8}
+    assert metrics["token_agreement"]["htp"] >= 0.5  # teacher forced: w8a16 predicts fp32's next token mostly
+    assert 0 <= metrics["first_divergence"]["htp"] <= 8
 
     proc = run_process(["infer", "r.yaml", "--target", "SM8650", "--prompt", "Return the value of the",
                         "--max-new-tokens", "10"], tmp_path)

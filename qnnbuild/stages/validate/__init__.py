@@ -200,7 +200,7 @@ def summarize(folder: Path) -> dict[str, Any]:
         return {}
     if "perplexity" in metrics:  # an LLM
         return {f"perplexity {m}": v for m, v in metrics["perplexity"].items()} | {
-            f"greedy agreement {m} (%)": round(100 * v, 1) for m, v in metrics["greedy_agreement"].items()}
+            f"token agreement {m} (%)": round(100 * v, 1) for m, v in metrics["token_agreement"].items()}
     found: dict[str, Any] = {f"SQNR {name} (dB)": fig["sqnr_db"] for name, fig in metrics["outputs"].items()}
     if len(metrics["outputs"]) > 1:
         found["worst SQNR (dB)"] = min(fig["sqnr_db"] for fig in metrics["outputs"].values())
@@ -212,7 +212,7 @@ def summarize(folder: Path) -> dict[str, Any]:
 
 KIND = StageKind(
     name="validate",
-    version=4,
+    version=5,
     summary="context on the HTP emulator vs the fp32 model on the CPU: SQNR, cosine, top-k; fails below thresholds",
     params={
         "context": {"type": "string", "description": "the context-binary stage"},
@@ -228,6 +228,14 @@ KIND = StageKind(
                                  "mean-pooled (attention-mask weighted) embedding's cosine, HTP vs fp32"},
         "max_perplexity_ratio": {"type": "number", "minimum": 1, "description": "an LLM on text: HTP's "
                                  "perplexity over fp32's; fails above"},
+        "min_token_agreement": {"type": "number", "minimum": 0, "maximum": 1, "description": "an LLM on text: "
+                                "the share of positions where HTP's next-token argmax equals fp32's (teacher "
+                                "forced, from the perplexity passes); fails below"},
+        "generate": {"type": "object", "additionalProperties": False, "default": {"prompts": 2, "tokens": 8},
+                     "description": "an LLM: greedy generation from the first `prompts` texts, `tokens` long, "
+                     "reported as first_divergence (mean tokens equal to fp32's before the first that differs)",
+                     "properties": {"prompts": {"type": "integer", "minimum": 0},
+                                    "tokens": {"type": "integer", "minimum": 1}}},
         "max_accuracy_drop": {"type": "number", "minimum": 0, "description": "labelled data: allowed top-1 "
                               "drop, HTP vs fp32, in percentage points"},
         "workers": {"type": "integer", "minimum": 1, "description": "processes the samples are spread over, "

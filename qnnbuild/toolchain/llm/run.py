@@ -94,13 +94,20 @@ class Runner:
 
     def nll(self, ids: list[int]) -> tuple[float, int]:
         """Summed negative log-likelihood of ids[1:] given what precedes each (teacher forcing), and the count."""
+        nll, count, _ = self.score(ids)
+        return nll, count
+
+    def score(self, ids: list[int]) -> tuple[float, int, list[int]]:
+        """One teacher-forced pass over `ids`: the summed negative log-likelihood of ids[1:], their count, and
+        the model's next-token argmax at every position (what token agreement compares)."""
         import numpy as np
 
         self.reset()
         logits = self.feed(ids[:-1]).astype(np.float64)
+        predicted = [int(t) for t in logits.argmax(axis=-1)]
         logits -= logits.max(axis=-1, keepdims=True)
         log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-        return float(-log_probs[np.arange(len(ids) - 1), ids[1:]].sum()), len(ids) - 1
+        return float(-log_probs[np.arange(len(ids) - 1), ids[1:]].sum()), len(ids) - 1, predicted
 
 
 def perplexity(runner: Runner, sequences: list[list[int]]) -> float:
@@ -114,35 +121,55 @@ def perplexity(runner: Runner, sequences: list[list[int]]) -> float:
     return math.exp(total / max(count, 1))
 
 
-def agreement(runner: Runner, reference: Runner, prompts: list[list[int]], new_tokens: int) -> float:
-    """Share of greedily generated tokens equal to the reference's, position by position, over `prompts`."""
-    same = total = 0
+def first_divergence(runner: Runner, reference: Runner, prompts: list[list[int]], new_tokens: int) -> float:
+    """Mean number of greedily generated tokens equal to the reference's before the first that differs (all of
+    them when none does), over `prompts`. Free-running: after one divergence the continuations part, so only
+    the stretch before it says anything."""
+    lengths = []
     for prompt in prompts:
-        want = reference.generate(prompt, new_tokens)
-        got = runner.generate(prompt, new_tokens)
-        same += sum(a == b for a, b in zip(want, got, strict=False))
-        total += len(want)
-    return same / max(total, 1)
+        want, got = reference.generate(prompt, new_tokens), runner.generate(prompt, new_tokens)
+        same = next((i for i, (a, b) in enumerate(zip(want, got, strict=False)) if a != b), min(len(want), len(got)))
+        lengths.append(same)
+    return sum(lengths) / max(len(lengths), 1)
 
 
-def evaluate(runners: dict[str, Runner], texts: list[list[int]], new_tokens: int = 32, prompt_tokens: int = 8,
+GENERATE = {"prompts": 2, "tokens": 8}  # free-running generation, kept short: the gate is teacher-forced
+
+
+def evaluate(runners: dict[str, Runner], texts: list[list[int]], generate: dict[str, int] | None = None,
+             prompt_tokens: int = 8,
              progress: Callable[[int, int, str], None] = lambda done, total, unit: None) -> dict[str, Any]:
-    """Perplexity of each runner on `texts` (teacher forcing) and the share of greedy tokens equal to fp32's,
-    generating `new_tokens` after the first `prompt_tokens` of each text; `progress` hears (texts done, of all
-    the passes over them)."""
-    prompts = [ids[:prompt_tokens] for ids in texts if len(ids) > 1]
+    """From one teacher-forced pass per text and model: each model's perplexity, and its token agreement with
+    fp32 (the share of positions whose next-token argmax equals fp32's). Then, for the first
+    `generate["prompts"]` texts, greedy generation of `generate["tokens"]` after their first `prompt_tokens`:
+    the mean tokens before the first that differs from fp32's. `progress` hears (texts done, of all passes)."""
+    import math
+
+    gen = {**GENERATE, **(generate or {})}
+    prompts = [ids[:prompt_tokens] for ids in texts if len(ids) > 1][:gen["prompts"]]
     total = len(texts) * len(runners) + len(prompts) * (len(runners) - 1)
     done = 0
-    found: dict[str, Any] = {"perplexity": {}, "greedy_agreement": {}}
+    found: dict[str, Any] = {"perplexity": {}, "token_agreement": {}, "first_divergence": {}, "generate": gen}
+    predicted: dict[str, list[list[int]]] = {}
     for model, runner in runners.items():
-        found["perplexity"][model] = round(perplexity(runner, texts), 4)
-        done += len(texts)
-        progress(done, total, "texts")
-    for model, runner in runners.items():
-        if model != "fp32":
-            found["greedy_agreement"][model] = round(agreement(runner, runners["fp32"], prompts, new_tokens), 4)
-            done += len(prompts)
+        nll = count = 0.0
+        predicted[model] = []
+        for ids in texts:
+            n_ll, n, argmax = runner.score(ids[:runner.context])
+            nll, count = nll + n_ll, count + n
+            predicted[model].append(argmax)
+            done += 1
             progress(done, total, "texts")
+        found["perplexity"][model] = round(math.exp(nll / max(count, 1)), 4)
+    for model, runner in runners.items():
+        if model == "fp32":
+            continue
+        pairs = [(a, b) for got, want in zip(predicted[model], predicted["fp32"], strict=True)
+                 for a, b in zip(got, want, strict=True)]
+        found["token_agreement"][model] = round(sum(a == b for a, b in pairs) / max(len(pairs), 1), 4)
+        found["first_divergence"][model] = round(first_divergence(runner, runners["fp32"], prompts, gen["tokens"]), 3)
+        done += len(prompts)
+        progress(done, total, "texts")
     return found
 
 
