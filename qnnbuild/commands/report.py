@@ -18,6 +18,7 @@ from qnnbuild.engine.build.session import Session
 from qnnbuild.engine.keys.status import Verdict
 from qnnbuild.engine.recipe.plan import Instance, Plan
 from qnnbuild.stages import KINDS
+from qnnbuild.stages.validate.llm import REFERENCE_GAP_WARN
 
 
 def _read(folder: Path, name: str) -> Any:
@@ -123,6 +124,12 @@ def _llm(validates: list[tuple[Instance, Path]], contexts: list[tuple[Instance, 
     if not rows and not shared:
         return []
     out = ["<h2>LLM (prefill and decode graphs)</h2>"]
+    for inst, folder in validates:
+        gap = (_read(folder, "metrics.json") or {}).get("reference_gap")
+        if gap is not None and gap > REFERENCE_GAP_WARN:
+            out.append(f"<p class=stale>{e(str(inst.target))}: QDQ-CPU and HTP perplexities are {gap:.1%} apart: "
+                       "the CPU reference does not predict the device, so the QDQ-CPU column cannot tell "
+                       "quantization loss from compile loss</p>")
     if rows:
         headers = ["target", "perplexity fp32 / QDQ-CPU / HTP", "HTP / fp32", "token agreement (HTP)", "(QDQ-CPU)",
                    "greedy tokens equal before the first difference (HTP)", "decode tokens/s (HTP emulator)",

@@ -63,3 +63,16 @@ def test_the_llm_gate_names_the_measured_and_the_required_figures() -> None:
     assert misses(report, {"max_perplexity_ratio": 1.05, "min_token_agreement": 0.9}) == []
     assert misses(report, {"max_perplexity_ratio": 1.02, "min_token_agreement": 0.95}) == [
         "perplexity 10.400 on HTP > 1.02 x fp32's 10.000", "token agreement with fp32 0.9412 on HTP < 0.95"]
+
+
+def test_a_cpu_reference_far_from_the_device_is_measured_and_can_fail_the_build() -> None:
+    from qnnbuild.stages.validate.llm import reference_gap
+
+    near = {"perplexity": {"fp32": 57.15, "qdq_cpu": 57.9, "htp": 57.05}, "token_agreement": {"htp": 0.97}}
+    far = {"perplexity": {"fp32": 57.15, "qdq_cpu": 369445.0, "htp": 57.05}, "token_agreement": {"htp": 0.97}}
+    assert reference_gap(near) == round(0.85 / 57.05, 4)
+    assert reference_gap({"perplexity": {"fp32": 1.0, "htp": 1.0}}) is None  # no QDQ-CPU model validated
+    far["reference_gap"] = reference_gap(far)
+    assert misses(far, {}) == []  # a warning only, unless the recipe sets the limit
+    assert misses(far, {"max_reference_gap": 0.1}) == [
+        f"QDQ-CPU and HTP perplexities {far['reference_gap']:.1%} apart > max_reference_gap 10.0%"]

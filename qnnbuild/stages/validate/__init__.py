@@ -231,6 +231,9 @@ KIND = StageKind(
         "min_token_agreement": {"type": "number", "minimum": 0, "maximum": 1, "description": "an LLM on text: "
                                 "the share of positions where HTP's next-token argmax equals fp32's (teacher "
                                 "forced, from the perplexity passes); fails below"},
+        "max_reference_gap": {"type": "number", "minimum": 0, "description": "an LLM: how far apart (relative "
+                              "to HTP's) the QDQ-CPU and HTP perplexities may be; above 0.10 validate warns, above "
+                              "this it fails (the CPU reference then does not predict the device)"},
         "generate": {"type": "object", "additionalProperties": False, "default": {"prompts": 2, "tokens": 8},
                      "description": "an LLM: greedy generation from the first `prompts` texts, `tokens` long, "
                      "reported as first_divergence (mean tokens equal to fp32's before the first that differs)",
