@@ -107,6 +107,13 @@ def test_llm_builds_and_genai_generates_on_htp(tmp_path: Path, cli: CLI, llama: 
     assert metrics["passed"] and metrics["generate"] == {"prompts": 2, "tokens": 8}
     assert metrics["token_agreement"]["htp"] >= 0.5  # teacher forced: w8a16 predicts fp32's next token mostly
     assert 0 <= metrics["first_divergence"]["htp"] <= 8
+    # the texts spread over 3 shard processes give the same metrics, byte for byte (`workers` is not keyed)
+    before = (art / "validate/SM8650/metrics.json").read_bytes()
+    write(tmp_path, "r.yaml", RECIPE.replace("max_perplexity_ratio: 1.05,", "max_perplexity_ratio: 1.05, workers: 3,"))
+    code, _, err = cli("run", "r.yaml", "--force", "validate")
+    assert code == 0, err
+    assert (art / "validate/SM8650/metrics.json").read_bytes() == before
+    assert json.loads((art / "validate/SM8650/.qnnbuild/timings.json").read_text())["workers"] == 3
 
     proc = run_process(["infer", "r.yaml", "--target", "SM8650", "--prompt", "Return the value of the",
                         "--max-new-tokens", "10"], tmp_path)

@@ -1,10 +1,10 @@
-"""The validate stage for an LLM: perplexity and greedy agreement of QDQ-CPU and HTP against fp32 on text, by
-running the static prefill/decode graphs (toolchain/llm/run.py) on each."""
+"""The validate stage for an LLM: perplexity and teacher-forced token agreement of QDQ-CPU and HTP against fp32 on
+text, by running the static prefill/decode graphs (toolchain/llm/run.py) on each, the texts spread over shards
+like validate's samples; then how long short greedy generations stay equal to fp32's."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +15,72 @@ from qnnbuild.toolchain.llm import layout
 from qnnbuild.toolchain.llm import run as llmrun
 
 
-def figures(inputs: dict[str, Path], files: dict[str, Path], data: dict[str, Any],
-            progress: Callable[[int, int, str], None] = lambda done, total, unit: None,
-            generate: dict[str, int] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
-    """The validate stage's figures for an LLM: `inputs` are its reference (export), quantized and context
-    folders; returns (metrics, decode tokens/s per model)."""
-    from qnnbuild.toolchain.runtime import qnn
-
+def _texts(inputs: dict[str, Path], files: dict[str, Path], data: dict[str, Any]) -> list[list[int]]:
     ref = inputs["reference"]
     if "text" not in data:
         raise StageFailed("an LLM is validated on text: data: {text: {file, skip, count}}")
-    info = layout.info(ref)
     tokenizer = files.get("data.text.tokenizer", layout.tokenizer(ref))
-    texts = textdata.token_lines(files["data.text.file"], tokenizer, data["text"], info["bos_token_id"])
-    pairs = {"fp32": (ref / "model.onnx", ref / "decode" / "model.onnx")}
+    return textdata.token_lines(files["data.text.file"], tokenizer, data["text"], layout.info(ref)["bos_token_id"])
+
+
+def _runners(inputs: dict[str, Path]) -> dict[str, llmrun.Runner]:
+    """fp32 and (given a quantize stage) QDQ on onnxruntime's CPU, the context binaries on the HTP emulator."""
+    from qnnbuild.toolchain.runtime import qnn
+
+    ref = inputs["reference"]
+    graphs = {"fp32": layout.graphs(ref)}
     if "quantized" in inputs:
-        pairs["qdq_cpu"] = (inputs["quantized"] / "model.qdq.onnx", inputs["quantized"] / "decode" / "model.qdq.onnx")
-    runners = {m: llmrun.Runner(qnn.cpu_session(str(p)), qnn.cpu_session(str(d))) for m, (p, d) in pairs.items()}
+        graphs["qdq_cpu"] = layout.graphs(inputs["quantized"], "model.qdq.onnx")
+    runners = {m: llmrun.Runner(qnn.cpu_session(str(g["prefill"])), qnn.cpu_session(str(g["decode"])))
+               for m, g in graphs.items()}
     runners["htp"] = llmrun.Runner(qnn.deliverable_session(inputs["context"]),
-                            qnn.deliverable_session(inputs["context"], graph="decode"))
-    found = llmrun.evaluate(runners, texts, generate, progress=progress)
-    report = {"samples": len(texts), "source": "text", **found}
-    return report, {m: llmrun.decode_speed(r) for m, r in runners.items()}
+                                   qnn.deliverable_session(inputs["context"], graph="decode"))
+    return runners
+
+
+def score_range(spec: dict[str, Any], start: int, stop: int) -> dict[str, list[llmrun.Score]]:
+    """Texts [start, stop) scored by every model, teacher forced. Runs in a shard's process (toolchain/runtime/
+    shards.py), so it takes plain paths and loads its texts and sessions itself."""
+    from qnnbuild.toolchain.runtime import shards
+
+    inputs = {k: Path(v) for k, v in spec["inputs"].items()}
+    texts = _texts(inputs, {k: Path(v) for k, v in spec["files"].items()}, spec["data"])
+    runners = _runners(inputs)
+    scores: dict[str, list[llmrun.Score]] = {m: [] for m in runners}
+    for ids in texts[start:stop]:
+        for model, runner in runners.items():
+            scores[model].append(runner.score(ids[:runner.context]))
+        shards.tick()
+    return scores
+
+
+def figures(ctx: StageRun) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The validate stage's figures for an LLM: the texts scored over `workers` shards (processes here, tasks on a
+    Dask cluster) and merged in text order, so the figures are the same for any number; then the short greedy
+    runs here. Returns (metrics, timings)."""
+    import time
+
+    from qnnbuild.toolchain.runtime import shards
+
+    texts = _texts(ctx.inputs, ctx.files, ctx.params["data"])
+    gen = {**llmrun.GENERATE, **(ctx.params.get("generate") or {})}
+    prompts = llmrun.prompts_of(texts, gen["prompts"], 8)
+    spec = {"data": ctx.params["data"], "files": {k: str(v) for k, v in ctx.files.items()},
+            "inputs": {k: str(v) for k, v in ctx.inputs.items()}}
+    workers = min(ctx.workers(), len(texts))
+    models = 3 if "quantized" in ctx.inputs else 2
+    total = len(texts) + len(prompts) * (models - 1)
+    started = time.perf_counter()
+    results, seconds = shards.run(score_range, spec, len(texts), workers,
+                                  lambda done, _: ctx.progress(done, total, "texts"), ctx.spread)
+    scores = {m: [s for r in results for s in r[m]] for m in results[0]}
+    runners = _runners(ctx.inputs)
+    found = {**llmrun.summarize(scores), "first_divergence": llmrun.diverge(
+        runners, prompts, gen["tokens"], lambda n: ctx.progress(len(texts) + n, total, "texts")), "generate": gen}
+    timings = {"decode_tokens_per_second": {m: llmrun.decode_speed(r) for m, r in runners.items()},
+               "workers": workers, "wall_seconds": round(time.perf_counter() - started, 2),
+               "shard_seconds": [round(s, 2) for s in seconds]}
+    return {"samples": len(texts), "source": "text", **found}, timings
 
 
 REFERENCE_GAP_WARN = 0.10  # QDQ-CPU and HTP perplexities further apart: the CPU reference does not predict HTP
@@ -66,7 +110,8 @@ def misses(report: dict[str, Any], params: dict[str, Any]) -> list[str]:
 def validate_llm(ctx: StageRun, target: str) -> None:
     """An LLM: perplexity and teacher-forced token agreement of QDQ-CPU and HTP against fp32 on text, and how
     far short greedy generations stay equal (toolchain/llm/run.py)."""
-    report, speed = figures(ctx.inputs, ctx.files, ctx.params["data"], ctx.progress, ctx.params.get("generate"))
+    report, timings = figures(ctx)
+    speed = timings["decode_tokens_per_second"]
     gap = reference_gap(report)
     if gap is not None:
         report["reference_gap"] = gap
@@ -77,7 +122,7 @@ def validate_llm(ctx: StageRun, target: str) -> None:
     missed = misses(report, ctx.params)
     report.update(target=target, passed=not missed)
     (ctx.out / "metrics.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    ctx.timings({"decode_tokens_per_second": speed})
+    ctx.timings(timings)
     ctx.say(f"{report['samples']} texts: perplexity " + ", ".join(f"{m} {v:.3f}" for m, v in
                                                                    report["perplexity"].items())
             + "; token agreement with fp32 " + ", ".join(f"{m} {v:.1%}" for m, v in

@@ -133,6 +133,7 @@ def first_divergence(runner: Runner, reference: Runner, prompts: list[list[int]]
     return sum(lengths) / max(len(lengths), 1)
 
 
+Score = tuple[float, int, list[int]]  # one text's summed NLL, predicted positions, next-token argmax per position
 GENERATE = {"prompts": 2, "tokens": 8}  # free-running generation, kept short: the gate is teacher-forced
 
 
@@ -143,33 +144,56 @@ def evaluate(runners: dict[str, Runner], texts: list[list[int]], generate: dict[
     fp32 (the share of positions whose next-token argmax equals fp32's). Then, for the first
     `generate["prompts"]` texts, greedy generation of `generate["tokens"]` after their first `prompt_tokens`:
     the mean tokens before the first that differs from fp32's. `progress` hears (texts done, of all passes)."""
-    import math
-
     gen = {**GENERATE, **(generate or {})}
-    prompts = [ids[:prompt_tokens] for ids in texts if len(ids) > 1][:gen["prompts"]]
+    prompts = prompts_of(texts, gen["prompts"], prompt_tokens)
     total = len(texts) * len(runners) + len(prompts) * (len(runners) - 1)
     done = 0
-    found: dict[str, Any] = {"perplexity": {}, "token_agreement": {}, "first_divergence": {}, "generate": gen}
-    predicted: dict[str, list[list[int]]] = {}
+    scores: dict[str, list[Score]] = {}
     for model, runner in runners.items():
-        nll = count = 0.0
-        predicted[model] = []
+        scores[model] = []
         for ids in texts:
-            n_ll, n, argmax = runner.score(ids[:runner.context])
-            nll, count = nll + n_ll, count + n
-            predicted[model].append(argmax)
+            scores[model].append(runner.score(ids[:runner.context]))
             done += 1
             progress(done, total, "texts")
+    found = summarize(scores)
+    found["first_divergence"] = diverge(runners, prompts, gen["tokens"],
+                                        lambda n: progress(done + n, total, "texts"))
+    return {**found, "generate": gen}
+
+
+def prompts_of(texts: list[list[int]], count: int, prompt_tokens: int) -> list[list[int]]:
+    """The first `prompt_tokens` of the first `count` texts: what greedy generation starts from."""
+    return [ids[:prompt_tokens] for ids in texts if len(ids) > 1][:count]
+
+
+def summarize(scores: dict[str, list[Score]]) -> dict[str, Any]:
+    """Perplexity per model and token agreement with fp32 from per-text scores in text order (summed in that
+    order, so the figures do not depend on how the texts were spread over processes)."""
+    import math
+
+    found: dict[str, Any] = {"perplexity": {}, "token_agreement": {}}
+    for model, per_text in scores.items():
+        nll = count = 0.0
+        for n_ll, n, _ in per_text:
+            nll, count = nll + n_ll, count + n
         found["perplexity"][model] = round(math.exp(nll / max(count, 1)), 4)
+    for model, per_text in scores.items():
+        if model != "fp32":
+            pairs = [(a, b) for got, want in zip(per_text, scores["fp32"], strict=True)
+                     for a, b in zip(got[2], want[2], strict=True)]
+            found["token_agreement"][model] = round(sum(a == b for a, b in pairs) / max(len(pairs), 1), 4)
+    return found
+
+
+def diverge(runners: dict[str, Runner], prompts: list[list[int]], tokens: int,
+            progress: Callable[[int], None] = lambda done: None) -> dict[str, float]:
+    """first_divergence of each model against fp32 (`progress` hears the prompts done so far)."""
+    found, done = {}, 0
     for model, runner in runners.items():
-        if model == "fp32":
-            continue
-        pairs = [(a, b) for got, want in zip(predicted[model], predicted["fp32"], strict=True)
-                 for a, b in zip(got, want, strict=True)]
-        found["token_agreement"][model] = round(sum(a == b for a, b in pairs) / max(len(pairs), 1), 4)
-        found["first_divergence"][model] = round(first_divergence(runner, runners["fp32"], prompts, gen["tokens"]), 3)
-        done += len(prompts)
-        progress(done, total, "texts")
+        if model != "fp32":
+            found[model] = round(first_divergence(runner, runners["fp32"], prompts, tokens), 3)
+            done += len(prompts)
+            progress(done)
     return found
 
 
