@@ -196,7 +196,7 @@ class Session:
                                 for name, up in inst.inputs.items()},
                         files={name: Path(p) for name, p in inst.files.items()}, out=work,
                         target=self.keying.target_of(inst), root=self.keying.root,
-                        targets=self.keying.targets_of(inst) if KINDS[inst.kind].all_targets else [],
+                        targets=self.keying.targets() if KINDS[inst.kind].all_targets else [],
                         progress_file=self.progress_file(inst))
 
     def progress_file(self, inst: Instance) -> Path:

@@ -55,7 +55,7 @@ class InstanceKeys:
         kind = KINDS[inst.kind]
         with self.guard:
             files = {name: self.stat.digest(Path(path)) for name, path in sorted(inst.files.items())}
-        target: Any = self.targets_of(inst) if kind.all_targets else self.target_of(inst)
+        target: Any = self.targets() if kind.all_targets else self.target_of(inst)
         with self.guard:
             code = self.code.digest(kind.run.__module__)
         return key_document(inst.kind, kind.version, kind.key_params(inst.params), target, upstream, files,
@@ -103,7 +103,7 @@ class InstanceKeys:
         """The instance's target as the key and the stage both see it (resolved in one place)."""
         return TARGETS[inst.target].as_dict() if inst.target else None
 
-    def targets_of(self, inst: Instance) -> list[dict[str, Any]]:
+    def targets(self) -> list[dict[str, Any]]:
         """Every target of the plan, for a kind that builds for all of them at once."""
         return [TARGETS[t].as_dict() for t in self.plan.targets]
 

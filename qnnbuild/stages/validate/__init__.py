@@ -234,11 +234,11 @@ KIND = StageKind(
         "max_reference_gap": {"type": "number", "minimum": 0, "description": "an LLM: how far apart (relative "
                               "to HTP's) the QDQ-CPU and HTP perplexities may be; above 0.10 validate warns, above "
                               "this it fails (the CPU reference then does not predict the device)"},
-        "generate": {"type": "object", "additionalProperties": False, "default": {"prompts": 2, "tokens": 8},
+        "generate": {"type": "object", "additionalProperties": False, "default": {},
                      "description": "an LLM: greedy generation from the first `prompts` texts, `tokens` long, "
                      "reported as first_divergence (mean tokens equal to fp32's before the first that differs)",
-                     "properties": {"prompts": {"type": "integer", "minimum": 0},
-                                    "tokens": {"type": "integer", "minimum": 1}}},
+                     "properties": {"prompts": {"type": "integer", "minimum": 0, "default": 2},
+                                    "tokens": {"type": "integer", "minimum": 1, "default": 8}}},
         "max_accuracy_drop": {"type": "number", "minimum": 0, "description": "labelled data: allowed top-1 "
                               "drop, HTP vs fp32, in percentage points"},
         "workers": {"type": "integer", "minimum": 1, "description": "processes the samples are spread over, "

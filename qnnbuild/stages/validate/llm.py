@@ -63,8 +63,8 @@ def figures(ctx: StageRun) -> tuple[dict[str, Any], dict[str, Any]]:
     from qnnbuild.toolchain.runtime import shards
 
     texts = _texts(ctx.inputs, ctx.files, ctx.params["data"])
-    gen = {**llmrun.GENERATE, **(ctx.params.get("generate") or {})}
-    prompts = llmrun.prompts_of(texts, gen["prompts"], 8)
+    gen = ctx.params["generate"]  # both counts filled in from the schema's defaults
+    prompts = llmrun.prompts_of(texts, gen["prompts"])
     spec = {"data": ctx.params["data"], "files": {k: str(v) for k, v in ctx.files.items()},
             "inputs": {k: str(v) for k, v in ctx.inputs.items()}}
     workers = min(ctx.workers(), len(texts))

@@ -134,34 +134,10 @@ def first_divergence(runner: Runner, reference: Runner, prompts: list[list[int]]
 
 
 Score = tuple[float, int, list[int]]  # one text's summed NLL, predicted positions, next-token argmax per position
-GENERATE = {"prompts": 2, "tokens": 8}  # free-running generation, kept short: the gate is teacher-forced
+PROMPT_TOKENS = 8  # greedy generation starts after this many tokens of a text
 
 
-def evaluate(runners: dict[str, Runner], texts: list[list[int]], generate: dict[str, int] | None = None,
-             prompt_tokens: int = 8,
-             progress: Callable[[int, int, str], None] = lambda done, total, unit: None) -> dict[str, Any]:
-    """From one teacher-forced pass per text and model: each model's perplexity, and its token agreement with
-    fp32 (the share of positions whose next-token argmax equals fp32's). Then, for the first
-    `generate["prompts"]` texts, greedy generation of `generate["tokens"]` after their first `prompt_tokens`:
-    the mean tokens before the first that differs from fp32's. `progress` hears (texts done, of all passes)."""
-    gen = {**GENERATE, **(generate or {})}
-    prompts = prompts_of(texts, gen["prompts"], prompt_tokens)
-    total = len(texts) * len(runners) + len(prompts) * (len(runners) - 1)
-    done = 0
-    scores: dict[str, list[Score]] = {}
-    for model, runner in runners.items():
-        scores[model] = []
-        for ids in texts:
-            scores[model].append(runner.score(ids[:runner.context]))
-            done += 1
-            progress(done, total, "texts")
-    found = summarize(scores)
-    found["first_divergence"] = diverge(runners, prompts, gen["tokens"],
-                                        lambda n: progress(done + n, total, "texts"))
-    return {**found, "generate": gen}
-
-
-def prompts_of(texts: list[list[int]], count: int, prompt_tokens: int) -> list[list[int]]:
+def prompts_of(texts: list[list[int]], count: int, prompt_tokens: int = PROMPT_TOKENS) -> list[list[int]]:
     """The first `prompt_tokens` of the first `count` texts: what greedy generation starts from."""
     return [ids[:prompt_tokens] for ids in texts if len(ids) > 1][:count]
 
