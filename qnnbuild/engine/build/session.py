@@ -148,11 +148,10 @@ class Session:
                                  (lambda files: self.keying.with_discovered(declared, files)) if discovers else None)
 
     def _job(self, inst: Instance, key: str, document: dict[str, Any]) -> Job:
-        """What a worker needs to build `inst`, and nothing of this Session."""
+        """What a worker needs to build `inst`, and nothing of this Session (its files' digests are the key's)."""
         from qnnbuild.engine.workers.client import Job
 
-        with self.guard:
-            files = {name: (Path(path), self.stat.digest(Path(path))) for name, path in sorted(inst.files.items())}
+        files = {name: (Path(path), document["files"][name]) for name, path in sorted(inst.files.items())}
         return Job(inst.id, inst.kind, key, document, {name: str(self.results[up].key) for name, up in
                                                         inst.inputs.items()},
                    files, self.stage_run(inst, Path("/nonexistent")).to_json(), KINDS[inst.kind].spreads,
