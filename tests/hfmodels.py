@@ -109,3 +109,24 @@ def qwen2_folder(folder: Path, lines: list[str]) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def with_outliers(source: Path, folder: Path, *, scale: float = 20.0, outlier: float = 25_000.0) -> Path:
+    """The causal LM in `source` with a residual stream like SmolLM2-135M's: every residual write scaled by
+    `scale` (ordinary values reach ~100; RMSNorm makes this the same model) and the BOS token carrying `outlier` in
+    one channel through every layer (SmolLM2's reaches ~25,000)."""
+    import shutil
+
+    import torch
+
+    model = import_transformers().AutoModelForCausalLM.from_pretrained(source)
+    with torch.no_grad():
+        model.model.embed_tokens.weight *= scale
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight *= scale
+            layer.mlp.down_proj.weight *= scale
+        model.model.embed_tokens.weight[model.config.bos_token_id, 5] = outlier
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(source / name, folder / name)
+    return folder

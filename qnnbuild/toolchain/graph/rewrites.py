@@ -17,6 +17,8 @@ report after it). None changes what the model computes:
   `Where(mask, scores, -inf)`) reaching a Softmax becomes a finite `mask_value`: the quantizer would give the
   masked scores a range of ~1e38 and every real score would collapse to one value (all-MiniLM-L6-v2: embedding
   cosine 0.08 on HTP); Qualcomm AI Hub does the same with -50 for Llama;
+- an RMSNorm or LayerNorm written as basic ops becomes one `RMSNormalization` / `LayerNormalization`
+  (graph/normfuse.py says why);
 - constant folding at the fixed shapes (onnxruntime's basic optimizations, run by export afterwards) removes
   shape-computing subgraphs such as Range.
 """
@@ -26,6 +28,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from qnnbuild.toolchain.graph import normfuse
 
 
 def constants_to_initializers(model: Any) -> list[str]:
@@ -195,4 +199,13 @@ def after_folding(model: Any, mask_value: float) -> tuple[Any, list[dict[str, An
         model, fused = qnn_preprocess(model)
         if fused:
             applied.append({"rewrite": "qnn-preprocess", "nodes": fused})
+    opset = normfuse.needs_opset(model)
+    if opset:
+        import onnx
+
+        model = onnx.version_converter.convert_version(model, opset)
+        constants_to_initializers(model)  # the converter writes Reduce axes as Constant nodes
+    norms = normfuse.fuse(model)
+    if norms:
+        applied.append({"rewrite": "fused-norm", "nodes": norms})
     return model, applied
