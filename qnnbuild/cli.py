@@ -68,7 +68,9 @@ def _infer_parser(sub: Any) -> None:
     given.add_argument("--input", action="append", metavar="[NAME=]FILE.npy",
                        help="an input array (.npy); NAME= may be left out for a single-input model")
     given.add_argument("--prompt", help="an LLM deliverable: generate greedily after this text")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="with --prompt (default: 32)")
+    given.add_argument("--chat", metavar="MESSAGE", help="an LLM deliverable with a chat template: answer this "
+                       "user message in the model's chat format, and say how many tokens/s")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="with --prompt or --chat (default: 32)")
     p.add_argument("-o", "--output", help="write the outputs to this .npz file")
 
 

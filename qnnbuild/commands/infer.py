@@ -1,5 +1,5 @@
 """Run a built context binary on the HTP emulator: `qnnbuild.load(recipe, target).run({...})`, or for an LLM
-`.generate(prompt, max_new_tokens)`.
+`.generate(prompt, max_new_tokens)` and, with a chat template, `.chat(message)`.
 
 What the seed's QNNInference class promised: the caller passes and gets float arrays; if the deliverable
 takes or returns quantized tensors, this module quantizes and dequantizes with the scale/offset recorded in
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,23 @@ from qnnbuild.toolchain.data.samples import with_batch
 DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
           "tensor(uint16)": np.uint16, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
           "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What chat() answered (str() is the text), and how fast: the emulator's speed, not a phone's."""
+
+    text: str
+    tokens: list[int]
+    prompt_tokens: int
+    seconds: float  # prefill of the prompt and every decode step
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / self.seconds if self.seconds else 0.0
 
 
 class Deployed:
@@ -55,10 +74,8 @@ class Deployed:
             return np.asarray(np.clip(scaled, info.min, info.max).astype(kind))
         return _exact(name, array, np.dtype(kind))
 
-    def generate(self, prompt: str | list[int], max_new_tokens: int = 32) -> str | list[int]:
-        """An LLM deliverable: greedy generation on the emulator, prefill then decode. Text in (tokenized with
-        the deliverable's tokenizer.json, after the model's bos token), text out; token ids in, the prompt's
-        ids and the new ones out. Stops at the eos token or the context length."""
+    def _runner(self) -> tuple[Any, dict[str, Any], list[int]]:
+        """(a Runner over both graphs, llm.json's content, the ids generation stops at)."""
         from qnnbuild.toolchain.llm import run as llmrun
         from qnnbuild.toolchain.runtime import qnn
 
@@ -67,14 +84,45 @@ class Deployed:
             raise UsageError(f"{self.folder} is not an LLM deliverable (no llm: in its export): use run()")
         with qnn.stdout_to_stderr():
             runner = llmrun.Runner(self.session, qnn.deliverable_session(self.folder, graph="decode"))
+        stop = llm.get("eos_token_ids") or [llm["eos_token_id"]]
+        return runner, llm, [i for i in stop if i is not None]
+
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 32) -> str | list[int]:
+        """An LLM deliverable: greedy generation on the emulator, prefill then decode. Text in (tokenized with
+        the deliverable's tokenizer.json, after the model's bos token), text out; token ids in, the prompt's
+        ids and the new ones out. Stops at the eos token or the context length."""
+        runner, llm, stop = self._runner()
         if isinstance(prompt, str):
             from tokenizers import Tokenizer
 
             tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
             ids = [llm["bos_token_id"]] * (llm["bos_token_id"] is not None) + tokenizer.encode(prompt).ids
-            new = runner.generate(ids, max_new_tokens, stop=llm["eos_token_id"])
+            new = runner.generate(ids, max_new_tokens, stop=stop)
             return str(tokenizer.decode(new))
-        return list(prompt) + runner.generate(list(prompt), max_new_tokens, stop=llm["eos_token_id"])
+        return [*prompt, *runner.generate(list(prompt), max_new_tokens, stop=stop)]
+
+    def chat(self, message: str | list[dict[str, str]], max_new_tokens: int = 64) -> Reply:
+        """An LLM deliverable with a chat template: the user's message (or a whole conversation, [{role,
+        content}]) in the model's own chat format, greedy answer until the turn ends, with its speed."""
+        import time
+
+        from tokenizers import Tokenizer
+
+        from qnnbuild.toolchain.llm import chat
+
+        if chat.template(self.folder) is None:
+            raise UsageError(f"{self.folder}: the model's tokenizer has no chat template: use generate() / --prompt")
+        messages = [{"role": "user", "content": message}] if isinstance(message, str) else message
+        runner, _, stop = self._runner()
+        tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        ids = tokenizer.encode(chat.render(self.folder, messages), add_special_tokens=False).ids
+        if len(ids) >= runner.context:
+            raise UsageError(f"the conversation is {len(ids)} tokens; the context holds {runner.context}")
+        started = time.perf_counter()
+        new = runner.generate(ids, max_new_tokens, stop=stop)
+        seconds = time.perf_counter() - started
+        answer = new[:-1] if new and new[-1] in stop else new
+        return Reply(str(tokenizer.decode(answer, skip_special_tokens=True)).strip(), new, len(ids), seconds)
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Outputs by name, as float32, for inputs by name (a missing leading batch dimension is added)."""
@@ -138,6 +186,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     deployed = load(args.recipe, args.target, args.artifacts)
     if args.prompt is not None:
         print(deployed.generate(args.prompt, args.max_new_tokens))
+        return 0
+    if args.chat is not None:
+        reply = deployed.chat(args.chat, args.max_new_tokens)
+        print(reply.text)
+        print(f"{len(reply.tokens)} tokens in {reply.seconds:.1f} s: {reply.tokens_per_second:.2f} tokens/s on the "
+              f"HTP emulator (prompt {reply.prompt_tokens} tokens)", file=sys.stderr)
         return 0
     feeds = {}
     for item in args.input:

@@ -8,7 +8,7 @@ QDQ model on the CPU had perplexity 369,445 where HTP (which runs the chain its 
 only its input, weight and output get encodings, as on the device. A LayerNorm written as basic ops (the same
 chain on `x - mean(x)`, plus a bias) becomes `LayerNormalization` the same way.
 
-The graph moves to opset 23 (onnx's version converter, graph/rewrites.py) only when an RMSNorm was found.
+The graph moves to the fused op's opset (onnx's version converter, graph/rewrites.py) only when it is older.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 RMS_OPSET = 23  # RMSNormalization's first opset
+LAYERNORM_OPSET = 17  # LayerNormalization's
 
 
 @dataclass
@@ -185,9 +186,10 @@ def _replace(model: Any, chain: Chain) -> str:
 
 
 def needs_opset(model: Any) -> int | None:
-    """The opset the model must move to before `fuse` (an RMSNorm to fuse below opset 23), or None."""
+    """The opset the model must move to before `fuse` (23 for an RMSNorm, 17 for a LayerNorm), or None."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return RMS_OPSET if opset < RMS_OPSET and any(not c.centered for c in find(model)) else None
+    needed = max((LAYERNORM_OPSET if c.centered else RMS_OPSET for c in find(model)), default=0)
+    return needed if needed > opset else None
 
 
 def fuse(model: Any) -> list[str]:

@@ -131,13 +131,10 @@ SCHEMA: dict[str, Any] = {
 GRAPHS = ("prefill", "decode")
 
 
-def export_pair(folder: Path, llm: dict[str, Any], mask_value: float, opset: int, scratch: Path,
+def export_pair(model: Any, llm: dict[str, Any], mask_value: float, opset: int, scratch: Path,
                 say: Callable[[str], None]) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Both graphs of the Hugging Face causal LM in `folder` → (graph → ONNX file in `scratch`, llm.json's
-    content: the shapes an application and the later stages need)."""
-    from qnnbuild.toolchain.sources import hfexport
-
-    model = hfexport.load(folder, "causal-lm")
+    """Both graphs of a transformers causal LM → (graph → ONNX file in `scratch`, llm.json's content: the shapes
+    an application and the later stages need)."""
     dims = shape_of(model)
     context, prefill = llm["context_length"], llm["prefill"]
     files = {}

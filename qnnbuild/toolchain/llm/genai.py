@@ -102,15 +102,19 @@ def config(spec: dict[str, Any]) -> dict[str, Any]:
             "unpad": _stage("unpad.onnx", ["step_logits", "input_ids"], ["logits"], npu=False, prompt=True,
                             token=True)}],
     }
-    eos = llm["eos_token_id"]
+    eos = llm.get("eos_token_ids") or llm["eos_token_id"]  # the chat template's turn end too
     return {
         "model": {"type": "decoder-pipeline", "context_length": llm["context_length"], "vocab_size": llm["vocab"],
                   "bos_token_id": llm["bos_token_id"], "eos_token_id": eos,
-                  "pad_token_id": llm["pad_token_id"] if llm["pad_token_id"] is not None else eos,
+                  "pad_token_id": llm["pad_token_id"] if llm["pad_token_id"] is not None else _first(eos),
                   "decoder": decoder},
         "search": {"max_length": llm["context_length"], "past_present_share_buffer": True, "do_sample": False,
                    "num_beams": 1, "num_return_sequences": 1, "top_k": 1, "min_length": 0},
     }
+
+
+def _first(ids: int | list[int]) -> int:
+    return ids if isinstance(ids, int) else ids[0]
 
 
 def write(folder: Path, spec: dict[str, Any]) -> list[str]:

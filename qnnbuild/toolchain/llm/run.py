@@ -10,7 +10,7 @@ the prompt only), and overwritten by the tokens that follow.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,13 +82,13 @@ class Runner:
                 logits.append(self._run("prefill", chunk, len(chunk)))
         return np.concatenate(logits)
 
-    def generate(self, prompt: list[int], new_tokens: int, stop: int | None = None) -> list[int]:
-        """Greedy: the prompt through prefill, then one decode step per new token."""
+    def generate(self, prompt: list[int], new_tokens: int, stop: Collection[int] = ()) -> list[int]:
+        """Greedy: the prompt through prefill, then one decode step per new token, up to a `stop` id."""
         import numpy as np
 
         self.reset()
         tokens = [int(np.argmax(self.feed(prompt)[-1]))]
-        while len(tokens) < new_tokens and tokens[-1] != stop and self.length < self.context:
+        while len(tokens) < new_tokens and tokens[-1] not in stop and self.length < self.context:
             tokens.append(int(np.argmax(self._run("decode", [tokens[-1]], 1)[0])))
         return tokens
 

@@ -31,7 +31,7 @@ TASKS: dict[str, tuple[str, str]] = {
 # what an application needs beside the model to prepare its inputs; tokenizer.json is written when missing
 PREPROCESSING = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                  "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "preprocessor_config.json",
-                 "generation_config.json")
+                 "generation_config.json", "chat_template.jinja")
 INTEGER_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "decoder_input_ids")
 
 

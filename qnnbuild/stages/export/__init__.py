@@ -1,9 +1,10 @@
-"""`export`: a torch factory, an ONNX file, a Hugging Face folder or a TensorFlow source → a clean fp32
-`model.onnx` with fixed shapes, plus `io.json`, `names.json`, `rewrites.json` (`conversion.json` for TF sources,
-and `preprocessing/` with the tokenizer files of a Hugging Face folder, which the deliverable carries).
+"""`export`: a torch factory, an ONNX file, a Hugging Face folder, a GGUF checkpoint or a TensorFlow source → a
+clean fp32 `model.onnx` with fixed shapes, plus `io.json`, `names.json`, `rewrites.json` (`conversion.json` for TF
+sources, and `preprocessing/` with the tokenizer files of a Hugging Face folder or GGUF, which the deliverable
+carries).
 
-The work is the toolchain's (torchexport, hfexport, tfconvert, onnxclean); this file declares the stage and
-writes its outputs.
+The work is the toolchain's (torchexport, hfexport, ggufsource, tfconvert, onnxclean); this file declares the
+stage and writes its outputs, export/llm.py a causal LM's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import PREPROCESSING, Params, StageKind, StageRun
-from qnnbuild.toolchain.llm import layout
+from qnnbuild.stages.export.llm import export_llm
 from qnnbuild.toolchain.llm.export import SCHEMA as LLM_SCHEMA
 from qnnbuild.toolchain.sources.hfexport import TASKS as HF_TASKS
 
@@ -33,25 +34,28 @@ def shapes_of(inputs: dict[str, Any]) -> dict[str, list[int]]:
 
 
 MASK_VALUE = -100.0  # see the `finite-mask` rewrite (toolchain/graph/rewrites.py)
-SOURCES = ("torch", "onnx", "hf", "keras", "saved_model", "tflite")
-TORCH_SOURCES = ("torch", "hf")
+SOURCES = ("torch", "onnx", "hf", "gguf", "keras", "saved_model", "tflite")
+TORCH_SOURCES = ("torch", "hf", "gguf")
+LLM_SOURCES = ("hf", "gguf")
 TF_SOURCES = ("keras", "saved_model", "tflite")
 
 
 def _files(params: Params) -> dict[str, str]:
-    files: dict[str, str] = {k: params[k] for k in ("onnx", "hf", "checkpoint", *TF_SOURCES) if k in params}
+    files: dict[str, str] = {k: params[k] for k in ("onnx", "hf", "gguf", "checkpoint", *TF_SOURCES) if k in params}
     files.update({f"sources.{i}": s for i, s in enumerate(params.get("sources", []))})
     return files
 
 
 def _source_checks(params: Params, given: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
     """What each kind of source needs beside it."""
-    hf, torch = "hf" in params, "torch" in params
+    hf, torch, gguf = "hf" in params, "torch" in params, "gguf" in params
     rules: list[tuple[bool, tuple[str | int, ...], str]] = [
         (hf and "task" not in params, ("task",), "a Hugging Face folder needs its task, e.g. task: feature-extraction"),
-        (not hf and "task" in params, ("task",), "task goes with an hf: folder"),
-        ("llm" in params and (not hf or params.get("task") != "causal-lm"), ("llm",),
-         "llm goes with an hf: folder and task: causal-lm"),
+        (not (hf or gguf) and "task" in params, ("task",), "task goes with an hf: folder or a gguf: file"),
+        (gguf and ("llm" not in params or params.get("task") != "causal-lm"), ("gguf",),
+         "a gguf: file is a causal LM: give task: causal-lm and llm: {context_length, prefill}"),
+        ("llm" in params and (not (hf or gguf) or params.get("task") != "causal-lm"), ("llm",),
+         "llm goes with an hf: folder or a gguf: file, and task: causal-lm"),
         ("llm" in params and params["llm"].get("prefill", 0) > params["llm"].get("context_length", 0), ("llm",),
          "llm: prefill is longer than context_length"),
         ("llm" in params and bool(params.get("inputs")), ("inputs",),
@@ -74,8 +78,8 @@ def _source_checks(params: Params, given: list[str]) -> list[tuple[tuple[str | i
 def _checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
     given = [k for k in SOURCES if k in params]
     if len(given) != 1:
-        return [((), "give exactly one source: torch: \"module:callable\", onnx: model.onnx, hf: folder, keras: "
-                     "model.keras, saved_model: folder or tflite: model.tflite"
+        return [((), "give exactly one source: torch: \"module:callable\", onnx: model.onnx, hf: folder, "
+                     "gguf: model.gguf, keras: model.keras, saved_model: folder or tflite: model.tflite"
                  + (f" (got {', '.join(given)})" if given else ""))]
     return _source_checks(params, given)
 
@@ -118,21 +122,6 @@ def _write(cleaned: Any, folder: Path) -> None:
     (folder / "names.json").write_text(json.dumps(cleaned.names, indent=1, sort_keys=True) + "\n")
 
 
-def _llm(ctx: StageRun, scratch: Path) -> None:
-    """A causal LM's prefill graph is the stage's model.onnx, its decode graph decode/model.onnx; llm.json says
-    how they go together (toolchain/llm/export.py)."""
-    from qnnbuild.toolchain.graph import onnxclean
-    from qnnbuild.toolchain.llm import export as llmexport
-    from qnnbuild.toolchain.sources import hfexport
-
-    files, info = llmexport.export_pair(ctx.files["hf"], ctx.params["llm"], ctx.params["mask_value"],
-                                        ctx.params["opset"], scratch, ctx.say)
-    hfexport.preprocessing_files(ctx.files["hf"], ctx.out / PREPROCESSING, ctx.say)
-    for graph, folder in (("prefill", ctx.out), ("decode", ctx.out / "decode")):
-        _write(onnxclean.clean(files[graph], scratch, {}, ctx.say, mask_value=ctx.params["mask_value"]), folder)
-    layout.write_info(ctx.out, info)
-
-
 def run(ctx: StageRun) -> None:
     from qnnbuild.toolchain.graph import onnxclean
 
@@ -141,7 +130,7 @@ def run(ctx: StageRun) -> None:
         scratch = Path(tmp)
         shapes = shapes_of(ctx.params.get("inputs", {}))
         if "llm" in ctx.params:
-            _llm(ctx, scratch)
+            export_llm(ctx.params, ctx.files, ctx.out, ctx.out / PREPROCESSING, scratch, _write, ctx.say)
             return
         if "torch" in ctx.params:
             from qnnbuild.toolchain.sources import torchexport
@@ -178,7 +167,9 @@ KIND = StageKind(
         "onnx": {"type": "string", "description": "an ONNX file (relative to the recipe)"},
         "hf": {"type": "string", "description": "a Hugging Face model folder (config.json, safetensors, tokenizer "
                "files), loaded offline; the transformers extra"},
-        "task": {"enum": list(HF_TASKS), "description": "hf: what the model is exported for (feature-extraction: "
+        "gguf": {"type": "string", "description": "a GGUF checkpoint (llama.cpp, Ollama) of a causal LM, read and "
+                 "dequantized by transformers, with its tokenizer and chat template; goes with llm:; the llm extra"},
+        "task": {"enum": list(HF_TASKS), "description": "hf, gguf: what the model is exported for (feature-extraction: "
                  "last_hidden_state, of the encoder alone for an encoder-decoder model; the others: logits)"},
         "keras": {"type": "string", "description": "a Keras model (.keras or .h5); the tensorflow extra"},
         "saved_model": {"type": "string", "description": "a TensorFlow SavedModel folder; the tensorflow extra"},
@@ -206,7 +197,8 @@ KIND = StageKind(
     files=_files,
     checks=_checks,
     tools=lambda params: ("onnx", "onnxruntime", *(("torch",) if set(params) & set(TORCH_SOURCES) else ()),
-                          *(("transformers", "tokenizers", "safetensors") if "hf" in params else ()),
+                          *(("transformers", "tokenizers", "safetensors") if set(params) & set(LLM_SOURCES) else ()),
+                          *(("gguf",) if "gguf" in params else ()),
                           *(("tensorflow-cpu", "tf2onnx", "ai-edge-litert") if set(params) & set(TF_SOURCES) else ())),
     ordered=("inputs",),  # a torch factory's forward() takes its inputs in the recipe's order
     discovers=lambda params: "torch" in params,  # a factory's own modules; an ONNX file reads nothing else

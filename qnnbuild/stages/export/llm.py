@@ -1,0 +1,33 @@
+"""The export stage for a causal LM (an `hf:` folder or a `gguf:` file, with `llm:`): its prefill graph is the
+stage's model.onnx, its decode graph decode/model.onnx, and llm.json says how they go together
+(toolchain/llm/export.py), with the ids that end a turn of its chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qnnbuild.toolchain.llm import chat, layout
+
+
+def export_llm(params: dict[str, Any], files: dict[str, Path], out: Path, preprocessing: Path, scratch: Path,
+               write: Callable[[Any, Path], None], say: Callable[[str], None]) -> None:
+    """`write(cleaned, folder)` writes one cleaned graph's files (the stage's own layout)."""
+    from qnnbuild.toolchain.graph import onnxclean
+    from qnnbuild.toolchain.llm import export as llmexport
+    from qnnbuild.toolchain.sources import ggufsource, hfexport
+
+    if "gguf" in params:
+        model = ggufsource.load(files["gguf"])
+        ggufsource.preprocessing_files(files["gguf"], preprocessing, say)
+    else:
+        model = hfexport.load(files["hf"], "causal-lm")
+        hfexport.preprocessing_files(files["hf"], preprocessing, say)
+    graphs, info = llmexport.export_pair(model, params["llm"], params["mask_value"], params["opset"], scratch, say)
+    del model  # the graphs hold the weights now
+    info["eos_token_ids"] = chat.end_ids(preprocessing, info["eos_token_id"])
+    info["chat_template"] = chat.template(preprocessing) is not None
+    for graph, folder in (("prefill", out), ("decode", out / "decode")):
+        write(onnxclean.clean(graphs[graph], scratch, {}, say, mask_value=params["mask_value"]), folder)
+    layout.write_info(out, info)
