@@ -20,6 +20,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ recipe: mem
 targets: [SM8650]
 stages:
   export: {{kind: export, {source}, task: causal-lm, llm: {{context_length: {context}, prefill: {prefill}}}}}
-  quantize: {{kind: quantize, model: export, precision: {precision}, {extra}calibration: {{text: {{file: text.txt, count: {lines}}}}}}}
+  quantize: {{kind: quantize, model: export, precision: {precision}, {extra}
+             calibration: {{text: {{file: text.txt, count: {lines}}}}}}}
   compile: {{kind: compile, model: quantize}}
   context: {{kind: context-binary, compiled: compile}}
 """
@@ -113,7 +115,7 @@ def main() -> int:
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--prefill", type=int, default=32)
     parser.add_argument("--lines", type=int, default=4, help="calibration lines")
-    parser.add_argument("--workdir", default="/tmp/qnnbuild-llm-memory")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "qnnbuild-llm-memory"))
     args = parser.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)

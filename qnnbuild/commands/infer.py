@@ -97,9 +97,15 @@ class Deployed:
 
             tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
             ids = [llm["bos_token_id"]] * (llm["bos_token_id"] is not None) + tokenizer.encode(prompt).ids
-            new = runner.generate(ids, max_new_tokens, stop=stop)
-            return str(tokenizer.decode(new))
-        return [*prompt, *runner.generate(list(prompt), max_new_tokens, stop=stop)]
+            return str(tokenizer.decode(self._generate(runner, ids, max_new_tokens, stop)))
+        return [*prompt, *self._generate(runner, list(prompt), max_new_tokens, stop)]
+
+    @staticmethod
+    def _generate(runner: Any, ids: list[int], max_new_tokens: int, stop: list[int]) -> list[int]:
+        from qnnbuild.toolchain.runtime import qnn
+
+        with qnn.stdout_to_stderr():  # QNN's emulator prints to stdout on its first run; stdout is the answer
+            return list(runner.generate(ids, max_new_tokens, stop=stop))
 
     def chat(self, message: str | list[dict[str, str]], max_new_tokens: int = 64) -> Reply:
         """An LLM deliverable with a chat template: the user's message (or a whole conversation, [{role,
@@ -119,7 +125,7 @@ class Deployed:
         if len(ids) >= runner.context:
             raise UsageError(f"the conversation is {len(ids)} tokens; the context holds {runner.context}")
         started = time.perf_counter()
-        new = runner.generate(ids, max_new_tokens, stop=stop)
+        new = self._generate(runner, ids, max_new_tokens, stop)
         seconds = time.perf_counter() - started
         answer = new[:-1] if new and new[-1] in stop else new
         return Reply(str(tokenizer.decode(answer, skip_special_tokens=True)).strip(), new, len(ids), seconds)
