@@ -184,6 +184,14 @@ def load(recipe: str, target: str, artifacts: str | Path = "artifacts") -> Deplo
     return Deployed(deliverable(recipe, target, artifacts))
 
 
+def _stdout_done() -> None:
+    """The answer is on stdout; QNN's emulator writes a line there when its sessions close (at exit), so what
+    follows goes to stderr."""
+    import os
+
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -191,11 +199,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     deployed = load(args.recipe, args.target, args.artifacts)
     if args.prompt is not None:
-        print(deployed.generate(args.prompt, args.max_new_tokens))
+        print(deployed.generate(args.prompt, args.max_new_tokens), flush=True)
+        _stdout_done()
         return 0
     if args.chat is not None:
         reply = deployed.chat(args.chat, args.max_new_tokens)
-        print(reply.text)
+        print(reply.text, flush=True)
+        _stdout_done()
         print(f"{len(reply.tokens)} tokens in {reply.seconds:.1f} s: {reply.tokens_per_second:.2f} tokens/s on the "
               f"HTP emulator (prompt {reply.prompt_tokens} tokens)", file=sys.stderr)
         return 0
