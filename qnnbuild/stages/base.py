@@ -189,6 +189,15 @@ def no_checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
 
 
 @dataclass(frozen=True)
+class Unfolded:
+    """What a stage unfolds into: its own parameters after, and the stages it adds (name → (kind, parameters),
+    in build order; their names hold a '.', which recipe names cannot, so they never clash)."""
+
+    params: Params
+    stages: dict[str, tuple[str, Params]]
+
+
+@dataclass(frozen=True)
 class StageKind:
     """A stage kind's declaration.
 
@@ -212,7 +221,9 @@ class StageKind:
     - `unkeyed`: parameters that change how a stage runs, never what it writes (validate's `workers`): left out
       of the key, so changing them rebuilds nothing;
     - `spreads`: its per-sample work can run as shards on a Dask cluster (`StageRun.spread`), so on a cluster
-      the engine frees the worker slot its coordinating process holds while the shards run.
+      the engine frees the worker slot its coordinating process holds while the shards run;
+    - `unfold(name, params)`: stages this one becomes several of (compile's `parts: K`: K part stages and their
+      compiles, so the parts build side by side and each is keyed by its own graph), as `Unfolded`.
     """
 
     name: str
@@ -235,6 +246,7 @@ class StageKind:
     spreads: bool = False
     expand: Callable[[Params], Params] = lambda params: params  # presets → explicit parameters (before the key)
     summarize: Callable[[Path], dict[str, Any]] = no_summary
+    unfold: Callable[[str, Params], Unfolded | None] = lambda name, params: None
 
     def key_params(self, params: Params) -> Params:
         """The parameters as the key holds them: `ordered` mappings as lists of [name, value] pairs."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
+from qnnbuild.stages.base import Params, StageKind, StageRun, Unfolded
 from qnnbuild.toolchain.llm import layout
 
 PERFORMANCE_MODES = ["default", "burst", "balanced", "high_performance", "sustained_high_performance",
@@ -103,29 +103,15 @@ def _check_size(model: Any, what: str, limit: float) -> float:
     return size
 
 
-def _graphs(model: Path, parts: int, limit: float, scratch: Path) -> dict[str, list[Path]]:
-    """graph → its QDQ model(s) to compile: the whole graph, or its parts written into a scratch folder."""
+def _graphs(model: Path, limit: float) -> dict[str, Path]:
+    """graph → its QDQ model to compile (an LLM's two graphs, or one part of each), checked for size."""
     import onnx
 
-    from qnnbuild.toolchain.llm import parts as llmparts
-
     llm = layout.is_llm(model)
-    if parts > 1 and not llm:
-        raise StageFailed("parts: K splits an LLM's decoder between its layers; this model is not an LLM export")
     graphs = {"prefill": model / "model.qdq.onnx", **({"decode": model / "decode" / "model.qdq.onnx"} if llm else {})}
-    found: dict[str, list[Path]] = {}
     for graph, path in graphs.items():
-        qdq = onnx.load(str(path))
-        if parts == 1:
-            _check_size(qdq, f"the {graph} graph" if llm else "the model", limit)
-            found[graph] = [path]
-            continue
-        found[graph] = []
-        for index, part in enumerate(llmparts.split(qdq, parts), start=1):
-            _check_size(part, f"part {index} of {parts} of the {graph} graph", limit)
-            found[graph].append(scratch / f"{graph}_{index}.onnx")
-            onnx.save(part, str(found[graph][-1]))
-    return found
+        _check_size(onnx.load(str(path)), f"the {graph} graph" if llm else "the model", limit)
+    return graphs
 
 
 def _io_of(path: Path) -> dict[str, list[str]]:
@@ -135,47 +121,87 @@ def _io_of(path: Path) -> dict[str, list[str]]:
     return {"inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output]}
 
 
-def _llm(ctx: StageRun, graphs: dict[str, list[Path]], options: dict[str, str], target: dict[str, Any]) -> None:
-    """An LLM's graphs: prefill at the top and decode/ (one part each), or parts/<graph>/<k>/; with weight_sharing
-    also shared/ (or shared/<k>/), each prefill part with its decode part."""
-    model, parts = ctx.inputs["model"], len(graphs["prefill"])
-    for graph, paths in graphs.items():
-        for index, path in enumerate(paths, start=1):
-            dest = ctx.out / ("" if graph == "prefill" else "decode") if parts == 1 else \
-                ctx.out / "parts" / graph / str(index)
-            _finalize(path, dest, options, target)
-    info = layout.info(model)
-    if parts > 1:  # each graph's own inputs and outputs, for a chain of the parts to present
-        info["parts"] = parts
-        info["graphs"] = {g: _io_of(model / ("" if g == "prefill" else "decode") / "model.qdq.onnx") for g in graphs}
-    layout.write_info(ctx.out, info)
+def _llm(ctx: StageRun, graphs: dict[str, Path], options: dict[str, str], target: dict[str, Any]) -> None:
+    """An LLM's graphs (or one part of each): prefill at the top and decode/; with weight_sharing also shared/."""
+    for graph, path in graphs.items():
+        _finalize(path, ctx.out / ("" if graph == "prefill" else "decode"), options, target)
+    layout.carry_info(ctx.inputs["model"], ctx.out)
     if ctx.params["weight_sharing"]:
-        for index in range(parts):
-            pair = {g: graphs[g][index] for g in ("prefill", "decode")}
-            _finalize_shared(pair, ctx.out / "shared" / (str(index + 1) if parts > 1 else ""), options)
-        ctx.say("weight-shared context (each prefill part and its decode part in one binary) written; not loaded "
-                "here (the emulator cannot)")
+        _finalize_shared(graphs, ctx.out / "shared", options)
+        ctx.say("weight-shared context (prefill and decode in one binary) written; not loaded here (the emulator "
+                "cannot)")
+
+
+def _place(source: Path, dest: Path) -> None:
+    """A finished part's files into the joined output: hard links where the store allows (its entries are never
+    written again), copies elsewhere."""
+    import os
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in sorted(p for p in source.iterdir() if p.is_file()):
+        try:
+            os.link(item, dest / item.name)
+        except OSError:
+            shutil.copyfile(item, dest / item.name)
+
+
+def _join(ctx: StageRun) -> None:
+    """compile's parts: K: each part was compiled by its own instance (`part.k`); this one lays them out as one
+    compile output (parts/<graph>/<k>/, shared/<k>/), with each whole graph's inputs and outputs for the chain."""
+    model, parts = ctx.inputs["model"], len(ctx.params["part_stages"])
+    for k in range(1, parts + 1):
+        done = ctx.inputs[f"part.{k}"]
+        _place(done, ctx.out / "parts" / "prefill" / str(k))
+        _place(done / "decode", ctx.out / "parts" / "decode" / str(k))
+        if (done / "shared").is_dir():
+            _place(done / "shared", ctx.out / "shared" / str(k))
+    info = layout.info(model)
+    info["parts"] = parts
+    info["graphs"] = {g: _io_of(model / folder / "model.qdq.onnx") for g, folder in (("prefill", ""),
+                                                                                     ("decode", "decode"))}
+    layout.write_info(ctx.out, info)
+    ctx.say(f"{parts} parts joined, each compiled by its own instance")
 
 
 def run(ctx: StageRun) -> None:
     target = ctx.require_target()
-    options = provider_options(ctx.params, target)
-    ctx.say(f"finalizing the HTP graph for {target['name']} ({target['product']}, HTP v"
-            f"{target['htp_arch']}), optimization level {ctx.params['optimization_level']}")
-    ctx.progress(phase=f"finalizing the HTP graph for {target['name']}")
     model = ctx.inputs["model"]
-    with tempfile.TemporaryDirectory(prefix="qnnbuild-parts-") as scratch:
-        graphs = _graphs(model, ctx.params["parts"], ctx.params["max_part_mb"], Path(scratch))
+    if ctx.params.get("part_stages"):
+        _join(ctx)
+    else:
+        options = provider_options(ctx.params, target)
+        ctx.say(f"finalizing the HTP graph for {target['name']} ({target['product']}, HTP v"
+                f"{target['htp_arch']}), optimization level {ctx.params['optimization_level']}")
+        ctx.progress(phase=f"finalizing the HTP graph for {target['name']}")
+        graphs = _graphs(model, ctx.params["max_part_mb"])
         if layout.is_llm(model):
             _llm(ctx, graphs, options, target)
         else:
-            _finalize(graphs["prefill"][0], ctx.out, options, target)
+            _finalize(graphs["prefill"], ctx.out, options, target)
     ctx.carry("model")
     sizes = [p.stat().st_size / 1e6 for p in ctx.out.rglob("model_ctx_qnn.bin")]
     over = [s for s in sizes if s > ctx.params["max_part_mb"]]
     if over:
         raise StageFailed(f"a context binary is {max(over):,.1f} MB, over max_part_mb {ctx.params['max_part_mb']:g}")
     ctx.say(f"context binary: {sum(sizes):.2f} MB" + (f" in {len(sizes)} parts" if len(sizes) > 2 else ""))
+
+
+def _unfold(name: str, params: Params) -> Unfolded | None:
+    """parts: K → K `llm-part` stages (`<name>.split<k>`) and a compile of each (`<name>.part<k>`), which this
+    stage then joins (`part_stages`, not keyed: the parts' own digests are)."""
+    count = params.get("parts", 1)
+    if count < 2 or params.get("part_stages"):
+        return None
+    stages: dict[str, tuple[str, Params]] = {}
+    for k in range(1, count + 1):
+        stages[f"{name}.split{k}"] = ("llm-part", {"model": params["model"], "part": k, "parts": count,
+                                                   "max_part_mb": params["max_part_mb"]})
+        stages[f"{name}.part{k}"] = ("compile", {**params, "model": f"{name}.split{k}", "parts": 1})
+    return Unfolded({**params, "part_stages": [f"{name}.part{k}" for k in range(1, count + 1)]}, stages)
+
+
+def _refs(params: Params) -> dict[str, str]:
+    return {"model": params["model"], **{f"part.{k}": s for k, s in enumerate(params.get("part_stages", []), 1)}}
 
 
 KIND = StageKind(
@@ -191,7 +217,7 @@ KIND = StageKind(
         "performance_mode": {"enum": PERFORMANCE_MODES, "default": "default"},
         "parts": {"type": "integer", "minimum": 1, "default": 1, "description": "an LLM: split each graph "
                   "between decoder layers into this many context binaries, run in a chain (embedding first, LM "
-                  "head last)"},
+                  "head last); each part is split and compiled by its own stage instances, side by side"},
         "max_part_mb": {"type": "number", "exclusiveMinimum": 0, "default": 1500, "description": "refuse a "
                         "context (a whole graph, or a part) whose weights pass this many MB"},
         "weight_sharing": {"type": "boolean", "default": False, "description": "an LLM: also write both graphs in "
@@ -199,8 +225,10 @@ KIND = StageKind(
                            "here: the emulator cannot load it)"},
     },
     required=("model",),
-    refs=refs_of("model"),
+    refs=_refs,
     fans_out=True,
+    unkeyed=("part_stages",),
+    unfold=_unfold,
     tools=("onnx", "onnxruntime", "onnxruntime-qnn"),
     run=run,
 )

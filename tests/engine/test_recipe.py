@@ -34,7 +34,7 @@ def test_valid_recipe_fills_defaults(tmp_path: Path) -> None:
 
 def test_unknown_key(tmp_path: Path) -> None:
     assert problems(tmp_path, "  e: {kind: export, onnx: model.onnx, colour: red}\n") == [
-        "r.yaml:5:39: stages.e.colour: unknown key 'colour'; allowed: after, checkpoint, exporter, hf, inputs, "
+        "r.yaml:5:39: stages.e.colour: unknown key 'colour'; allowed: after, checkpoint, exporter, gguf, hf, inputs, "
         "keras, kind, layout, llm, mask_value, min_fidelity_db, onnx, opset, outputs, saved_model, sources, task, tflite, "
         "torch"]
 
@@ -53,7 +53,7 @@ def test_missing_required_and_schema_version(tmp_path: Path) -> None:
 def test_unknown_kind(tmp_path: Path) -> None:
     assert problems(tmp_path, "  c: {kind: frobnicate}\n") == [
         "r.yaml:5:13: stages.c.kind: 'frobnicate' is not one of ['command', 'compile', 'context-binary', "
-        "'convert', 'export', 'layer-error', 'profile', 'quantize', 'validate']"]
+        "'convert', 'export', 'layer-error', 'llm-part', 'profile', 'quantize', 'validate']"]
 
 
 def test_unknown_stage_reference(tmp_path: Path) -> None:

@@ -267,6 +267,22 @@ def test_parts_chain_like_the_whole_graph_and_genai_runs_them(tmp_path: Path, cl
     # trained weights, so on the installed transformers and tokenizers)
     assert tokens["genai"] == tokens["htp"] and (len(tokens["genai"]) == 10 or tokens["genai"][-1] == 2)
 
+    # each part is split and compiled by its own instances: side by side under -j 2, with the same bytes
+    code, _, err = cli("run", "split.yaml", "-j", "2", "--artifacts", "parallel")
+    assert code == 0, err
+    serial, parallel = deliverable, tmp_path / "parallel/split/context/SM8650"
+    files = sorted(p.relative_to(serial) for p in serial.rglob("*") if p.is_file() and ".qnnbuild" not in p.parts)
+    assert files and all((serial / f).read_bytes() == (parallel / f).read_bytes() for f in files)
+    # an edit that leaves part 1's graph as it was (the LM head's precision: the head is in the last part)
+    # leaves part 1's compile cached
+    split = whole.replace("recipe: tiny", "recipe: split").replace("weight_sharing: true", "weight_sharing: true, parts: 2")
+    write(tmp_path, "split.yaml", split.replace(", keep_8bit: [lm_head]", ""))
+    code, out, err = cli("run", "split.yaml", "--json")
+    assert code == 0, err
+    status = {s["id"]: s["status"] for s in json.loads(out)["stages"]}
+    assert status["compile.split1"] == status["compile.split2"] == "ran", status
+    assert status["compile.part1[SM8650]"] == "cached" and status["compile.part2[SM8650]"] == "ran", status
+
     write(tmp_path, "split.yaml", whole.replace("weight_sharing: true", "parts: 2, max_part_mb: 0.05"))
     code, _, err = cli("run", "split.yaml")
     assert code == 1 and "part 1 of 2 of the prefill graph holds" in err and "over max_part_mb 0.05" in err, err

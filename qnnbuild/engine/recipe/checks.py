@@ -153,15 +153,26 @@ def _cycle_problems(doc: Located, names: list[str], edges: list[tuple[str, str]]
     return [doc.problem(("stages", members[0]), f"stages form a cycle: {loop}", key=True)]
 
 
+def _stage(path: Path, name: str, kind_name: str, spec: dict[str, Any], after: tuple[str, ...]) -> Stage:
+    kind = KINDS[kind_name]
+    params = fill_defaults(stage_schema(kind.name), kind.expand({**spec, "kind": kind_name}))
+    params.pop("kind")
+    return Stage(name=name, kind=kind.name, params=params, refs=kind.refs(params), after=after,
+                 files={k: (path.parent / v).resolve() for k, v in kind.files(params).items()})
+
+
 def _build(doc: Located, path: Path) -> Recipe:
     stages: dict[str, Stage] = {}
     for name, spec in doc.data["stages"].items():
-        kind = KINDS[spec["kind"]]
-        params = fill_defaults(stage_schema(kind.name), kind.expand(dict(spec)))
-        params.pop("kind")
+        params = dict(spec)
         after = tuple(params.pop("after", ()))
-        stages[name] = Stage(name=name, kind=kind.name, params=params, refs=kind.refs(params), after=after,
-                             files={k: (path.parent / v).resolve() for k, v in kind.files(params).items()})
+        stage = _stage(path, name, spec["kind"], params, after)
+        unfolded = KINDS[stage.kind].unfold(name, stage.params)
+        if unfolded is not None:  # compile's parts: each its own stage, then this one joins them
+            for extra, (kind, extra_params) in unfolded.stages.items():
+                stages[extra] = _stage(path, extra, kind, extra_params, after)
+            stage = _stage(path, name, stage.kind, unfolded.params, after)
+        stages[name] = stage
     return Recipe(path=path, shown=doc.file, name=doc.data["recipe"], targets=tuple(doc.data.get("targets", [])),
                   stages=stages)
 
