@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common import memory
 from qnnbuild.toolchain.llm import chat, layout
 
 
@@ -26,8 +27,10 @@ def export_llm(params: dict[str, Any], files: dict[str, Path], out: Path, prepro
         hfexport.preprocessing_files(files["hf"], preprocessing, say)
     graphs, info = llmexport.export_pair(model, params["llm"], params["mask_value"], params["opset"], scratch, say)
     del model  # the graphs hold the weights now
+    memory.trim()
     info["eos_token_ids"] = chat.end_ids(preprocessing, info["eos_token_id"])
     info["chat_template"] = chat.template(preprocessing) is not None
     for graph, folder in (("prefill", out), ("decode", out / "decode")):
         write(onnxclean.clean(graphs[graph], scratch, {}, say, mask_value=params["mask_value"]), folder)
+        memory.trim()  # one graph's copies gone before the next is cleaned
     layout.write_info(out, info)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common import memory
 from qnnbuild.errors import StageFailed
 from qnnbuild.toolchain.data import textdata
 from qnnbuild.toolchain.llm import layout
@@ -35,6 +36,7 @@ def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[st
     lines = textdata.token_lines(files["calibration.text.file"], tokenizer, params["calibration"]["text"],
                         info["bos_token_id"])
     feeds = llmquant.calibration_feeds(folder, lines, DECODE_STEPS)
+    memory.trim()  # the fp32 sessions that recorded the feeds are gone
     say(f"calibrating on {len(lines)} lines of text: {len(feeds['prefill'])} prefill and {len(feeds['decode'])} "
         "decode runs")
     kv = llmquant.kv_overrides(feeds, info["layers"], 8)
@@ -45,6 +47,8 @@ def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[st
         base = {**kv, **recipe_overrides(model, sub)}
         overrides[graph], rules = qnnrules.apply(model, params["activations"], base, params["weights"])
         listed.append({"graph": graph, "rules": rules})
+        del model
+        memory.trim()
     def make(model: Path, dest: Path, samples: Any, cache: Path) -> Callable[[dict[str, Any]], Path]:
         return quantizer.make(model, dest, samples, QuantSpec.of(params), cache,
                               say if dest.parent == out else lambda _: None)

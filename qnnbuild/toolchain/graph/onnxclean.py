@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common import memory
 from qnnbuild.errors import StageFailed
 
 # tf2onnx's own names carry a process-wide counter (`Relu6_min__15`), and its duplicate-constant merge keeps one
@@ -30,22 +31,29 @@ class Cleaned:
     rewrites: list[dict[str, Any]]
 
 
-def _fold(model: Any, scratch: Path) -> Any:
+def _fold(fixed: Path, scratch: Path) -> Any:
     """onnxruntime's basic optimizations (constant folding, Identity/Constant removal, BatchNorm into Conv),
     written offline: the same folding the quantizer and QNN would otherwise each do their own way."""
     import onnx
 
     from qnnbuild.toolchain.runtime.qnn import ort
 
-    fixed = scratch / "fixed.onnx"
-    onnx.save(model, str(fixed))
     rt = ort()
     so = rt.SessionOptions()
     so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(scratch / "optimized.onnx")
     so.log_severity_level = 3
     rt.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"])
+    memory.trim()  # the session's copy of the weights is gone
     return onnx.load(str(scratch / "optimized.onnx"))
+
+
+def _staged(model: Any, path: Path) -> Path:
+    """`model` written to `path`, so the caller can drop it before the next step reads the file."""
+    import onnx
+
+    onnx.save(model, str(path))
+    return path
 
 
 def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[[str], None], *,
@@ -68,7 +76,10 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
     del model.metadata_props[:]
     model.doc_string = ""
     model.graph.doc_string = ""
-    model, fused = rewrites.after_folding(_fold(model, scratch), mask_value)
+    fixed = _staged(model, scratch / "fixed.onnx")
+    del model  # one copy of the weights at a time: an LLM's are most of the stage's memory
+    memory.trim()
+    model, fused = rewrites.after_folding(_fold(fixed, scratch), mask_value)
     applied += fused
     for step in applied:
         say(f"rewrite {step['rewrite']}: {', '.join(step['nodes'][:8])}")
@@ -79,11 +90,15 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
              if not (made_up and made_up.search(source.get(old, old)))}
     del model.metadata_props[:]
     model.producer_name, model.producer_version = "qnnbuild", ""
-    model = onnxgraph.infer_shapes(model)
+    del model.graph.value_info[:]
+    named = _staged(model, scratch / "named.onnx")
+    del model
+    memory.trim()
+    model = onnxgraph.infer_shapes_file(named, scratch / "typed.onnx")
     debris = [n.name for n in model.graph.node if n.op_type in ("Constant", "Identity")]
     if debris:
         say(f"left in the graph: {', '.join(debris)}")
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(str(scratch / "typed.onnx"))  # by path: onnx reads it, no copy of ours
     spec = onnxgraph.io_spec(model)
     for value in [*spec["inputs"], *spec["outputs"]]:
         if value["name"] in source:

@@ -105,9 +105,7 @@ def short_names(model: Any) -> dict[str, str]:
     mapping = {old: f"{prefix}{i:0{width}d}" for i, old in enumerate(ordered)}
     _rename(mapping, graphs)
     for g in graphs:  # equal graphs give equal bytes, whatever names (and so order) the converter chose
-        inits = sorted(g.initializer, key=lambda t: t.name)
-        del g.initializer[:]
-        g.initializer.extend(inits)
+        g.initializer.sort(key=lambda t: t.name)  # in place: a copy would hold the weights twice
     return {new: old for old, new in mapping.items()}
 
 
@@ -173,10 +171,47 @@ def infer_shapes(model: Any) -> Any:
     import onnx
 
     del model.graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return _typed_or_symbolic(onnx.shape_inference.infer_shapes(model, strict_mode=True))
+
+
+def infer_shapes_file(source: Path, dest: Path) -> Any:
+    """infer_shapes from file to file, then the result loaded: onnx reads and writes the files itself, so the
+    caller need not hold the model (an LLM's weights) while the inferred copy is made. `source` must have no
+    value_info."""
+    import onnx
+
+    onnx.shape_inference.infer_shapes_path(str(source), str(dest), strict_mode=True)
+    return _typed_or_symbolic(onnx.load(str(dest)))
+
+
+def _typed_or_symbolic(model: Any) -> Any:
     typed = {v.name for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
     if all(o in typed for n in model.graph.node for o in n.output if o):
         return model
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     return SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
+
+
+def convert_opset(model: Any, opset: int) -> None:
+    """Move `model` to `opset` in place with onnx's version converter, run on a copy without the weights' bytes:
+    the converter works on a serialized copy, and for an LLM that copy (and the one it returns) would be the
+    stage's memory peak. Adapters rewrite nodes and add small constants; the weights stay where they are."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    bare = [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in graph.initializer]
+    skeleton = helper.make_model(
+        helper.make_graph(list(graph.node), graph.name, list(graph.input), list(graph.output),
+                          [onnx.TensorProto(name=v.name, data_type=i.data_type, dims=i.dims)
+                           for v, i in zip(bare, graph.initializer, strict=True)]),
+        opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    converted = onnx.version_converter.convert_version(skeleton, opset)
+    del graph.node[:]
+    graph.node.extend(converted.graph.node)
+    known = {i.name for i in graph.initializer}
+    graph.initializer.extend(i for i in converted.graph.initializer if i.name not in known)
+    del model.opset_import[:]
+    model.opset_import.extend(converted.opset_import)
+    model.ir_version = converted.ir_version

@@ -201,9 +201,9 @@ def after_folding(model: Any, mask_value: float) -> tuple[Any, list[dict[str, An
             applied.append({"rewrite": "qnn-preprocess", "nodes": fused})
     opset = normfuse.needs_opset(model)
     if opset:
-        import onnx
+        from qnnbuild.toolchain.graph import onnxgraph
 
-        model = onnx.version_converter.convert_version(model, opset)
+        onnxgraph.convert_opset(model, opset)
         constants_to_initializers(model)  # the converter writes Reduce axes as Constant nodes
     norms = normfuse.fuse(model)
     if norms:

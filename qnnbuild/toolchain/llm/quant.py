@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common import memory
 from qnnbuild.errors import StageFailed
 from qnnbuild.toolchain.llm import run as llmrun
 
@@ -106,7 +107,10 @@ def shared_activations(qdq: dict[str, Path], names: set[str], taken: dict[str, d
 
     from qnnbuild.toolchain.quant import encodings
 
-    found = {g: encodings.from_qdq(onnx.load(str(p)))["activation_encodings"] for g, p in qdq.items()}
+    found = {}
+    for graph, path in qdq.items():  # one QDQ model in memory at a time
+        found[graph] = encodings.from_qdq(onnx.load(str(path)))["activation_encodings"]
+        memory.trim()
     first, second = found["prefill"], found["decode"]
     shared: dict[str, Any] = {}
     for name in sorted(set(first) & set(second) & names):
@@ -121,13 +125,19 @@ def shared_activations(qdq: dict[str, Path], names: set[str], taken: dict[str, d
     return shared
 
 
-def check_shared(prefill: Path, decode: Path) -> int:
-    """Both QDQ graphs' weight encodings are equal (one set, shared); returns how many were compared."""
+def _params_of(path: Path) -> dict[str, Any]:
     import onnx
 
     from qnnbuild.toolchain.quant import encodings
 
-    first, second = (encodings.from_qdq(onnx.load(str(p)))["param_encodings"] for p in (prefill, decode))
+    found: dict[str, Any] = encodings.from_qdq(onnx.load(str(path)))["param_encodings"]
+    memory.trim()
+    return found
+
+
+def check_shared(prefill: Path, decode: Path) -> int:
+    """Both QDQ graphs' weight encodings are equal (one set, shared); returns how many were compared."""
+    first, second = (_params_of(p) for p in (prefill, decode))
     differ = sorted(n for n in first if n in second and first[n] != second[n])
     if differ or set(first) != set(second):
         raise StageFailed("the prefill and decode graphs' weights were quantized differently: "
@@ -156,3 +166,4 @@ def quantize_pair(folder: Path, out: Path, feeds: dict[str, list[Feeds]], overri
         work.mkdir(parents=True)
         make(source / "model.onnx", dest / "model.qdq.onnx", FeedList(feeds[graph]), work / "ranges.json")(
             overrides[graph])
+        memory.trim()  # one graph's quantizer copies gone before the next graph's
