@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import Params, StageKind, StageRun, Unfolded
+from qnnbuild.stages.base import Params, StageKind, StageRun
+from qnnbuild.stages.compile.parts import join, refs, unfold
 from qnnbuild.toolchain.llm import layout
 
 PERFORMANCE_MODES = ["default", "burst", "balanced", "high_performance", "sustained_high_performance",
@@ -114,13 +115,6 @@ def _graphs(model: Path, limit: float) -> dict[str, Path]:
     return graphs
 
 
-def _io_of(path: Path) -> dict[str, list[str]]:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return {"inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output]}
-
-
 def _llm(ctx: StageRun, graphs: dict[str, Path], options: dict[str, str], target: dict[str, Any]) -> None:
     """An LLM's graphs (or one part of each): prefill at the top and decode/; with weight_sharing also shared/."""
     for graph, path in graphs.items():
@@ -132,42 +126,11 @@ def _llm(ctx: StageRun, graphs: dict[str, Path], options: dict[str, str], target
                 "cannot)")
 
 
-def _place(source: Path, dest: Path) -> None:
-    """A finished part's files into the joined output: hard links where the store allows (its entries are never
-    written again), copies elsewhere."""
-    import os
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for item in sorted(p for p in source.iterdir() if p.is_file()):
-        try:
-            os.link(item, dest / item.name)
-        except OSError:
-            shutil.copyfile(item, dest / item.name)
-
-
-def _join(ctx: StageRun) -> None:
-    """compile's parts: K: each part was compiled by its own instance (`part.k`); this one lays them out as one
-    compile output (parts/<graph>/<k>/, shared/<k>/), with each whole graph's inputs and outputs for the chain."""
-    model, parts = ctx.inputs["model"], len(ctx.params["part_stages"])
-    for k in range(1, parts + 1):
-        done = ctx.inputs[f"part.{k}"]
-        _place(done, ctx.out / "parts" / "prefill" / str(k))
-        _place(done / "decode", ctx.out / "parts" / "decode" / str(k))
-        if (done / "shared").is_dir():
-            _place(done / "shared", ctx.out / "shared" / str(k))
-    info = layout.info(model)
-    info["parts"] = parts
-    info["graphs"] = {g: _io_of(model / folder / "model.qdq.onnx") for g, folder in (("prefill", ""),
-                                                                                     ("decode", "decode"))}
-    layout.write_info(ctx.out, info)
-    ctx.say(f"{parts} parts joined, each compiled by its own instance")
-
-
 def run(ctx: StageRun) -> None:
     target = ctx.require_target()
     model = ctx.inputs["model"]
     if ctx.params.get("part_stages"):
-        _join(ctx)
+        join(ctx)
     else:
         options = provider_options(ctx.params, target)
         ctx.say(f"finalizing the HTP graph for {target['name']} ({target['product']}, HTP v"
@@ -184,24 +147,6 @@ def run(ctx: StageRun) -> None:
     if over:
         raise StageFailed(f"a context binary is {max(over):,.1f} MB, over max_part_mb {ctx.params['max_part_mb']:g}")
     ctx.say(f"context binary: {sum(sizes):.2f} MB" + (f" in {len(sizes)} parts" if len(sizes) > 2 else ""))
-
-
-def _unfold(name: str, params: Params) -> Unfolded | None:
-    """parts: K → K `llm-part` stages (`<name>.split<k>`) and a compile of each (`<name>.part<k>`), which this
-    stage then joins (`part_stages`, not keyed: the parts' own digests are)."""
-    count = params.get("parts", 1)
-    if count < 2 or params.get("part_stages"):
-        return None
-    stages: dict[str, tuple[str, Params]] = {}
-    for k in range(1, count + 1):
-        stages[f"{name}.split{k}"] = ("llm-part", {"model": params["model"], "part": k, "parts": count,
-                                                   "max_part_mb": params["max_part_mb"]})
-        stages[f"{name}.part{k}"] = ("compile", {**params, "model": f"{name}.split{k}", "parts": 1})
-    return Unfolded({**params, "part_stages": [f"{name}.part{k}" for k in range(1, count + 1)]}, stages)
-
-
-def _refs(params: Params) -> dict[str, str]:
-    return {"model": params["model"], **{f"part.{k}": s for k, s in enumerate(params.get("part_stages", []), 1)}}
 
 
 KIND = StageKind(
@@ -225,10 +170,10 @@ KIND = StageKind(
                            "here: the emulator cannot load it)"},
     },
     required=("model",),
-    refs=_refs,
+    refs=refs,
     fans_out=True,
     unkeyed=("part_stages",),
-    unfold=_unfold,
+    unfold=unfold,
     tools=("onnx", "onnxruntime", "onnxruntime-qnn"),
     run=run,
 )
