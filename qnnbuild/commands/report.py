@@ -118,7 +118,10 @@ def _llm(validates: list[tuple[Instance, Path]], contexts: list[tuple[Instance, 
     for inst, folder in contexts:
         found = (_read(folder, "io_spec.json") or {}).get("weight_shared")
         if found:
-            shared.append(f"<p>{e(str(inst.target))}: weight-shared binary <code>{e(found['context_binary'])}</code>, "
+            names = [p["context_binary"] for p in found.get("parts", [found])]  # one binary per part with parts: K
+            binaries = ", ".join(f"<code>{e(n)}</code>" for n in names)
+            noun = "binaries" if len(names) > 1 else "binary"
+            shared.append(f"<p>{e(str(inst.target))}: weight-shared {noun} {binaries}, "
                           f"{found['bytes'] / 1e3:,.0f} kB, {found['size_ratio']:.2f} × the prefill graph's own "
                           f"binary — <strong>not run here</strong> ({e(found['why'])})</p>")
     if not rows and not shared:

@@ -250,6 +250,9 @@ def test_parts_chain_like_the_whole_graph_and_genai_runs_them(tmp_path: Path, cl
     shared = json.loads((deliverable / "io_spec.json").read_text())["weight_shared"]
     assert [p["context_binary"] for p in shared["parts"]] == ["split_SM8650_1of2_shared.bin",
                                                               "split_SM8650_2of2_shared.bin"]
+    code, _, err = cli("report", "split.yaml")  # one weight-shared binary per part (it raised a KeyError)
+    assert code == 0, err
+    assert "split_SM8650_2of2_shared.bin" in (tmp_path / "artifacts/split/report.html").read_text()
     stages = [s for s in json.loads((deliverable / "genai_config.json").read_text())["model"]["decoder"]["pipeline"][0]]
     assert stages == ["pad_prompt", "pad_token", "prefill_1", "prefill_2", "decode_1", "decode_2", "unpad"]
     encodings = json.loads((tmp_path / "artifacts/split/quantize/encodings.json").read_text())["param_encodings"]
