@@ -75,7 +75,7 @@ def _value_infos(model: Any, names: set[str]) -> dict[str, Any]:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
         probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted)
-        session = qnn.cpu_session(probe.SerializeToString())
+        session = qnn.plain_cpu_session(probe.SerializeToString())
         feeds = {v.name: np.zeros([d.dim_value for d in v.type.tensor_type.shape.dim],
                                   helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
                  for v in model.graph.input}

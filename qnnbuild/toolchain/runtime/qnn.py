@@ -93,6 +93,16 @@ def deliverable_session(folder: Path, provider: dict[str, str] | None = None, gr
                               [v["name"] for v in entry["inputs"]], [v["name"] for v in entry["outputs"]])
 
 
+def plain_cpu_session(model: str | bytes) -> Any:
+    """onnxruntime's CPU alone, the QNN plugin not registered: for a process that never needs QNN (splitting a
+    graph into parts), which then neither loads QNN's libraries nor tears them down at exit."""
+    import onnxruntime
+
+    so = quiet_threads(onnxruntime.SessionOptions())
+    so.log_severity_level = 3
+    return onnxruntime.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
 def cpu_session(model: str | bytes) -> Any:
     rt = ort()
     so = quiet_threads(rt.SessionOptions())
