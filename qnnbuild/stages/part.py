@@ -31,13 +31,10 @@ def run(ctx: StageRun) -> None:
         raise StageFailed("parts: K splits an LLM's decoder between its layers; this model is not an LLM export")
     for graph, folder in GRAPHS.items():
         whole = onnx.load(str(model / folder / "model.qdq.onnx"))
-        part = llmparts.split(whole, count)[index - 1]
+        part = llmparts.split(whole, count, only=index - 1)[0]
         del whole
-        size = llmparts.weight_mb(part)
-        if size > ctx.params["max_part_mb"]:
-            raise StageFailed(f"{part_of(ctx.params, graph)} holds {size:,.1f} MB of weights, over max_part_mb "
-                              f"{ctx.params['max_part_mb']:g} (one HTP context must fit the NPU's 1-2 GB address "
-                              "space): split into more parts, or raise the limit")
+        size = llmparts.check_fits(part, part_of(ctx.params, graph), ctx.params["max_part_mb"],
+                                   "split into more parts, or raise the limit")
         (ctx.out / folder).mkdir(exist_ok=True)
         onnx.save(part, str(ctx.out / folder / "model.qdq.onnx"))
         ctx.say(f"{part_of(ctx.params, graph)}: {len(part.graph.node)} nodes, {size:,.1f} MB of weights")

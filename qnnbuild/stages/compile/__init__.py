@@ -93,25 +93,17 @@ def _finalize_shared(pair: dict[str, Path], dest: Path, options: dict[str, str])
             shutil.move(name, dest / name)
 
 
-def _check_size(model: Any, what: str, limit: float) -> float:
-    """A context must fit the NPU's address space: refuse one whose weights pass max_part_mb, before compiling."""
-    from qnnbuild.toolchain.llm import parts as llmparts
-
-    size = llmparts.weight_mb(model)
-    if size > limit:
-        raise StageFailed(f"{what} holds {size:,.1f} MB of weights, over max_part_mb {limit:g} (one HTP context "
-                          "must fit the NPU's 1-2 GB address space): split an LLM with parts: K, or raise the limit")
-    return size
-
-
 def _graphs(model: Path, limit: float) -> dict[str, Path]:
     """graph → its QDQ model to compile (an LLM's two graphs, or one part of each), checked for size."""
     import onnx
 
+    from qnnbuild.toolchain.llm import parts as llmparts
+
     llm = layout.is_llm(model)
     graphs = {"prefill": model / "model.qdq.onnx", **({"decode": model / "decode" / "model.qdq.onnx"} if llm else {})}
     for graph, path in graphs.items():
-        _check_size(onnx.load(str(path)), f"the {graph} graph" if llm else "the model", limit)
+        llmparts.check_fits(onnx.load(str(path)), f"the {graph} graph" if llm else "the model", limit,
+                            "split an LLM with parts: K, or raise the limit")
     return graphs
 
 

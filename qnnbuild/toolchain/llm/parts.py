@@ -137,9 +137,10 @@ def _with_dequantizers(members: list[Any], dequantizers: dict[str, Any]) -> list
     return [dequantizers[t] for t in copies] + members
 
 
-def split(model: Any, parts: int) -> list[Any]:
+def split(model: Any, parts: int, only: int | None = None) -> list[Any]:
     """`model` as `parts` models to run in order; each takes the graph inputs and earlier parts' outputs it reads
-    and gives the graph outputs and the tensors later parts read."""
+    and gives the graph outputs and the tensors later parts read. `only` (0-based): build that part alone (an
+    llm-part stage keeps one; building the others would copy every weight once more)."""
     owner = assign(model, parts)
     nodes = list(model.graph.node)
     initializers = {i.name for i in model.graph.initializer}
@@ -159,6 +160,8 @@ def split(model: Any, parts: int) -> list[Any]:
     infos = _value_infos(model, {t for read in reads for t in read})
     found = []
     for p, members in enumerate(groups):
+        if only is not None and p != only:
+            continue
         later = {t for read in reads[p + 1:] for t in read}
         outputs = [t for t in _ordered(t for n in members for t in n.output)
                    if t in graph_outputs or (t in later and not any(t in r for r in reads[:p + 1]))]
@@ -169,6 +172,16 @@ def split(model: Any, parts: int) -> list[Any]:
 
 def _ordered(names: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(names))
+
+
+def check_fits(model: Any, what: str, limit: float, advice: str) -> float:
+    """A context must fit the NPU's address space: refuse `model` (a whole graph or a part) whose weights pass
+    max_part_mb, before compiling; returns its weights' MB."""
+    size = weight_mb(model)
+    if size > limit:
+        raise StageFailed(f"{what} holds {size:,.1f} MB of weights, over max_part_mb {limit:g} (one HTP context "
+                          f"must fit the NPU's 1-2 GB address space): {advice}")
+    return size
 
 
 def weight_mb(model: Any) -> float:
