@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -115,11 +114,12 @@ def op_report(graph: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(ctx: StageRun) -> None:
+    from qnnbuild.toolchain.graph import onnxfile
     from qnnbuild.toolchain.runtime import qnn
 
     source = ctx.inputs["model"] / "model.qdq.onnx"
     with tempfile.TemporaryDirectory(prefix="qnnbuild-convert-") as tmp, contextlib.chdir(tmp):
-        shutil.copyfile(source, "model.onnx")  # a fixed relative name: QNN hashes the path into names
+        onnxfile.place(source, Path("model.onnx"))  # a fixed relative name: QNN hashes the path into names
         refused, on_qnn = judge("model.onnx", ctx.targets, ctx.say)
         if refused:
             (ctx.out / "op_report.json").write_text(json.dumps({"refused": refused}, indent=1) + "\n")

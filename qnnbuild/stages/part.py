@@ -24,20 +24,22 @@ def part_of(params: dict[str, int], graph: str) -> str:
 def run(ctx: StageRun) -> None:
     import onnx
 
+    from qnnbuild.toolchain.graph import onnxfile
     from qnnbuild.toolchain.llm import parts as llmparts
 
     model, index, count = ctx.inputs["model"], ctx.params["part"], ctx.params["parts"]
     if not layout.is_llm(model):
         raise StageFailed("parts: K splits an LLM's decoder between its layers; this model is not an LLM export")
     for graph, folder in GRAPHS.items():
-        whole = onnx.load(str(model / folder / "model.qdq.onnx"))
+        source = model / folder / "model.qdq.onnx"
+        whole = onnx.load(str(source))
         part = llmparts.split(whole, count, only=index - 1)[0]
         del whole
         size = llmparts.check_fits(part, part_of(ctx.params, graph), ctx.params["max_part_mb"],
                                    "split into more parts, or raise the limit")
         (ctx.out / folder).mkdir(exist_ok=True)
-        onnx.save(part, str(ctx.out / folder / "model.qdq.onnx"))
         ctx.say(f"{part_of(ctx.params, graph)}: {len(part.graph.node)} nodes, {size:,.1f} MB of weights")
+        onnxfile.save(part, ctx.out / folder / "model.qdq.onnx", external=onnxfile.is_external(source))
     layout.carry_info(model, ctx.out)
 
 

@@ -88,6 +88,11 @@ def test_llm_builds_and_genai_generates_on_htp(tmp_path: Path, cli: CLI, llama: 
     # one copy of the weights: well under the two binaries of the pair (1.22x one of them for this tiny model,
     # whose graph structure weighs as much as its weights)
     assert shared["size_ratio"] < 1.5
+    # an LLM's graphs keep their weights beside them (ONNX external data) from export to the split parts: the
+    # path a model over protobuf's 2 GB takes (benchmarks/llm_memory.py builds one)
+    for graph in ("export/model.onnx", "export/decode/model.onnx", "quantize/model.qdq.onnx",
+                  "quantize/decode/model.qdq.onnx"):
+        assert (art / (graph + ".data")).stat().st_size > (art / graph).stat().st_size, graph
     calibration = json.loads((art / "quantize/calibration.json").read_text())
     assert calibration["runs"]["decode"] >= 12 * 7  # decode calibrated on real caches after each line
     spec = json.loads((deliverable / "io_spec.json").read_text())

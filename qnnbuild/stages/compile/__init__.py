@@ -43,12 +43,12 @@ def _finalize(source: Path, dest: Path, options: dict[str, str], target: dict[st
     """`source` (a QDQ model) → dest/model_ctx.onnx + model_ctx_qnn.bin + compile.json."""
     import onnx
 
-    from qnnbuild.toolchain.graph import onnxgraph
+    from qnnbuild.toolchain.graph import onnxfile, onnxgraph
     from qnnbuild.toolchain.quant import encodings
     from qnnbuild.toolchain.runtime import qnn
 
     with tempfile.TemporaryDirectory(prefix="qnnbuild-compile-") as tmp, contextlib.chdir(tmp):
-        shutil.copyfile(source, "model.onnx")
+        onnxfile.place(source, Path("model.onnx"))  # with its weights file, if it has one
         config = {"ep.context_enable": "1", "ep.context_file_path": "model_ctx.onnx",
                   "ep.context_embed_mode": "0"}
         try:
@@ -74,12 +74,13 @@ def _finalize_shared(pair: dict[str, Path], dest: Path, options: dict[str, str])
     (`ep.share_ep_contexts`, the variant Qualcomm AI Hub ships): dest/prefill_ctx.onnx and decode_ctx.onnx both
     referencing prefill_ctx_qnn.bin. Never loaded here: on the emulator QNN answers `Shared weights buffer isn't
     supported on this platform` and the process segfaults (QNN_NOTES)."""
+    from qnnbuild.toolchain.graph import onnxfile
     from qnnbuild.toolchain.runtime import qnn
 
     dest.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="qnnbuild-shared-") as tmp, contextlib.chdir(tmp):
         for graph, source in pair.items():
-            shutil.copyfile(source, f"{graph}.onnx")
+            onnxfile.place(source, Path(f"{graph}.onnx"))
             config = {"ep.context_enable": "1", "ep.context_file_path": f"{graph}_ctx.onnx",
                       "ep.context_embed_mode": "0", "ep.share_ep_contexts": "1",
                       **({"ep.stop_share_ep_contexts": "1"} if graph == "decode" else {})}
@@ -102,7 +103,8 @@ def _graphs(model: Path, limit: float) -> dict[str, Path]:
     llm = layout.is_llm(model)
     graphs = {"prefill": model / "model.qdq.onnx", **({"decode": model / "decode" / "model.qdq.onnx"} if llm else {})}
     for graph, path in graphs.items():
-        llmparts.check_fits(onnx.load(str(path)), f"the {graph} graph" if llm else "the model", limit,
+        skeleton = onnx.load(str(path), load_external_data=False)  # weight_mb counts from the shapes
+        llmparts.check_fits(skeleton, f"the {graph} graph" if llm else "the model", limit,
                             "split an LLM with parts: K, or raise the limit")
     return graphs
 

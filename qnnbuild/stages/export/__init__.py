@@ -10,6 +10,7 @@ stage and writes its outputs, export/llm.py a causal LM's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -111,11 +112,13 @@ def _tf_export(ctx: StageRun, dest: Path) -> dict[str, list[int]]:
     return shapes
 
 
-def _write(cleaned: Any, folder: Path) -> None:
-    import onnx
+def _write(cleaned: Any, folder: Path, external: bool | None = None) -> None:
+    """`external`: the weights in model.onnx.data (None: when large; an LLM's always, so its whole path is the
+    one a model over 2 GB takes)."""
+    from qnnbuild.toolchain.graph import onnxfile
 
     folder.mkdir(exist_ok=True)
-    onnx.save(cleaned.model, str(folder / "model.onnx"))
+    onnxfile.save(cleaned.model, folder / "model.onnx", external=external)
     (folder / "io.json").write_text(json.dumps(cleaned.io, indent=1) + "\n")
     (folder / "rewrites.json").write_text(json.dumps(cleaned.rewrites, indent=1) + "\n")
     # short tensor name → the name in the source model: reports and `overrides:` speak the user's names
@@ -130,7 +133,8 @@ def run(ctx: StageRun) -> None:
         scratch = Path(tmp)
         shapes = shapes_of(ctx.params.get("inputs", {}))
         if "llm" in ctx.params:
-            export_llm(ctx.params, ctx.files, ctx.out, ctx.out / PREPROCESSING, scratch, _write, ctx.say)
+            export_llm(ctx.params, ctx.files, ctx.out, ctx.out / PREPROCESSING, scratch,
+                       functools.partial(_write, external=True), ctx.say)
             return
         if "torch" in ctx.params:
             from qnnbuild.toolchain.sources import torchexport

@@ -36,12 +36,17 @@ def _fold(fixed: Path, scratch: Path) -> Any:
     written offline: the same folding the quantizer and QNN would otherwise each do their own way."""
     import onnx
 
+    from qnnbuild.toolchain.graph import onnxfile
     from qnnbuild.toolchain.runtime.qnn import ort
 
     rt = ort()
     so = rt.SessionOptions()
     so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(scratch / "optimized.onnx")
+    if onnxfile.is_external(fixed):  # onnxruntime cannot write it as one protobuf either
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.onnx.data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                    str(onnxfile.SMALLEST))
     so.log_severity_level = 3
     rt.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"])
     memory.trim()  # the session's copy of the weights is gone
@@ -49,10 +54,11 @@ def _fold(fixed: Path, scratch: Path) -> Any:
 
 
 def _staged(model: Any, path: Path) -> Path:
-    """`model` written to `path`, so the caller can drop it before the next step reads the file."""
-    import onnx
+    """`model` written to `path` (its weights beside it when large), so the caller can drop it before the next
+    step reads the file."""
+    from qnnbuild.toolchain.graph import onnxfile
 
-    onnx.save(model, str(path))
+    onnxfile.save(model, path)
     return path
 
 

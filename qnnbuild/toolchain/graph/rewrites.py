@@ -162,13 +162,17 @@ def qnn_preprocess(model: Any) -> tuple[Any, list[str]]:
     import onnx
     from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
 
+    from qnnbuild.toolchain.graph import onnxfile
+
     del model.metadata_props[:]  # qnn_preprocess_model raises a TypeError on models that carry metadata
     before = {n.op_type for n in model.graph.node}
     with tempfile.TemporaryDirectory(prefix="qnnbuild-preprocess-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        onnx.save(model, str(src))
-        if not qnn_preprocess_model(str(src), str(dst)):
-            return model, []
+        large = onnxfile.weight_bytes(model) > onnxfile.LARGE
+        onnxfile.save(model, src, external=large)
+        if not qnn_preprocess_model(str(src), str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
+                                    external_data_location="out.onnx.data"):
+            return onnx.load(str(src)), []  # saving spent `model`'s weights when large
         fused = onnx.load(str(dst))
     added = sorted({n.op_type for n in fused.graph.node} - before)
     return fused, [f"fused into {op}" for op in added] or ["qnn_preprocess_model"]

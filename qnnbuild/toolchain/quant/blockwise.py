@@ -18,6 +18,7 @@ deterministically, so an LLM's prefill and decode graphs still get identical wei
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,11 +124,18 @@ def convert_file(qdq_path: Any, fp32_path: Any, block: int | None) -> tuple[list
     import onnx
     from onnx import numpy_helper
 
+    from qnnbuild.common import memory
+    from qnnbuild.toolchain.graph import onnxfile
+
     fp32 = onnx.load(str(fp32_path))
     weights = {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer if len(i.dims) == 2}
+    del fp32  # the arrays are copies: one fp32 copy of the weights at a time
+    memory.trim()
+    external = onnxfile.is_external(Path(qdq_path))
     qdq = onnx.load(str(qdq_path))
     found = convert(qdq, weights, block)
-    onnx.save(qdq, str(qdq_path))
+    del weights
+    onnxfile.save(qdq, Path(qdq_path), external=external)
     return found
 
 

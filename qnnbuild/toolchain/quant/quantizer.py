@@ -9,6 +9,7 @@ not calibrate again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,16 +49,6 @@ class _Reader:
         self.next = self.start
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
-    import os
-    import shutil
-
-    try:
-        os.link(src, dest)
-    except OSError:  # another file system
-        shutil.copyfile(src, dest)
-
-
 def _block_wise(qdq: Path, fp32: Path, block: int | None, say: Callable[[str], None]) -> None:
     """4-bit MatMul weights per channel (`per_channel`) or per block (`block_size`), in QNN's LPBQ form."""
     from qnnbuild.toolchain.quant import blockwise
@@ -73,13 +64,38 @@ def _block_wise(qdq: Path, fp32: Path, block: int | None, say: Callable[[str], N
                if kept else ""))
 
 
+def _run(model: Path, out: Path, config: Any, external: bool, cache: Path) -> None:
+    """onnxruntime's quantize_static with the QNN configuration `config`, writing `out` (with a data file when
+    `external`), in `cache`'s folder: onnx refuses to write a data file whose name exists in the *working*
+    directory (not the output's folder), and a stage's folder held the prefill graph's when decode's came."""
+    from onnxruntime.quantization import quantize_static
+
+    for old in (out, out.with_name(out.name + ".data")):  # onnxruntime would append to a data file left there
+        old.unlink(missing_ok=True)
+    try:
+        with contextlib.chdir(cache.parent):
+            quantize_static(model.absolute(), str(out.absolute()), config.calibration_data_reader,
+                            calibrate_method=config.calibrate_method, quant_format=config.quant_format,
+                            activation_type=config.activation_type, weight_type=config.weight_type,
+                            op_types_to_quantize=config.op_types_to_quantize,
+                            nodes_to_quantize=config.nodes_to_quantize, nodes_to_exclude=config.nodes_to_exclude,
+                            per_channel=config.per_channel, reduce_range=config.reduce_range,
+                            use_external_data_format=external or config.use_external_data_format,
+                            calibration_providers=config.calibration_providers,
+                            extra_options=config.extra_options, calibration_cache_path=cache.absolute())
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise StageFailed(f"onnxruntime.quantization failed: {exc}") from None
+
+
 def make(model: Path, out: Path, samples: Source, spec: QuantSpec, cache: Path,
          say: Callable[[str], None] = lambda _: None) -> Callable[[dict[str, Any]], Path]:
     """quantize_with(overrides) → the QDQ model path; ranges are calibrated on the first call and read from
     onnxruntime's calibration cache after that (automatic precision quantizes once per step). With
     `block_size`, 4-bit MatMul weights then become block-wise (toolchain/quant/blockwise.py)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantType
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    from qnnbuild.toolchain.graph import onnxfile
 
     qtypes = {name: getattr(QuantType, "Q" + name[0].upper() + name[1:].replace("int", "Int")) for name in QTYPES}
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -88,8 +104,9 @@ def make(model: Path, out: Path, samples: Source, spec: QuantSpec, cache: Path,
     # published store entry, two quantize stages of one export running together deleted each other's file. It
     # reads a private link (or copy) beside the calibration cache instead.
     private = cache.parent / "quantizer-input.onnx"
-    _link_or_copy(model, private)
-    model_path = str(private)
+    onnxfile.place(model, private)  # with its weights file, if it has one
+    model_path = private.absolute()
+    external = onnxfile.is_external(model)  # the output keeps its input's form
 
     def quantize_with(overrides: dict[str, Any]) -> Path:
         """overrides: tensor → {type, symmetric} (the recipe's syntax) or a list of per-channel dicts that
@@ -98,22 +115,11 @@ def make(model: Path, out: Path, samples: Source, spec: QuantSpec, cache: Path,
                                 for e in (o if isinstance(o, list) else [o])]
                          for name, o in overrides.items()}
         config = get_qnn_qdq_config(
-            model_path, _Reader(samples), calibrate_method=methods[spec.method],
+            str(model_path), _Reader(samples), calibrate_method=methods[spec.method],
             activation_type=qtypes[spec.activations], weight_type=qtypes[spec.weights],
             per_channel=spec.per_channel, init_overrides=ort_overrides or None,
             weight_symmetric=spec.symmetric, stride=stride_for(len(samples)))
-        try:
-            quantize_static(model_path, str(out), config.calibration_data_reader,
-                            calibrate_method=config.calibrate_method, quant_format=config.quant_format,
-                            activation_type=config.activation_type, weight_type=config.weight_type,
-                            op_types_to_quantize=config.op_types_to_quantize,
-                            nodes_to_quantize=config.nodes_to_quantize, nodes_to_exclude=config.nodes_to_exclude,
-                            per_channel=config.per_channel, reduce_range=config.reduce_range,
-                            use_external_data_format=config.use_external_data_format,
-                            calibration_providers=config.calibration_providers,
-                            extra_options=config.extra_options, calibration_cache_path=cache)
-        except (ValueError, RuntimeError, KeyError) as exc:
-            raise StageFailed(f"onnxruntime.quantization failed: {exc}") from None
+        _run(model_path, out, config, external, cache)
         if spec.weights == "int4" and (spec.block_size or spec.per_channel):
             _block_wise(out, private, spec.block_size, say)
         return out

@@ -1,0 +1,70 @@
+"""ONNX files whose weights may live beside them (ONNX external data), written and carried as one.
+
+A protobuf message cannot pass 2 GB, so a model of more than ~500 M float parameters cannot be one .onnx file;
+and writing a model as one message holds a second, serialized copy of every weight in memory. So qnnbuild keeps
+a large graph's weights in `<file>.data` beside it, which onnx writes tensor by tensor. Which graphs: an LLM's
+(export decides, and every later stage keeps the form its input came in), and any graph whose weights pass
+LARGE. Whoever copies such a file copies its data file with it: the .onnx names it, relative to its folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+LARGE = 1 << 30  # bytes of weights: above this a graph is written with external data whatever its kind
+SMALLEST = 1024  # tensors under this many bytes stay inside the .onnx (shapes, scales, zero points)
+
+
+def weight_bytes(model: Any) -> int:
+    """The bytes of the model's initializers as stored (external or not)."""
+    total = 0
+    for init in model.graph.initializer:
+        length = next((int(e.value) for e in init.external_data if e.key == "length"), None)
+        total += length if length is not None else len(init.raw_data) or init.ByteSize()
+    return total
+
+
+def data_files(path: Path) -> list[Path]:
+    """The external data files `path` refers to (none for a self-contained .onnx); read without the weights."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    names = {e.value for i in graph.initializer for e in i.external_data if e.key == "location"}
+    return [path.parent / n for n in sorted(names)]
+
+
+def is_external(path: Path) -> bool:
+    return bool(data_files(path))
+
+
+def save(model: Any, path: Path, *, external: bool | None = None) -> None:
+    """Write `model` to `path`, its weights to `<path>.data` when `external` (None: when they pass LARGE). Any
+    earlier file of that name goes first: onnx appends to an existing data file. The weights leave `model` as
+    they are written (onnx moves each tensor's bytes out), so `model` is spent afterwards when external."""
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    for old in (path, data):
+        old.unlink(missing_ok=True)
+    if external is None:
+        external = weight_bytes(model) > LARGE
+    if external:  # onnx looks for an existing data file in the working directory, not beside `path`
+        with contextlib.chdir(path.parent):
+            onnx.save_model(model, path.name, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name, size_threshold=SMALLEST)
+    else:
+        onnx.save(model, str(path))
+
+
+def place(source: Path, dest: Path) -> None:
+    """`source` and its data files copied to `dest` (another name allowed; the data files keep theirs, which the
+    .onnx holds). Copies, never links: onnx refuses a data file with a second hard link (a "hardlink attack"),
+    onnxruntime a symbolic one, and a link to a store entry's file made by one stage made another stage's
+    onnx.load of that entry fail."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for src, dst in [(source, dest), *((d, dest.parent / d.name) for d in data_files(source))]:
+        if dst.resolve() != src.resolve():  # not a data file already beside the new name
+            shutil.copyfile(src, dst)

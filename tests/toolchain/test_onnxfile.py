@@ -1,0 +1,55 @@
+"""ONNX files with their weights beside them (toolchain/graph/onnxfile.py): written, carried and read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import helper, numpy_helper  # noqa: E402
+
+from qnnbuild.toolchain.graph import onnxfile  # noqa: E402
+
+
+def matmul(weight: np.ndarray) -> object:
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="m")], "g",
+                              [helper.make_tensor_value_info("x", 1, [1, weight.shape[0]])],
+                              [helper.make_tensor_value_info("y", 1, [1, weight.shape[1]])],
+                              [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"x": x})[0])
+
+
+def test_a_large_graph_is_written_beside_its_data_and_carried_with_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                     ) -> None:
+    weight = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / 100
+    x = np.ones((1, 64), np.float32)
+    small = tmp_path / "small.onnx"
+    onnxfile.save(matmul(weight), small)
+    assert not onnxfile.is_external(small) and not small.with_name("small.onnx.data").exists()
+
+    monkeypatch.setattr(onnxfile, "LARGE", 1000)  # the rule is size: this weight (8 kB) now counts as large
+    big = tmp_path / "a" / "model.onnx"
+    big.parent.mkdir()
+    monkeypatch.chdir(big.parent)  # onnx looks for an existing data file in the working directory: not a trap
+    (big.parent / "model.onnx.data").write_bytes(b"left over")  # an earlier file is replaced, not appended to
+    onnxfile.save(matmul(weight), big)
+    assert onnxfile.data_files(big) == [big.parent / "model.onnx.data"]
+    assert (big.parent / "model.onnx.data").stat().st_size == weight.nbytes
+    assert onnxfile.weight_bytes(onnx.load(str(big), load_external_data=False)) == weight.nbytes
+
+    copied = tmp_path / "c" / "other.onnx"
+    onnxfile.place(big, copied)
+    assert (copied.parent / "model.onnx.data").stat().st_nlink == 1  # onnx refuses a data file with a second link
+    np.testing.assert_array_equal(numpy_helper.to_array(onnx.load(str(copied)).graph.initializer[0]), weight)
+    expected = x @ weight
+    for path in (small, big, copied):
+        np.testing.assert_allclose(run(path, x), expected, rtol=1e-6)
