@@ -13,6 +13,7 @@ from qnnbuild.errors import StageFailed
 from qnnbuild.toolchain.data import textdata
 from qnnbuild.toolchain.llm import layout
 from qnnbuild.toolchain.llm import quant as llmquant
+from qnnbuild.toolchain.quant.ranges import write_cache
 from qnnbuild.toolchain.quant.spec import QuantSpec
 
 DECODE_STEPS = 8  # greedy decode steps after each calibration line: the decode graph sees real caches
@@ -35,11 +36,13 @@ def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[st
     tokenizer = files.get("calibration.text.tokenizer", layout.tokenizer(folder))
     lines = textdata.token_lines(files["calibration.text.file"], tokenizer, params["calibration"]["text"],
                         info["bos_token_id"])
-    feeds = llmquant.calibration_feeds(folder, lines, DECODE_STEPS)
-    memory.trim()  # the fp32 sessions that recorded the feeds are gone
-    say(f"calibrating on {len(lines)} lines of text: {len(feeds['prefill'])} prefill and {len(feeds['decode'])} "
-        "decode runs")
-    kv = llmquant.kv_overrides(feeds, info["layers"], 8)
+    if params.get("method", "minmax") != "minmax":
+        raise StageFailed(f"method: {params['method']}: an LLM's ranges are min-max, recorded as its graphs read the "
+                          "calibration text (the other methods keep every sample's activations)")
+    ranges, runs = llmquant.calibration_ranges(folder, lines, DECODE_STEPS)
+    memory.trim()  # the fp32 sessions that recorded the ranges are gone
+    say(f"calibrating on {len(lines)} lines of text: {runs['prefill']} prefill and {runs['decode']} decode runs")
+    kv = llmquant.kv_overrides(ranges, info["layers"], 8)
     overrides, listed, biased = {}, [], set()
     for graph, sub in (("prefill", folder), ("decode", folder / "decode")):
         model = onnx.load(str(sub / "model.onnx"))
@@ -49,24 +52,27 @@ def quantize_llm(folder: Path, out: Path, params: dict[str, Any], files: dict[st
         listed.append({"graph": graph, "rules": rules})
         del model
         memory.trim()
-    def make(model: Path, dest: Path, samples: Any, cache: Path) -> Callable[[dict[str, Any]], Path]:
-        return quantizer.make(model, dest, samples, QuantSpec.of(params), cache,
+    def make(model: Path, dest: Path, cache: Path) -> Callable[[dict[str, Any]], Path]:
+        return quantizer.make(model, dest, quantizer.EMPTY, QuantSpec.of(params), cache,
                               say if dest.parent == out else lambda _: None)
 
     with tempfile.TemporaryDirectory(prefix="qnnbuild-calibration-") as tmp:
-        llmquant.quantize_pair(folder, out, feeds, overrides, make, Path(tmp) / "first")
+        caches = {graph: Path(tmp) / graph / "ranges.json" for graph in ranges}
+        for graph, cache in caches.items():
+            cache.parent.mkdir()
+            write_cache(ranges[graph], cache)
+        llmquant.quantize_pair(folder, out, caches, overrides, make)
         joint = llmquant.shared_activations(layout.graphs(out, "model.qdq.onnx"), biased, overrides)
         if joint:  # biases follow their inputs' scales: quantize again with those shared by both graphs
             say(f"{len(joint)} biased layer inputs share one encoding in both graphs (the union of their ranges)")
-            llmquant.quantize_pair(folder, out, feeds, {g: {**joint, **o} for g, o in overrides.items()}, make,
-                          Path(tmp) / "joint")
+            llmquant.quantize_pair(folder, out, caches, {g: {**joint, **o} for g, o in overrides.items()}, make)
     shared = llmquant.check_shared(out / "model.qdq.onnx", out / "decode" / "model.qdq.onnx")
     for sub, dest in ((folder, out), (folder / "decode", out / "decode")):
         llmquant.write_encodings(dest, sub)
     say(f"both graphs quantized; {shared} weight encodings identical in both; KV cache at 8 bits")
     layout.carry_info(folder, out)
     (out / "rules.json").write_text(json.dumps(listed, indent=1) + "\n")
-    stats = {"source": "text", "lines": len(lines), "runs": {g: len(f) for g, f in feeds.items()},
+    stats = {"source": "text", "lines": len(lines), "runs": runs,
              "kv_cache": {n: {"scale": float(e[0]["scale"]), "zero_point": int(e[0]["zero_point"])}
                           for n, e in kv.items() if n.startswith("past_")}}
     (out / "calibration.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")

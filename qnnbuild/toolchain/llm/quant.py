@@ -1,8 +1,9 @@
 """Quantizing an LLM's prefill and decode graphs together (toolchain/llm/export.py made them).
 
 Calibration runs the fp32 graphs the way an application does (llmrun.Runner): each line of text through prefill,
-then greedy decode steps after it, so the decode graph is calibrated on real caches, not zeros. Each graph is then
-quantized on its own feeds, with one encoding per KV-cache tensor shared by both graphs and by a layer's past
+then greedy decode steps after it, so the decode graph is calibrated on real caches, not zeros; each graph's
+ranges are recorded as it runs (toolchain/quant/ranges.py). Each graph is then quantized with its own ranges, with
+one encoding per KV-cache tensor shared by both graphs and by a layer's past
 input and present output (the cache a graph writes is the cache the next run reads, bit for bit, so its scale and
 zero point must be one), at `kv_bits` (8: the cache is most of an LLM's memory traffic). Weights are calibrated
 from the weights themselves, which both graphs share, so their encodings come out identical; `check_shared`
@@ -19,38 +20,23 @@ from qnnbuild.common import memory
 from qnnbuild.errors import StageFailed
 from qnnbuild.toolchain.llm import run as llmrun
 
-Feeds = dict[str, Any]
+Ranges = dict[str, tuple[float, float]]  # tensor → (min, max)
 
 
-class FeedList:
-    """A calibration Source over recorded feeds."""
+def calibration_ranges(folder: Path, lines: list[list[int]], new_tokens: int) -> tuple[dict[str, Ranges],
+                                                                                      dict[str, int]]:
+    """graph → the MinMax ranges of its tensors while the fp32 graphs read each line and generated `new_tokens`
+    after it (recorded as they run: toolchain/quant/ranges.py), and graph → its runs."""
+    from qnnbuild.toolchain.quant.ranges import RangeSession
 
-    labels: list[int] | None = None
-    classes: list[str] = []  # noqa: RUF012 - read-only, like Samples.classes
-
-    def __init__(self, feeds: list[Feeds]) -> None:
-        self.feeds = feeds
-
-    def __len__(self) -> int:
-        return len(self.feeds)
-
-    def __getitem__(self, index: int) -> Feeds:
-        return self.feeds[index]
-
-
-def calibration_feeds(folder: Path, lines: list[list[int]], new_tokens: int) -> dict[str, list[Feeds]]:
-    """graph → the feeds it saw while the fp32 graphs read each line and generated `new_tokens` after it."""
-    from qnnbuild.toolchain.runtime import qnn
-
-    seen: dict[str, list[Feeds]] = {"prefill": [], "decode": []}
-    runner = llmrun.Runner(qnn.cpu_session(str(folder / "model.onnx")),
-                           qnn.cpu_session(str(folder / "decode" / "model.onnx")),
-                           record=lambda graph, feeds: seen[graph].append(feeds))
+    sessions = {graph: RangeSession(folder / sub / "model.onnx") for graph, sub in (("prefill", ""),
+                                                                                    ("decode", "decode"))}
+    runner = llmrun.Runner(sessions["prefill"], sessions["decode"])
     for ids in lines:
         runner.generate(ids[: runner.context - new_tokens], new_tokens)
-    if not seen["decode"]:
+    if not runner.runs["decode"]:
         raise StageFailed("llm calibration ran no decode step: give longer text or a larger context_length")
-    return seen
+    return {graph: session.ranges for graph, session in sessions.items()}, dict(runner.runs)
 
 
 def exact_encoding(low: float, high: float, bits: int) -> list[dict[str, Any]]:
@@ -63,7 +49,7 @@ def exact_encoding(low: float, high: float, bits: int) -> list[dict[str, Any]]:
              "zero_point": np.array(round(-low / scale), dtype)}]
 
 
-def kv_overrides(feeds: dict[str, list[Feeds]], layers: int, bits: int) -> dict[str, Any]:
+def kv_overrides(ranges: dict[str, Ranges], layers: int, bits: int) -> dict[str, Any]:
     """One exact encoding per cache tensor (layer i's key, layer i's value), over every cache both graphs read,
     for the past input and the present output alike."""
 
@@ -71,10 +57,8 @@ def kv_overrides(feeds: dict[str, list[Feeds]], layers: int, bits: int) -> dict[
     for i in range(layers):
         for part in ("key", "value"):
             name = f"past_key_values.{i}.{part}"
-            values = [f[name] for graph in feeds.values() for f in graph]
-            low = min(0.0, *(float(v.min()) for v in values))
-            high = max(0.0, *(float(v.max()) for v in values))
-            entry = exact_encoding(low, high, bits)
+            seen = [graph[name] for graph in ranges.values() if name in graph]
+            entry = exact_encoding(min(0.0, *(low for low, _ in seen)), max(0.0, *(high for _, high in seen)), bits)
             overrides[name] = entry
             overrides[f"present.{i}.{part}"] = entry
     return overrides
@@ -156,14 +140,11 @@ def write_encodings(out: Path, export: Path) -> None:
                     encodings.named(onnx.load(str(out / "model.qdq.onnx")), onnxgraph.source_names(export)))
 
 
-def quantize_pair(folder: Path, out: Path, feeds: dict[str, list[Feeds]], overrides: dict[str, dict[str, Any]],
-                  make: Callable[[Path, Path, Any, Path], Callable[[dict[str, Any]], Path]], scratch: Path) -> None:
-    """Quantize prefill (folder/model.onnx → out/model.qdq.onnx) and decode (folder/decode → out/decode) on
-    their own feeds, each with its overrides (the recipe's, QNN's rules and the shared KV encodings)."""
+def quantize_pair(folder: Path, out: Path, caches: dict[str, Path], overrides: dict[str, dict[str, Any]],
+                  make: Callable[[Path, Path, Path], Callable[[dict[str, Any]], Path]]) -> None:
+    """Quantize prefill (folder/model.onnx → out/model.qdq.onnx) and decode (folder/decode → out/decode) with
+    their calibration caches, each with its overrides (the recipe's, QNN's rules and the shared KV encodings)."""
     (out / "decode").mkdir(exist_ok=True)
     for graph, source, dest in (("prefill", folder, out), ("decode", folder / "decode", out / "decode")):
-        work = scratch / graph
-        work.mkdir(parents=True)
-        make(source / "model.onnx", dest / "model.qdq.onnx", FeedList(feeds[graph]), work / "ranges.json")(
-            overrides[graph])
+        make(source / "model.onnx", dest / "model.qdq.onnx", caches[graph])(overrides[graph])
         memory.trim()  # one graph's quantizer copies gone before the next graph's

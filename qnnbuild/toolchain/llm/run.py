@@ -1,6 +1,6 @@
 """Running the static prefill/decode graphs of an LLM (toolchain/llm/export.py) on any onnxruntime session — fp32
-or QDQ on the CPU, the context binaries on the HTP emulator: greedy generation, perplexity, and the feeds each
-graph saw (calibration samples in which the decode graph sees real caches, not zeros).
+or QDQ on the CPU, the context binaries on the HTP emulator: greedy generation and perplexity (and calibration,
+in which the decode graph sees real caches, not zeros).
 
 A prompt longer than the prefill length runs in chunks of it, the cache carried between them; a shorter one is
 padded after its end: the pad rows are written at positions past the prompt, never attended (the mask covers
@@ -19,11 +19,10 @@ Feeds = dict[str, Any]
 
 @dataclass
 class Runner:
-    """One sequence through the two graphs; `record` receives (graph, feeds) of every run."""
+    """One sequence through the two graphs."""
 
     prefill: Any
     decode: Any
-    record: Callable[[str, Feeds], None] | None = None
     cache: list[Any] = field(default_factory=list)
     length: int = 0  # tokens in the cache
     seconds: dict[str, float] = field(default_factory=lambda: {"prefill": 0.0, "decode": 0.0})
@@ -59,8 +58,6 @@ class Runner:
         positions = np.arange(self.length, self.length + width, dtype=np.int64)[None]
         self.mask[0, self.length:self.length + count] = 1
         feeds = dict(zip(self.names, [padded, positions, self.mask.copy(), *self.cache], strict=True))
-        if self.record is not None:
-            self.record(graph, feeds)
         started = time.perf_counter()
         out = session.run(None, feeds)
         self.seconds[graph] += time.perf_counter() - started

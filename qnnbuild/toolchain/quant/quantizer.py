@@ -22,8 +22,22 @@ STRIDE = 16
 
 
 def stride_for(count: int) -> int:
-    """The largest stride ≤ STRIDE dividing count (onnxruntime requires it to divide the set)."""
-    return max(d for d in range(1, min(STRIDE, count) + 1) if count % d == 0)
+    """The largest stride ≤ STRIDE dividing count (onnxruntime requires it to divide the set); 1 for none."""
+    return max((d for d in range(1, min(STRIDE, count) + 1) if count % d == 0), default=1)
+
+
+class _Samples:
+    labels: list[int] | None = None
+    classes: list[str] = []  # noqa: RUF012 - read-only, like Samples.classes
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        raise IndexError(index)
+
+
+EMPTY: Source = _Samples()  # no samples: the ranges come from a calibration cache already written
 
 
 class _Reader:

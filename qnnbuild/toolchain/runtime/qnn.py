@@ -103,10 +103,13 @@ def plain_cpu_session(model: str | bytes) -> Any:
     return onnxruntime.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def cpu_session(model: str | bytes) -> Any:
+def cpu_session(model: str | bytes, external_folder: Path | None = None) -> Any:
+    """`external_folder`: where the data file of a model given as bytes lies (a weightless copy of a graph)."""
     rt = ort()
     so = quiet_threads(rt.SessionOptions())
     so.log_severity_level = 3
+    if external_folder is not None:
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
     return rt.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
