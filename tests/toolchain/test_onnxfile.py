@@ -53,3 +53,25 @@ def test_a_large_graph_is_written_beside_its_data_and_carried_with_it(tmp_path: 
     expected = x @ weight
     for path in (small, big, copied):
         np.testing.assert_allclose(run(path, x), expected, rtol=1e-6)
+
+
+def test_ranges_are_recorded_as_the_graph_runs_and_read_back_by_onnxruntime(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from qnnbuild.toolchain.quant import ranges
+
+    monkeypatch.setattr(onnxfile, "LARGE", 1000)
+    weight = np.linspace(-1, 1, 64 * 32, dtype=np.float32).reshape(64, 32)
+    path = tmp_path / "m" / "model.onnx"
+    path.parent.mkdir()
+    onnxfile.save(matmul(weight), path)  # the weights stay in model.onnx.data, where the session reads them
+    session = ranges.RangeSession(path)
+    xs = [np.full((1, 64), v, np.float32) for v in (0.5, -2.0)]
+    outs = [session.run(None, {"x": x}) for x in xs]
+    assert [len(o) for o in outs] == [1, 1]  # answers like a plain session: its own outputs only
+    ys = np.concatenate([o[0] for o in outs])
+    assert session.ranges == {"x": (-2.0, 0.5), "y": (float(ys.min()), float(ys.max()))}
+    ranges.write_cache(session.ranges, tmp_path / "cache.json")
+    read = load_tensors_data(tmp_path / "cache.json")
+    assert float(read["y"].range_value[1]) == float(ys.max())

@@ -15,7 +15,7 @@ from qnnbuild.toolchain.llm import chat, layout
 def export_llm(params: dict[str, Any], files: dict[str, Path], out: Path, preprocessing: Path, scratch: Path,
                write: Callable[[Any, Path], None], say: Callable[[str], None]) -> None:
     """`write(cleaned, folder)` writes one cleaned graph's files (the stage's own layout)."""
-    from qnnbuild.toolchain.graph import onnxclean
+    from qnnbuild.toolchain.graph import onnxclean, onnxfile
     from qnnbuild.toolchain.llm import export as llmexport
     from qnnbuild.toolchain.sources import ggufsource, hfexport
 
@@ -32,5 +32,6 @@ def export_llm(params: dict[str, Any], files: dict[str, Path], out: Path, prepro
     info["chat_template"] = chat.template(preprocessing) is not None
     for graph, folder in (("prefill", out), ("decode", out / "decode")):
         write(onnxclean.clean(graphs[graph], scratch, {}, say, mask_value=params["mask_value"]), folder)
+        onnxfile.remove(graphs[graph])  # a 1 B model's scratch copies would fill a disk of GBs
         memory.trim()  # one graph's copies gone before the next is cleaned
     layout.write_info(out, info)

@@ -50,7 +50,10 @@ def _fold(fixed: Path, scratch: Path) -> Any:
     so.log_severity_level = 3
     rt.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"])
     memory.trim()  # the session's copy of the weights is gone
-    return onnx.load(str(scratch / "optimized.onnx"))
+    onnxfile.remove(fixed)  # scratch copies go once read: an LLM's weights are GBs each
+    folded = onnx.load(str(scratch / "optimized.onnx"))
+    onnxfile.remove(scratch / "optimized.onnx")
+    return folded
 
 
 def _staged(model: Any, path: Path) -> Path:
@@ -68,7 +71,7 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
     (left out of `names`)."""
     import onnx
 
-    from qnnbuild.toolchain.graph import onnxgraph, rewrites
+    from qnnbuild.toolchain.graph import onnxfile, onnxgraph, rewrites
 
     model = onnx.load(str(raw))
     problems = onnxgraph.fix_input_shapes(model, shapes)
@@ -100,11 +103,13 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
     named = _staged(model, scratch / "named.onnx")
     del model
     memory.trim()
-    model = onnxgraph.infer_shapes_file(named, scratch / "typed.onnx")
+    model = onnxgraph.infer_shapes_file(named, scratch / "typed.onnx")  # typed.onnx reads named.onnx.data
     debris = [n.name for n in model.graph.node if n.op_type in ("Constant", "Identity")]
     if debris:
         say(f"left in the graph: {', '.join(debris)}")
     onnx.checker.check_model(str(scratch / "typed.onnx"))  # by path: onnx reads it, no copy of ours
+    onnxfile.remove(scratch / "typed.onnx")
+    onnxfile.remove(named)
     spec = onnxgraph.io_spec(model)
     for value in [*spec["inputs"], *spec["outputs"]]:
         if value["name"] in source:

@@ -36,6 +36,14 @@ def data_files(path: Path) -> list[Path]:
     return [path.parent / n for n in sorted(names)]
 
 
+def remove(path: Path) -> None:
+    """`path` and the data files it refers to (a scratch copy read back: an LLM's weights each time)."""
+    if path.is_file():
+        for data in data_files(path):
+            data.unlink(missing_ok=True)
+        path.unlink()
+
+
 def is_external(path: Path) -> bool:
     return bool(data_files(path))
 

@@ -140,7 +140,8 @@ def export_pair(model: Any, llm: dict[str, Any], mask_value: float, opset: int, 
     files = {}
     for graph, tokens in zip(GRAPHS, (prefill, 1), strict=True):
         say(f"{type(model).__name__}: {graph} graph, {tokens} token(s), context {context}, {dims['layers']} layers")
-        files[graph] = scratch / f"{graph}.onnx"
+        files[graph] = scratch / graph / "model.onnx"  # a folder each: over 2 GB, torch writes every weight
+        files[graph].parent.mkdir()  # to a file named after it, and the two graphs' constants share names
         export(model, tokens, context, mask_value, opset, files[graph])
     config = model.config
     info = {"context_length": context, "prefill": prefill, "graphs": list(GRAPHS), **dims,
