@@ -12,7 +12,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qnnbuild.toolchain.data import metrics
-from qnnbuild.toolchain.llm.quant import FeedList
 from qnnbuild.toolchain.quant import blockwise, encodings, quantizer
 from qnnbuild.toolchain.quant.spec import QuantSpec
 from qnnbuild.toolchain.runtime import qnn
@@ -47,7 +46,7 @@ def _quantize(tmp: Path, fp32: Path, **params: Any) -> Path:
     settings = QuantSpec.of({"activations": "uint16", "weights": "int4", "per_channel": True, "symmetric": True,
                              "method": "minmax", **params})
     tmp.mkdir()
-    return quantizer.make(fp32, tmp / "model.qdq.onnx", FeedList(_feeds(8, 0)), settings, tmp / "ranges.json")({})
+    return quantizer.make(fp32, tmp / "model.qdq.onnx", quantizer.FeedList(_feeds(8, 0)), settings, tmp / "ranges.json")({})
 
 
 def _sqnr(found: Any, truth: Any) -> float:

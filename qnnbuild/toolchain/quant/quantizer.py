@@ -26,18 +26,23 @@ def stride_for(count: int) -> int:
     return max((d for d in range(1, min(STRIDE, count) + 1) if count % d == 0), default=1)
 
 
-class _Samples:
+class FeedList:
+    """A calibration Source over feeds already in memory."""
+
     labels: list[int] | None = None
     classes: list[str] = []  # noqa: RUF012 - read-only, like Samples.classes
 
+    def __init__(self, feeds: list[dict[str, Any]]) -> None:
+        self.feeds = feeds
+
     def __len__(self) -> int:
-        return 0
+        return len(self.feeds)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        raise IndexError(index)
+        return self.feeds[index]
 
 
-EMPTY: Source = _Samples()  # no samples: the ranges come from a calibration cache already written
+EMPTY = FeedList([])  # no samples: the ranges come from a calibration cache already written
 
 
 class _Reader:
