@@ -42,8 +42,9 @@ class RangeSession:
         model = onnx.load(str(path), load_external_data=False)
         outputs = [o.name for o in model.graph.output]
         inputs = {i.name for i in model.graph.input}
-        self.recorded = tensors_to_record(model)
-        extra = [n for n in self.recorded if n not in inputs and n not in outputs]
+        recorded = tensors_to_record(model)
+        self.recorded = set(recorded)  # looked up for every tensor of every run
+        extra = [n for n in recorded if n not in inputs and n not in outputs]
         model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in extra)
         self.session = qnn.cpu_session(model.SerializeToString(), external_folder=path.parent)
         del model
@@ -57,7 +58,7 @@ class RangeSession:
     def run(self, _: None, feeds: dict[str, Any]) -> list[Any]:
         values = self.session.run(None, feeds)
         for name, value in [*feeds.items(), *zip(self.names, values, strict=True)]:
-            if name in self.ranges or name in self.recorded:
+            if name in self.recorded:
                 self._widen(name, value)
         return list(values[:self.width])
 
