@@ -92,14 +92,15 @@ def main() -> int:
     from qnnbuild.zoo.tinyllama import stdlib_sentences
 
     layers, hidden, inter, vocab = (int(v) for v in args.shape.split(":"))
-    if not (args.reuse and (root / "cache0").is_dir()):
+    seeded = args.reuse and (root / "cache0").is_dir()
+    if not seeded:
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        random_llama(root / "llama", layers, hidden, inter, vocab)
+    params = random_llama(root / "llama", layers, hidden, inter, vocab)  # made unless it is there
+    if not seeded:
         (root / "text.txt").write_text("\n".join(stdlib_sentences(4)) + "\n")
         (root / "parts.yaml").write_text(RECIPE.format(folder=root / "llama", parts=args.parts))
         qnnbuild(root, "--artifacts", "base", "--cache", str(root / "cache0"), "--only", "quantize")
-    params = random_llama(root / "llama", layers, hidden, inter, vocab)
     spans, walls, outputs = {}, {}, []
     for what, artifacts, flags in (("serial (-j 1)", "serial", ("-j", "1")),
                                    ("Dask, 1 worker", "dask1", ("--scheduler", "local:1")),

@@ -31,9 +31,10 @@ class Cleaned:
     rewrites: list[dict[str, Any]]
 
 
-def _fold(fixed: Path, scratch: Path) -> Any:
+def _fold(fixed: list[Path], scratch: Path) -> Any:
     """onnxruntime's basic optimizations (constant folding, Identity/Constant removal, BatchNorm into Conv),
-    written offline: the same folding the quantizer and QNN would otherwise each do their own way."""
+    written offline: the same folding the quantizer and QNN would otherwise each do their own way. `fixed`: the
+    files of the model to fold (its .onnx, then its data file if it has one), removed once read."""
     import onnx
 
     from qnnbuild.toolchain.graph import onnxfile
@@ -42,27 +43,24 @@ def _fold(fixed: Path, scratch: Path) -> Any:
     rt = ort()
     so = rt.SessionOptions()
     so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.optimized_model_filepath = str(scratch / "optimized.onnx")
-    if onnxfile.is_external(fixed):  # onnxruntime cannot write it as one protobuf either
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.onnx.data")
+    optimized = [scratch / "optimized.onnx", scratch / "optimized.onnx.data"]
+    so.optimized_model_filepath = str(optimized[0])
+    if len(fixed) > 1:  # weights in a data file: onnxruntime cannot write them as one protobuf either
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", optimized[1].name)
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                     str(onnxfile.SMALLEST))
     so.log_severity_level = 3
-    rt.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"])
+    rt.InferenceSession(str(fixed[0]), so, providers=["CPUExecutionProvider"])
     memory.trim()  # the session's copy of the weights is gone
-    onnxfile.remove(fixed)  # scratch copies go once read: an LLM's weights are GBs each
-    folded = onnx.load(str(scratch / "optimized.onnx"))
-    onnxfile.remove(scratch / "optimized.onnx")
+    _discard(fixed)  # scratch copies go once read: an LLM's weights are GBs each
+    folded = onnx.load(str(optimized[0]))
+    _discard(optimized)
     return folded
 
 
-def _staged(model: Any, path: Path) -> Path:
-    """`model` written to `path` (its weights beside it when large), so the caller can drop it before the next
-    step reads the file."""
-    from qnnbuild.toolchain.graph import onnxfile
-
-    onnxfile.save(model, path)
-    return path
+def _discard(files: list[Path]) -> None:
+    for file in files:
+        file.unlink(missing_ok=True)
 
 
 def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[[str], None], *,
@@ -85,7 +83,7 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
     del model.metadata_props[:]
     model.doc_string = ""
     model.graph.doc_string = ""
-    fixed = _staged(model, scratch / "fixed.onnx")
+    fixed = onnxfile.save(model, scratch / "fixed.onnx")  # so that the model can go before the fold reads it
     del model  # one copy of the weights at a time: an LLM's are most of the stage's memory
     memory.trim()
     model, fused = rewrites.after_folding(_fold(fixed, scratch), mask_value)
@@ -100,16 +98,15 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
     del model.metadata_props[:]
     model.producer_name, model.producer_version = "qnnbuild", ""
     del model.graph.value_info[:]
-    named = _staged(model, scratch / "named.onnx")
+    named = onnxfile.save(model, scratch / "named.onnx")
     del model
     memory.trim()
-    model = onnxgraph.infer_shapes_file(named, scratch / "typed.onnx")  # typed.onnx reads named.onnx.data
+    model = onnxgraph.infer_shapes_file(named[0], scratch / "typed.onnx")  # typed.onnx reads named's data file
     debris = [n.name for n in model.graph.node if n.op_type in ("Constant", "Identity")]
     if debris:
         say(f"left in the graph: {', '.join(debris)}")
     onnx.checker.check_model(str(scratch / "typed.onnx"))  # by path: onnx reads it, no copy of ours
-    onnxfile.remove(scratch / "typed.onnx")
-    onnxfile.remove(named)
+    _discard([scratch / "typed.onnx", *named])
     spec = onnxgraph.io_spec(model)
     for value in [*spec["inputs"], *spec["outputs"]]:
         if value["name"] in source:

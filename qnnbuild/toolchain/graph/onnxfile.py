@@ -48,8 +48,9 @@ def is_external(path: Path) -> bool:
     return bool(data_files(path))
 
 
-def save(model: Any, path: Path, *, external: bool | None = None) -> None:
-    """Write `model` to `path`, its weights to `<path>.data` when `external` (None: when they pass LARGE). Any
+def save(model: Any, path: Path, *, external: bool | None = None) -> list[Path]:
+    """Write `model` to `path`, its weights to `<path>.data` when `external` (None: when they pass LARGE); returns
+    the files written (`path`, then the data file if any), so a caller need not read them back to know. Any
     earlier file of that name goes first: onnx appends to an existing data file. The weights leave `model` as
     they are written (onnx moves each tensor's bytes out), so `model` is spent afterwards when external."""
     import onnx
@@ -63,8 +64,9 @@ def save(model: Any, path: Path, *, external: bool | None = None) -> None:
         with contextlib.chdir(path.parent):
             onnx.save_model(model, path.name, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data.name, size_threshold=SMALLEST)
-    else:
-        onnx.save(model, str(path))
+        return [path, data]
+    onnx.save(model, str(path))
+    return [path]
 
 
 def place(source: Path, dest: Path) -> None:

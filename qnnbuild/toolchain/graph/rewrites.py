@@ -168,8 +168,7 @@ def qnn_preprocess(model: Any) -> tuple[Any, list[str]]:
     before = {n.op_type for n in model.graph.node}
     with tempfile.TemporaryDirectory(prefix="qnnbuild-preprocess-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        large = onnxfile.weight_bytes(model) > onnxfile.LARGE
-        onnxfile.save(model, src, external=large)
+        large = len(onnxfile.save(model, src)) > 1  # the weights went to a data file
         if not qnn_preprocess_model(str(src), str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
                                     external_data_location="out.onnx.data"):
             return onnx.load(str(src)), []  # saving spent `model`'s weights when large

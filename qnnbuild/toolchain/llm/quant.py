@@ -19,16 +19,13 @@ from typing import Any
 from qnnbuild.common import memory
 from qnnbuild.errors import StageFailed
 from qnnbuild.toolchain.llm import run as llmrun
-
-Ranges = dict[str, tuple[float, float]]  # tensor → (min, max)
+from qnnbuild.toolchain.quant.ranges import Ranges, RangeSession
 
 
 def calibration_ranges(folder: Path, lines: list[list[int]], new_tokens: int) -> tuple[dict[str, Ranges],
                                                                                       dict[str, int]]:
     """graph → the MinMax ranges of its tensors while the fp32 graphs read each line and generated `new_tokens`
     after it (recorded as they run: toolchain/quant/ranges.py), and graph → its runs."""
-    from qnnbuild.toolchain.quant.ranges import RangeSession
-
     sessions = {graph: RangeSession(folder / sub / "model.onnx") for graph, sub in (("prefill", ""),
                                                                                     ("decode", "decode"))}
     runner = llmrun.Runner(sessions["prefill"], sessions["decode"])

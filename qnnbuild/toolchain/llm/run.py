@@ -14,8 +14,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-Feeds = dict[str, Any]
-
 
 @dataclass
 class Runner:

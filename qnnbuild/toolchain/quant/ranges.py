@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 FLOATS = (1, 10)  # TensorProto.FLOAT, FLOAT16
+Ranges = dict[str, tuple[float, float]]  # tensor → (min, max)
 
 
 def tensors_to_record(model: Any) -> list[str]:
@@ -50,7 +51,7 @@ class RangeSession:
         del model
         self.width = len(outputs)  # the graph's own outputs come first
         self.names = [*outputs, *extra]
-        self.ranges: dict[str, tuple[float, float]] = {}
+        self.ranges: Ranges = {}
 
     def get_inputs(self) -> Any:
         return self.session.get_inputs()
@@ -70,7 +71,7 @@ class RangeSession:
         self.ranges[name] = (low, high) if old is None else (min(old[0], low), max(old[1], high))
 
 
-def write_cache(ranges: dict[str, tuple[float, float]], path: Path) -> None:
+def write_cache(ranges: Ranges, path: Path) -> None:
     """`ranges` as onnxruntime's calibration cache (MinMax), which quantize_static reads instead of
     calibrating."""
     import numpy as np
