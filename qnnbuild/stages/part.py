@@ -32,9 +32,10 @@ def run(ctx: StageRun) -> None:
         raise StageFailed("parts: K splits an LLM's decoder between its layers; this model is not an LLM export")
     for graph, folder in GRAPHS.items():
         source = model / folder / "model.qdq.onnx"
-        whole = onnx.load(str(source))
-        part = llmparts.split(whole, count, only=index - 1)[0]
+        whole = onnx.load(str(source), load_external_data=False)  # the graph, not its weights
+        part = llmparts.split(whole, count, source.parent, only=index - 1)[0]
         del whole
+        onnxfile.load_data(part, source.parent)  # this part's weights alone
         size = llmparts.check_fits(part, part_of(ctx.params, graph), ctx.params["max_part_mb"],
                                    "split into more parts, or raise the limit")
         (ctx.out / folder).mkdir(exist_ok=True)

@@ -55,6 +55,33 @@ def test_a_large_graph_is_written_beside_its_data_and_carried_with_it(tmp_path: 
         np.testing.assert_allclose(run(path, x), expected, rtol=1e-6)
 
 
+def test_weights_attached_one_at_a_time_then_a_part_read_alone(tmp_path: Path) -> None:
+    """attach gives a graph exported without its parameters its weights (the LLM export); load_data reads a cut
+    down graph's own weights and no others (an llm-part)."""
+    weight = np.linspace(-1, 1, 64 * 32, dtype=np.float32).reshape(64, 32)
+    bias = np.full((1, 32), 0.5, np.float32)  # under SMALLEST: stays inside the .onnx
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"], name="m"),
+                               helper.make_node("Add", ["h", "b"], ["y"], name="a")], "g",
+                              [helper.make_tensor_value_info(n, 1, s) for n, s in (("x", [1, 64]), ("w", [64, 32]),
+                                                                                   ("b", [1, 32]))],
+                              [helper.make_tensor_value_info("y", 1, [1, 32])])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert onnxfile.attach(path, [("w", weight), ("b", bias), ("unused", weight)]) == ["x"]
+    assert onnxfile.data_files(path) == [tmp_path / "model.onnx.data"]
+    assert (tmp_path / "model.onnx.data").stat().st_size == weight.nbytes
+    x = np.ones((1, 64), np.float32)
+    np.testing.assert_allclose(run(path, x), x @ weight + bias, atol=1e-4)  # float sums in another order
+
+    model = onnx.load(str(path), load_external_data=False)
+    del model.graph.initializer[0]  # a part that reads only b
+    onnxfile.load_data(model, tmp_path)
+    assert [numpy_helper.to_array(i).tolist() for i in model.graph.initializer] == [bias.tolist()]
+    model = onnx.load(str(path), load_external_data=False)
+    onnxfile.load_data(model, tmp_path)
+    np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), weight)
+
+
 def test_ranges_are_recorded_as_the_graph_runs_and_read_back_by_onnxruntime(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from onnxruntime.quantization.calibrate import load_tensors_data

@@ -58,6 +58,17 @@ def _fold(fixed: list[Path], scratch: Path) -> Any:
     return folded
 
 
+def _load(raw: Path, scratch: Path) -> tuple[Any, Path]:
+    """`raw` → (its model, where the fixed copy goes). A scratch file's weights stay in its data file, unread:
+    the fixed copy goes beside it and refers to that file, so the weights are first read by the fold. A user's
+    file (an `onnx:` source) is read whole, its folder not ours to write in."""
+    import onnx
+
+    if raw.resolve().is_relative_to(scratch.resolve()):
+        return onnx.load(str(raw), load_external_data=False), raw.with_name("fixed.onnx")
+    return onnx.load(str(raw)), scratch / "fixed.onnx"
+
+
 def _discard(files: list[Path]) -> None:
     for file in files:
         file.unlink(missing_ok=True)
@@ -71,7 +82,7 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
 
     from qnnbuild.toolchain.graph import onnxfile, onnxgraph, rewrites
 
-    model = onnx.load(str(raw))
+    model, fixed_path = _load(raw, scratch)
     problems = onnxgraph.fix_input_shapes(model, shapes)
     if problems:
         raise StageFailed("; ".join(problems))
@@ -83,7 +94,7 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
     del model.metadata_props[:]
     model.doc_string = ""
     model.graph.doc_string = ""
-    fixed = onnxfile.save(model, scratch / "fixed.onnx")  # so that the model can go before the fold reads it
+    fixed = onnxfile.save(model, fixed_path, external=True)  # so that the model can go before the fold reads it
     del model  # one copy of the weights at a time: an LLM's are most of the stage's memory
     memory.trim()
     model, fused = rewrites.after_folding(_fold(fixed, scratch), mask_value)
@@ -98,7 +109,7 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
     del model.metadata_props[:]
     model.producer_name, model.producer_version = "qnnbuild", ""
     del model.graph.value_info[:]
-    named = onnxfile.save(model, scratch / "named.onnx")
+    named = onnxfile.save(model, scratch / "named.onnx", external=True)
     del model
     memory.trim()
     model = onnxgraph.infer_shapes_file(named[0], scratch / "typed.onnx")  # typed.onnx reads named's data file

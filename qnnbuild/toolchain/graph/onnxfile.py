@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,48 @@ def save(model: Any, path: Path, *, external: bool | None = None) -> list[Path]:
         return [path, data]
     onnx.save(model, str(path))
     return [path]
+
+
+def load_data(model: Any, folder: Path) -> None:
+    """Read into `model` the weights it keeps in data files in `folder` (a graph loaded without them, then cut
+    down to the tensors a part needs: only those are read)."""
+    from onnx import external_data_helper
+
+    external_data_helper.load_external_data_for_model(model, str(folder))
+
+
+def attach(path: Path, weights: Iterable[tuple[str, Any]]) -> list[str]:
+    """The graph inputs of `path` named in `weights` (name, numpy array) become its initializers, their bytes
+    written to `<path>.data` one tensor at a time; returns the inputs left without one. For a graph exported
+    without its parameters: torch's exporter would otherwise hold a folded copy of every weight and a serialized
+    one beside the model's own (its peak on SmolLM2-135M: benchmarks/export_phases.py)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    wanted = {i.name for i in model.graph.input}
+    data = path.with_name(path.name + ".data")
+    with data.open("wb") as out:
+        for name, given in weights:
+            if name not in wanted:
+                continue
+            array = np.ascontiguousarray(given)
+            if array.nbytes < SMALLEST:
+                model.graph.initializer.append(numpy_helper.from_array(array, name))
+                continue
+            tensor = model.graph.initializer.add(name=name, dims=array.shape,
+                                                 data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+                                                 data_location=onnx.TensorProto.EXTERNAL)
+            for key, value in (("location", data.name), ("offset", out.tell()), ("length", array.nbytes)):
+                tensor.external_data.add(key=key, value=str(value))
+            out.write(array.data)
+    given = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in given]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    onnx.save(model, str(path))
+    return [i.name for i in inputs]
 
 
 def place(source: Path, dest: Path) -> None:

@@ -25,6 +25,7 @@ report after it). None changes what the model computes:
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def infinite_bounds(model: Any) -> list[str]:
         infinity = {"Max": -np.inf, "Min": np.inf}.get(node.op_type)
         if infinity is None or len(node.input) != 2:
             continue
-        bounds = [i for i in node.input if i in constant and numpy_helper.to_array(constant[i]).size == 1]
+        bounds = [i for i in node.input if i in constant and math.prod(constant[i].dims) == 1]  # never a weight
         if len(bounds) != 1 or numpy_helper.to_array(constant[bounds[0]]).item() != infinity:
             continue
         other = next(i for i in node.input if i != bounds[0])

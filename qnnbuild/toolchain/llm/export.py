@@ -114,11 +114,18 @@ def export(model: Any, tokens: int, context_length: int, mask_value: float, opse
 
     if tokens > context_length:
         raise StageFailed(f"llm: prefill {tokens} is longer than context_length {context_length}")
+    from qnnbuild.toolchain.graph import onnxfile
+
     inputs, outputs = io_names(shape_of(model)["layers"])
-    with torch.no_grad():
-        torch.onnx.export(static_decoder(model, context_length, mask_value), example(model, tokens, context_length),
-                          str(dest), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False,
-                          do_constant_folding=True)
+    static = static_decoder(model, context_length, mask_value)
+    with torch.no_grad():  # the weights go in afterwards, one at a time; clean's fold does torch's folding
+        torch.onnx.export(static, example(model, tokens, context_length), str(dest), input_names=inputs,
+                          output_names=outputs, opset_version=opset, dynamo=False, export_params=False,
+                          do_constant_folding=False)
+        missing = onnxfile.attach(dest, ((n, p.detach().numpy()) for n, p in static.named_parameters()))
+    if missing != inputs:
+        raise StageFailed(f"llm: the exported graph's inputs {sorted(set(missing) - set(inputs))} are not the "
+                          "model's parameters (a buffer the exporter left as an input?)")
 
 
 SCHEMA: dict[str, Any] = {

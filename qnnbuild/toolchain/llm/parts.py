@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
@@ -59,10 +60,10 @@ def assign(model: Any, parts: int) -> list[int]:
     return [layer * parts // count for layer in layers]
 
 
-def _value_infos(model: Any, names: set[str]) -> dict[str, Any]:
+def _value_infos(model: Any, names: set[str], folder: Path) -> dict[str, Any]:
     """Type and shape of the graph's inputs and outputs and of `names` (tensors crossing parts). onnx's shape
     inference leaves most tensors of a QDQ graph untyped, so they come from one run of the graph on the CPU on
-    zeros: the graphs are static."""
+    zeros: the graphs are static. `folder`: where the data file of `model`'s weights lies, read there."""
     import numpy as np
     import onnx
     from onnx import helper
@@ -75,7 +76,7 @@ def _value_infos(model: Any, names: set[str]) -> dict[str, Any]:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
         probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted)
-        session = qnn.plain_cpu_session(probe.SerializeToString())
+        session = qnn.plain_cpu_session(probe.SerializeToString(), folder)
         feeds = {v.name: np.zeros([d.dim_value for d in v.type.tensor_type.shape.dim],
                                   helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
                  for v in model.graph.input}
@@ -137,10 +138,11 @@ def _with_dequantizers(members: list[Any], dequantizers: dict[str, Any]) -> list
     return [dequantizers[t] for t in copies] + members
 
 
-def split(model: Any, parts: int, only: int | None = None) -> list[Any]:
+def split(model: Any, parts: int, folder: Path, only: int | None = None) -> list[Any]:
     """`model` as `parts` models to run in order; each takes the graph inputs and earlier parts' outputs it reads
-    and gives the graph outputs and the tensors later parts read. `only` (0-based): build that part alone (an
-    llm-part stage keeps one; building the others would copy every weight once more)."""
+    and gives the graph outputs and the tensors later parts read. `folder`: the model file's, where the data
+    file of weights not loaded lies (the parts' weights stay external to it). `only` (0-based): build that part
+    alone (an llm-part stage keeps one, and reads only its weights)."""
     owner = assign(model, parts)
     nodes = list(model.graph.node)
     initializers = {i.name for i in model.graph.initializer}
@@ -157,7 +159,7 @@ def split(model: Any, parts: int, only: int | None = None) -> list[Any]:
         made_here = {t for n in members for t in n.output}
         reads.append(_ordered(t for n in members for t in n.input
                               if t and t not in initializers and t not in made_here))
-    infos = _value_infos(model, {t for read in reads for t in read})
+    infos = _value_infos(model, {t for read in reads for t in read}, folder)
     found = []
     for p, members in enumerate(groups):
         if only is not None and p != only:

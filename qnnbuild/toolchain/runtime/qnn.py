@@ -93,24 +93,27 @@ def deliverable_session(folder: Path, provider: dict[str, str] | None = None, gr
                               [v["name"] for v in entry["inputs"]], [v["name"] for v in entry["outputs"]])
 
 
-def plain_cpu_session(model: str | bytes) -> Any:
+def plain_cpu_session(model: str | bytes, external_folder: Path | None = None) -> Any:
     """onnxruntime's CPU alone, the QNN plugin not registered: for a process that never needs QNN (splitting a
     graph into parts), which then neither loads QNN's libraries nor tears them down at exit."""
     import onnxruntime
 
-    so = quiet_threads(onnxruntime.SessionOptions())
-    so.log_severity_level = 3
-    return onnxruntime.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(model, _cpu_options(onnxruntime, external_folder),
+                                        providers=["CPUExecutionProvider"])
 
 
 def cpu_session(model: str | bytes, external_folder: Path | None = None) -> Any:
     """`external_folder`: where the data file of a model given as bytes lies (a weightless copy of a graph)."""
     rt = ort()
+    return rt.InferenceSession(model, _cpu_options(rt, external_folder), providers=["CPUExecutionProvider"])
+
+
+def _cpu_options(rt: Any, external_folder: Path | None) -> Any:
     so = quiet_threads(rt.SessionOptions())
     so.log_severity_level = 3
     if external_folder is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
-    return rt.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return so
 
 
 def quiet_threads(so: Any) -> Any:
