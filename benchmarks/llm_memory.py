@@ -11,7 +11,7 @@ Models:
 - `random:LAYERS:HIDDEN:INTER:VOCAB`: a random-weight Llama of that shape (`random:16:2048:8192:128256` is
   Llama-3.2-1B's, ~1.24 B parameters with the tied embedding; `random:24:1024:4096:128256`, ~0.5 B).
 
-Run: python benchmarks/llm_memory.py smollm2 --precision w8a16 --context 128 --prefill 32
+Run: python benchmarks/llm_memory.py smollm2 --precision w8a16 --context 128 --prefill 32 [--validate 8] [--profile]
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ stages:
              calibration: {{text: {{file: text.txt, count: {lines}}}}}}}
   compile: {{kind: compile, model: quantize}}
   context: {{kind: context-binary, compiled: compile}}
+"""
+VALIDATE = """  validate: {{kind: validate, context: context, reference: export, quantized: quantize,
+             generate: {{prompts: 1, tokens: 4}}, data: {{text: {{file: text.txt, skip: {lines}, count: {texts}}}}}}}
+"""
+PROFILE = """  profile: {{kind: profile, context: context, model: quantize, runs: 2}}
 """
 STAGE_LINE = re.compile(r"^\s*[…✓✗] (\S+)\s")
 
@@ -127,6 +132,9 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=4, help="calibration lines")
     parser.add_argument("--only", action="append", default=[], metavar="STAGE", help="build only STAGE (and what "
                         "it needs): export alone takes minutes, the whole build of a 1 B model hours")
+    parser.add_argument("--validate", type=int, default=0, metavar="TEXTS", help="add a validate stage on TEXTS "
+                        "texts (the HTP emulator runs every position: hours for a 1 B model)")
+    parser.add_argument("--profile", action="store_true", help="add a profile stage (2 runs)")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "qnnbuild-llm-memory"))
     args = parser.parse_args()
     root = Path(args.workdir)
@@ -145,9 +153,11 @@ def main() -> int:
         params = random_llama(folder, layers, hidden, inter, vocab)
         source = f"hf: {folder}"
     extra = "block_size: 32, keep_8bit: [lm_head], " if args.precision == "w4a16" else ""
-    (root / "text.txt").write_text("\n".join(stdlib_sentences(args.lines)) + "\n")
-    (root / "mem.yaml").write_text(RECIPE.format(source=source, context=args.context, prefill=args.prefill,
-                                                 precision=args.precision, extra=extra, lines=args.lines))
+    (root / "text.txt").write_text("\n".join(stdlib_sentences(args.lines + args.validate)) + "\n")
+    recipe = RECIPE.format(source=source, context=args.context, prefill=args.prefill, precision=args.precision,
+                           extra=extra, lines=args.lines)
+    recipe += VALIDATE.format(lines=args.lines, texts=args.validate) if args.validate else ""
+    (root / "mem.yaml").write_text(recipe + (PROFILE if args.profile else ""))
     figures = build(root, params, args.only)
     print(f"\n{args.model}: {params / 1e6:.1f} M parameters, {args.precision}, context {args.context}, "
           f"prefill {args.prefill}")
