@@ -39,7 +39,7 @@ stages:
 VALIDATE = """  validate: {{kind: validate, context: context, reference: export, quantized: quantize,
              generate: {{prompts: 1, tokens: 4}}, data: {{text: {{file: text.txt, skip: {lines}, count: {texts}}}}}}}
 """
-PROFILE = """  profile: {{kind: profile, context: context, model: quantize, runs: 2}}
+PROFILE = """  profile: {kind: profile, context: context, model: quantize, runs: 2}
 """
 STAGE_LINE = re.compile(r"^\s*[…✓✗] (\S+)\s")
 
