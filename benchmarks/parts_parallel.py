@@ -44,8 +44,11 @@ def qnnbuild(root: Path, *args: str) -> float:
     assert proc.stderr is not None
     first = last = 0.0
     tail: list[str] = []
+    began = time.perf_counter()
     for line in proc.stderr:
         tail = [*tail[-40:], line]
+        if "✓" in line or ("running" in line and "still running" not in line):
+            print(f"    {time.perf_counter() - began:7.1f} s  {line.strip()}", flush=True)  # the timeline
         if "compile.split" in line and "running" in line and not first:
             first = time.perf_counter()
         if "✓ compile[" in line:
