@@ -4,10 +4,13 @@ like validate's samples; then how long short greedy generations stay equal to fp
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common import memory
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import StageRun
 from qnnbuild.toolchain.data import textdata
@@ -23,34 +26,48 @@ def _texts(inputs: dict[str, Path], files: dict[str, Path], data: dict[str, Any]
     return textdata.token_lines(files["data.text.file"], tokenizer, data["text"], layout.info(ref)["bos_token_id"])
 
 
-def _runners(inputs: dict[str, Path]) -> dict[str, llmrun.Runner]:
-    """fp32 and (given a quantize stage) QDQ on onnxruntime's CPU, the context binaries on the HTP emulator."""
-    from qnnbuild.toolchain.runtime import qnn
-
+def _openers(inputs: dict[str, Path]) -> dict[str, Callable[[], llmrun.Runner]]:
+    """model → how to open its runner: fp32 and (given a quantize stage) QDQ on onnxruntime's CPU, the context
+    binaries on the HTP emulator. One model's sessions are open at a time: fp32's prefill and decode graphs each
+    hold every weight, and with all six sessions open SmolLM2-135M's validate peaked at 19.3 bytes per parameter
+    (benchmarks/llm_memory.py --validate)."""
     ref = inputs["reference"]
     graphs = {"fp32": layout.graphs(ref)}
     if "quantized" in inputs:
         graphs["qdq_cpu"] = layout.graphs(inputs["quantized"], "model.qdq.onnx")
-    runners = {m: llmrun.Runner(qnn.cpu_session(str(g["prefill"])), qnn.cpu_session(str(g["decode"])))
-               for m, g in graphs.items()}
-    runners["htp"] = llmrun.Runner(qnn.deliverable_session(inputs["context"]),
-                                   qnn.deliverable_session(inputs["context"], graph="decode"))
-    return runners
+    found: dict[str, Callable[[], llmrun.Runner]] = {m: functools.partial(_cpu_runner, g) for m, g in graphs.items()}
+    found["htp"] = functools.partial(_htp_runner, inputs["context"])
+    return found
+
+
+def _cpu_runner(graphs: dict[str, Path]) -> llmrun.Runner:
+    from qnnbuild.toolchain.runtime import qnn
+
+    return llmrun.Runner(qnn.cpu_session(str(graphs["prefill"])), qnn.cpu_session(str(graphs["decode"])))
+
+
+def _htp_runner(context: Path) -> llmrun.Runner:
+    from qnnbuild.toolchain.runtime import qnn
+
+    return llmrun.Runner(qnn.deliverable_session(context), qnn.deliverable_session(context, graph="decode"))
 
 
 def score_range(spec: dict[str, Any], start: int, stop: int) -> dict[str, list[llmrun.Score]]:
-    """Texts [start, stop) scored by every model, teacher forced. Runs in a shard's process (toolchain/runtime/
-    shards.py), so it takes plain paths and loads its texts and sessions itself."""
+    """Texts [start, stop) scored by every model in turn, teacher forced. Runs in a shard's process (toolchain/
+    runtime/shards.py), so it takes plain paths and loads its texts and sessions itself."""
     from qnnbuild.toolchain.runtime import shards
 
     inputs = {k: Path(v) for k, v in spec["inputs"].items()}
     texts = _texts(inputs, {k: Path(v) for k, v in spec["files"].items()}, spec["data"])
-    runners = _runners(inputs)
-    scores: dict[str, list[llmrun.Score]] = {m: [] for m in runners}
-    for ids in texts[start:stop]:
-        for model, runner in runners.items():
+    scores: dict[str, list[llmrun.Score]] = {}
+    for model, opener in _openers(inputs).items():
+        runner = opener()
+        scores[model] = []
+        for ids in texts[start:stop]:
             scores[model].append(runner.score(ids[:runner.context]))
-        shards.tick()
+            shards.tick()
+        del runner
+        memory.trim()
     return scores
 
 
@@ -69,16 +86,17 @@ def figures(ctx: StageRun) -> tuple[dict[str, Any], dict[str, Any]]:
             "inputs": {k: str(v) for k, v in ctx.inputs.items()}}
     workers = min(ctx.workers(), len(texts))
     models = 3 if "quantized" in ctx.inputs else 2
-    total = len(texts) + len(prompts) * (models - 1)
+    total = (len(texts) + len(prompts)) * models  # passes: a text or a prompt through one model
     started = time.perf_counter()
     results, seconds = shards.run(score_range, spec, len(texts), workers,
-                                  lambda done, _: ctx.progress(done, total, "texts"), ctx.spread)
+                                  lambda done, _: ctx.progress(done, total, "passes"), ctx.spread, ticks=models)
     scores = {m: [s for r in results for s in r[m]] for m in results[0]}
-    runners = _runners(ctx.inputs)
+    speed: dict[str, float] = {}
     found = {**llmrun.summarize(scores), "first_divergence": llmrun.diverge(
-        runners, prompts, gen["tokens"], lambda n: ctx.progress(len(texts) + n, total, "texts")), "generate": gen}
-    timings = {"decode_tokens_per_second": {m: llmrun.decode_speed(r) for m, r in runners.items()},
-               "workers": workers, "wall_seconds": round(time.perf_counter() - started, 2),
+        _openers(ctx.inputs), prompts, gen["tokens"], lambda n: ctx.progress(len(texts) * models + n, total, "passes"),
+        lambda model, runner: speed.update({model: llmrun.decode_speed(runner)})), "generate": gen}
+    timings = {"decode_tokens_per_second": speed, "workers": workers,
+               "wall_seconds": round(time.perf_counter() - started, 2),
                "shard_seconds": [round(s, 2) for s in seconds]}
     return {"samples": len(texts), "source": "text", **found}, timings
 

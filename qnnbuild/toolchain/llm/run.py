@@ -116,15 +116,12 @@ def perplexity(runner: Runner, sequences: list[list[int]]) -> float:
     return math.exp(total / max(count, 1))
 
 
-def first_divergence(runner: Runner, reference: Runner, prompts: list[list[int]], new_tokens: int) -> float:
-    """Mean number of greedily generated tokens equal to the reference's before the first that differs (all of
-    them when none does), over `prompts`. Free-running: after one divergence the continuations part, so only
-    the stretch before it says anything."""
-    lengths = []
-    for prompt in prompts:
-        want, got = reference.generate(prompt, new_tokens), runner.generate(prompt, new_tokens)
-        same = next((i for i, (a, b) in enumerate(zip(want, got, strict=False)) if a != b), min(len(want), len(got)))
-        lengths.append(same)
+def first_divergence(got: list[list[int]], want: list[list[int]]) -> float:
+    """Mean number of greedily generated tokens in `got` equal to the reference's `want` before the first that
+    differs (all of them when none does), over the prompts. Free-running: after one divergence the continuations
+    part, so only the stretch before it says anything."""
+    lengths = [next((i for i, (a, b) in enumerate(zip(w, g, strict=False)) if a != b), min(len(w), len(g)))
+               for w, g in zip(want, got, strict=True)]
     return sum(lengths) / max(len(lengths), 1)
 
 
@@ -156,15 +153,25 @@ def summarize(scores: dict[str, list[Score]]) -> dict[str, Any]:
     return found
 
 
-def diverge(runners: dict[str, Runner], prompts: list[list[int]], tokens: int,
-            progress: Callable[[int], None] = lambda done: None) -> dict[str, float]:
-    """first_divergence of each model against fp32 (`progress` hears the prompts done so far)."""
-    found, done = {}, 0
-    for model, runner in runners.items():
+def diverge(openers: dict[str, Callable[[], Runner]], prompts: list[list[int]], tokens: int,
+            progress: Callable[[int], None] = lambda done: None,
+            done_with: Callable[[str, Runner], None] = lambda model, runner: None) -> dict[str, float]:
+    """first_divergence of each model against fp32, one model's runner open at a time (`openers`: model → how to
+    open it); fp32 generates first and its tokens are kept. `progress` hears the generations done so far;
+    `done_with` gets each runner when its generations are done, before it is closed."""
+    reference = openers["fp32"]()
+    want = [reference.generate(prompt, tokens) for prompt in prompts]
+    done_with("fp32", reference)
+    del reference
+    progress(len(prompts))
+    found = {}
+    for model, opener in openers.items():
         if model != "fp32":
-            found[model] = round(first_divergence(runner, runners["fp32"], prompts, tokens), 3)
-            done += len(prompts)
-            progress(done)
+            runner = opener()
+            found[model] = round(first_divergence([runner.generate(p, tokens) for p in prompts], want), 3)
+            done_with(model, runner)
+            del runner
+            progress(len(prompts) * (len(found) + 1))
     return found
 
 

@@ -70,28 +70,29 @@ def span(part: tuple[int, int]) -> str:
 
 def run(work: Work, spec: dict[str, Any], count: int, workers: int,
         progress: Callable[[int, int], None] = lambda done, total: None,
-        spread: Spread | None = None) -> tuple[list[Any], list[float]]:
+        spread: Spread | None = None, ticks: int = 1) -> tuple[list[Any], list[float]]:
     """work(spec, start, stop) over `count` samples in `workers` shards: processes here (each pinned to its own
     core), or tasks on the cluster through `spread`; each shard's result in sample order, and its seconds. One
-    shard and no cluster: the work runs in this process (a stage process already is a fresh one)."""
+    shard and no cluster: the work runs in this process (a stage process already is a fresh one). `ticks`: how
+    many times the work calls tick() per sample (once per model, where it runs its models in turn)."""
     parts = ranges(count, workers)
+    total = count * ticks
     if len(parts) == 1 and spread is None:
-        return _here(work, spec, count, progress)
+        return _here(work, spec, count, lambda done: progress(done, total))
     print(f"{count} samples in {len(parts)} shard(s) " + ("as Dask tasks" if spread else "over processes"),
           flush=True)
     answers = (spread or _local)(functools.partial(isolated, work), spec, parts,
-                                 lambda done: progress(min(done, count), count))
+                                 lambda done: progress(min(done, total), total))
     return [a[0] for a in answers], [a[1] for a in answers]
 
 
-def _here(work: Work, spec: dict[str, Any], count: int,
-          progress: Callable[[int, int], None]) -> tuple[list[Any], list[float]]:
+def _here(work: Work, spec: dict[str, Any], count: int, progress: Report) -> tuple[list[Any], list[float]]:
     global _done  # noqa: PLW0603 - set for the work running here, cleared after
     done = [0]
 
     def counted() -> None:
         done[0] += 1
-        progress(done[0], count)
+        progress(done[0])
 
     _done = counted
     try:
