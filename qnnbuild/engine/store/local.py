@@ -69,17 +69,25 @@ class Store:
         return raw if isinstance(raw, dict) else {}
 
     def publish(self, work: Path, key: str, document: dict[str, Any], seconds: float, *,
-                replace: bool = False, instance: str = "") -> dict[str, Any]:
-        """Describe `work` in a manifest and rename it to the entry for `key`; returns the manifest."""
+                replace: bool = False, instance: str = "", checked: dict[str, str] | None = None
+                ) -> dict[str, Any]:
+        """Describe `work` in a manifest and rename it to the entry for `key`; returns the manifest. `checked`:
+        digests of files under `work` (relative paths) already computed from these very bytes, not read again
+        (a fetched entry's files, checked against the shared cache's manifest as they came: GBs for an LLM)."""
+        checked = checked or {}
+
+        def digest(path: Path) -> str:
+            return checked.get(path.relative_to(work).as_posix()) or sha256_file(path)
+
         files: dict[str, dict[str, Any]] = {}
         for path in output_files(work):
             rel = path.relative_to(work).as_posix()
             if path.is_symlink() or not path.is_file():
                 raise StageFailed(f"output {rel} is a symlink or special file; outputs must be regular files")
-            files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+            files[rel] = {"sha256": digest(path), "size": path.stat().st_size}
         if not files:
             raise StageFailed("the stage produced no output files")
-        meta = {name: sha256_file(work / META / name) for name in META_FILES if (work / META / name).is_file()}
+        meta = {name: digest(work / META / name) for name in META_FILES if (work / META / name).is_file()}
         manifest = {"key": key, "digest": sha256_json({k: v["sha256"] for k, v in files.items()}),
                     "files": files, "meta": meta, "document": document, "seconds": round(seconds, 3)}
         write_json(work / META / "manifest.json", manifest)

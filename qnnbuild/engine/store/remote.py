@@ -171,8 +171,9 @@ class RemoteCache:
         try:
             if not all(self._download_checked(key, *item) for item in wanted):
                 return None
+            checked = {dest.relative_to(work).as_posix(): digest for _, dest, _, digest in wanted}
             return store.publish(work, key, manifest["document"], float(manifest.get("seconds", 0.0)),
-                                 replace=replace)
+                                 replace=replace, checked=checked)
         finally:
             if work.exists():
                 remove_tree(work)
