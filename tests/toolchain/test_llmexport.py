@@ -153,3 +153,27 @@ def test_runner_generates_and_scores_like_transformers(tmp_path: Path) -> None:
     with torch.no_grad():
         want = math.exp(float(model(torch.tensor([ids]), labels=torch.tensor([ids])).loss))
     assert llmrun.perplexity(runner, [ids]) == pytest.approx(want, rel=1e-4)
+
+
+def test_calibration_runs_one_graph_at_a_time_and_records_what_one_pass_records(tmp_path: Path) -> None:
+    """llmquant.calibration_ranges runs every line's prefill, then resumes every line in the decode graph (one
+    session with the weights open at a time): the ranges and runs are those of running each line through both
+    graphs in turn, for lines that fit one prefill chunk, span several, and end on a single token (which feed()
+    sends to decode)."""
+    from qnnbuild.toolchain.llm import export as llmexport
+    from qnnbuild.toolchain.llm import quant as llmquant
+    from qnnbuild.toolchain.llm import run as llmrun
+    from qnnbuild.toolchain.quant.ranges import RangeSession
+
+    model = _tiny("llama")
+    (tmp_path / "decode").mkdir()
+    llmexport.export(model, N, C, -100.0, 17, tmp_path / "model.onnx")
+    llmexport.export(model, 1, C, -100.0, 17, tmp_path / "decode" / "model.onnx")
+    lines = [[3, 9, 27], list(range(1, 2 * N + 2)), list(range(40, 40 + N + 5))]  # 1 chunk; 2 and a token; 2
+    ranges, runs = llmquant.calibration_ranges(tmp_path, lines, 4)
+    sessions = [RangeSession(tmp_path / "model.onnx"), RangeSession(tmp_path / "decode" / "model.onnx")]
+    runner = llmrun.Runner(*sessions)
+    for ids in lines:
+        runner.generate(ids[:C - 4], 4)
+    assert runs == runner.runs and runs["decode"] > 3 * 3
+    assert ranges == {"prefill": sessions[0].ranges, "decode": sessions[1].ranges}

@@ -25,15 +25,30 @@ from qnnbuild.toolchain.quant.ranges import Ranges, RangeSession
 def calibration_ranges(folder: Path, lines: list[list[int]], new_tokens: int) -> tuple[dict[str, Ranges],
                                                                                       dict[str, int]]:
     """graph → the MinMax ranges of its tensors while the fp32 graphs read each line and generated `new_tokens`
-    after it (recorded as they run: toolchain/quant/ranges.py), and graph → its runs."""
-    sessions = {graph: RangeSession(folder / sub / "model.onnx") for graph, sub in (("prefill", ""),
-                                                                                    ("decode", "decode"))}
-    runner = llmrun.Runner(sessions["prefill"], sessions["decode"])
+    after it (recorded as they run: toolchain/quant/ranges.py), and graph → its runs. One graph's session is open
+    at a time, since each holds every weight: every line's prefill runs first, where the line stands is kept,
+    then the decode graph carries every line on from there. The ranges are the same as in one pass (a min and
+    a max do not depend on order)."""
+    import numpy as np
+
+    runner = llmrun.Runner(RangeSession(folder / "model.onnx"), None)
+    paused = []
     for ids in lines:
-        runner.generate(ids[: runner.context - new_tokens], new_tokens)
+        prompt = ids[: runner.context - new_tokens]
+        runner.reset()
+        head = runner.prefilled(prompt)
+        logits = runner.feed(prompt[:head])[-1] if head else np.zeros(0)
+        paused.append((runner.pause(), prompt[head:], logits))
+    found = {"prefill": runner.prefill.ranges}
+    runner.prefill = None  # its weights go before the decode graph's come
+    memory.trim()
+    runner.decode = RangeSession(folder / "decode" / "model.onnx")
+    for state, rest, logits in paused:
+        runner.resume(state)
+        runner.go_on(runner.feed(rest)[-1] if rest else logits, new_tokens)
     if not runner.runs["decode"]:
         raise StageFailed("llm calibration ran no decode step: give longer text or a larger context_length")
-    return {graph: session.ranges for graph, session in sessions.items()}, dict(runner.runs)
+    return {**found, "decode": runner.decode.ranges}, dict(runner.runs)
 
 
 def exact_encoding(low: float, high: float, bits: int) -> list[dict[str, Any]]:

@@ -16,6 +16,16 @@ from typing import Any
 
 
 @dataclass
+class Paused:
+    """Where a sequence stands between two runs: its cache, mask and length (a runner resumes it, perhaps with
+    other sessions: calibration runs every line's prefill, then every line's decode steps)."""
+
+    cache: list[Any]
+    mask: Any
+    length: int
+
+
+@dataclass
 class Runner:
     """One sequence through the two graphs."""
 
@@ -34,12 +44,13 @@ class Runner:
         self.tokens = int(inputs[0].shape[1])  # the prefill length N
         self.context = int(inputs[2].shape[1])  # C
         self.mask = np.zeros((1, self.context), np.int64)
+        self.shapes = [[int(d) for d in i.shape] for i in inputs[3:]]  # the caches' [1, kv_heads, C, head_dim]
         self.reset()
 
     def reset(self) -> None:
         import numpy as np
 
-        self.cache = [np.zeros([int(d) for d in i.shape], np.float32) for i in self.prefill.get_inputs()[3:]]
+        self.cache = [np.zeros(shape, np.float32) for shape in self.shapes]
         self.mask[:] = 0
         self.length = 0
 
@@ -79,13 +90,42 @@ class Runner:
 
     def generate(self, prompt: list[int], new_tokens: int, stop: Collection[int] = ()) -> list[int]:
         """Greedy: the prompt through prefill, then one decode step per new token, up to a `stop` id."""
+        self.reset()
+        return self.go_on(self.feed(prompt)[-1], new_tokens, stop)
+
+    def go_on(self, logits: Any, new_tokens: int, stop: Collection[int] = ()) -> list[int]:
+        """Greedy decode steps from the cache as it stands, the first token from `logits` (the last position's)."""
         import numpy as np
 
-        self.reset()
-        tokens = [int(np.argmax(self.feed(prompt)[-1]))]
+        tokens = [int(np.argmax(logits))]
         while len(tokens) < new_tokens and tokens[-1] not in stop and self.length < self.context:
             tokens.append(int(np.argmax(self._run("decode", [tokens[-1]], 1)[0])))
         return tokens
+
+    def prefilled(self, ids: list[int]) -> int:
+        """How many of `ids` feed() would put through the prefill graph from the cache as it stands: always the
+        first ones (after the first chunk that does not fit, or a last single token, the rest go to decode)."""
+        length = count = 0
+        for start in range(0, len(ids), self.tokens):
+            width = len(ids[start:start + self.tokens])
+            if (width == 1 and self.length + length > 0) or self.length + length + self.tokens > self.context:
+                break
+            length, count = length + width, count + width
+        return count
+
+    def pause(self) -> Paused:
+        """Where the sequence stands. The cache rows past the last prefill chunk's end were never written (zeros)
+        and are not kept: at a context of thousands, a short line's cache is mostly those."""
+        rows = min(self.context, self.length + self.tokens)
+        return Paused([c[:, :, :rows].copy() for c in self.cache], self.mask.copy(), self.length)
+
+    def resume(self, paused: Paused) -> None:
+        self.reset()
+        for cache, kept in zip(self.cache, paused.cache, strict=True):
+            cache[:, :, :kept.shape[2]] = kept
+        self.mask[:] = paused.mask
+        self.length = paused.length
+
 
     def nll(self, ids: list[int]) -> tuple[float, int]:
         """Summed negative log-likelihood of ids[1:] given what precedes each (teacher forcing), and the count."""
