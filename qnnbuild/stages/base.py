@@ -222,6 +222,8 @@ class StageKind:
       of the key, so changing them rebuilds nothing;
     - `spreads`: its per-sample work can run as shards on a Dask cluster (`StageRun.spread`), so on a cluster
       the engine frees the worker slot its coordinating process holds while the shards run;
+    - `named`: its outputs' file names follow the recipe's name (context-binary's `<recipe>_<target>.*`), so
+      the recipe's name enters its key: two recipes that differ only in name do not share its entry;
     - `unfold(name, params)`: stages this one becomes several of (compile's `parts: K`: K part stages and their
       compiles, so the parts build side by side and each is keyed by its own graph), as `Unfolded`.
     """
@@ -247,6 +249,7 @@ class StageKind:
     expand: Callable[[Params], Params] = lambda params: params  # presets → explicit parameters (before the key)
     summarize: Callable[[Path], dict[str, Any]] = no_summary
     unfold: Callable[[str, Params], Unfolded | None] = lambda name, params: None
+    named: bool = False
 
     def key_params(self, params: Params) -> Params:
         """The parameters as the key holds them: `ordered` mappings as lists of [name, value] pairs."""

@@ -163,5 +163,6 @@ KIND = StageKind(
     refs=refs_of("compiled"),
     tools=("onnx", "onnxruntime", "onnxruntime-qnn"),
     summarize=summarize,
+    named=True,
     run=run,
 )

@@ -67,3 +67,24 @@ def test_verify_rebuild(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "DIFFERS  compile[SM8650]/model_ctx_qnn.bin" in proc.stderr
     assert "compile[SM8650]/model_ctx_qnn.bin  000000000000" in proc.stdout
+
+
+def test_a_release_follows_its_own_recipe_whatever_was_built_before(tmp_path: Path) -> None:
+    """Two recipes that differ only in name share their work but not the deliverable, whose files are named
+    after the recipe: recipe b's release is the same bytes whether or not `tiny` was built first in that
+    project (the context-binary entry keys the recipe's name)."""
+    bundles = []
+    for name, first in (("alone", []), ("after", ["tiny.yaml"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        make_conv_model(folder / "model.onnx")
+        write(folder, "tiny.yaml", RECIPE)
+        write(folder, "b.yaml", RECIPE.replace("recipe: tiny", "recipe: b"))
+        for recipe in [*first, "b.yaml"]:
+            assert run_process(["run", recipe], folder).returncode == 0
+        proc = run_process(["release", "b.yaml", "-o", "b.tar.gz"], folder)
+        assert proc.returncode == 0, proc.stderr
+        with tarfile.open(folder / "b.tar.gz") as tar:
+            assert {"b/SM8650/b_SM8650.bin", "b/SM8650/b_SM8650.onnx"} <= set(tar.getnames())
+        bundles.append((folder / "b.tar.gz").read_bytes())
+    assert bundles[0] == bundles[1]

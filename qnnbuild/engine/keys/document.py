@@ -3,7 +3,8 @@
 key = sha256(canonical JSON of the key document). The document holds the kind, the implementation version,
 the parameters with defaults filled in, the target, the digests (not paths, not mtimes) of every input, and
 the versions of the tools the stage calls. Keeping the document (not just its digest) in the lock file lets
-`status` say which of these changed. Names of stages are not in it: equal work is shared.
+`status` say which of these changed. Names of stages are not in it: equal work is shared. The recipe's name is,
+for the kinds that name their outputs after it (context-binary): a deliverable's names follow its own recipe.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         reasons.append(f"implementation version {old.get('version')} → {new.get('version')}")
     if old.get("code") != new.get("code"):
         reasons.append("qnnbuild's code for this stage changed")
+    if old.get("recipe") != new.get("recipe"):
+        reasons.append(f"recipe name (in its outputs' names) {old.get('recipe')} → {new.get('recipe')}")
     for section, word in words.items():
         before, after = _flat(old.get(section) or {}), _flat(new.get(section) or {})
         for name in sorted(set(before) | set(after)):

@@ -58,8 +58,9 @@ class InstanceKeys:
         target: Any = self.targets() if kind.all_targets else self.target_of(inst)
         with self.guard:
             code = self.code.digest(kind.run.__module__)
-        return key_document(inst.kind, kind.version, kind.key_params(inst.params), target, upstream, files,
-                            tool_versions(kind.tools_for(inst.params)), code)
+        document = key_document(inst.kind, kind.version, kind.key_params(inst.params), target, upstream, files,
+                                tool_versions(kind.tools_for(inst.params)), code)
+        return {**document, "recipe": self.plan.recipe} if kind.named else document
 
     def with_discovered(self, declared: dict[str, Any], files: list[str]) -> tuple[str, dict[str, Any]]:
         """`files` are relative to the recipe's folder (keys stay equal across checkouts of one layout)."""
