@@ -23,7 +23,8 @@ def _add_common(p: argparse.ArgumentParser, *, recipe: bool = True, artifacts: b
         p.add_argument("recipe", help="path to the recipe YAML")
     if artifacts:
         p.add_argument("--artifacts", default="artifacts", help="artifacts folder (default: ./artifacts)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # not over `qnnbuild --debug CMD`
+                   help="show tracebacks")
 
 
 def _add_cache(p: argparse.ArgumentParser) -> None:
@@ -199,3 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qnnbuild: interrupted; nothing half-written was published", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system refused (a full disk, a folder that cannot be made): say where
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"qnnbuild: {where}{exc.strerror or exc} (--debug shows where it happened)", file=sys.stderr)
+        return 1

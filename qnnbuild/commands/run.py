@@ -19,10 +19,27 @@ def remote_cache(args: argparse.Namespace, console: Any) -> Any:
     return RemoteCache(args.cache, args.cache_mode, args.cache_required, warn=console.warn)
 
 
+def artifacts_folder(path: str) -> Path:
+    """The --artifacts folder, made if missing; a usage error naming it when it cannot be made or written."""
+    import os
+
+    from qnnbuild.errors import UsageError
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--artifacts {path}: cannot make that folder ({exc.strerror})") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--artifacts {path}: that folder is not writable")
+    return folder
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from qnnbuild.engine.workers.process import warm
 
-    if not (Path(args.artifacts) / ".store").is_dir():  # a first build: everything will run
+    artifacts = artifacts_folder(args.artifacts)
+    if not (artifacts / ".store").is_dir():  # a first build: everything will run
         warm()  # the fork server's imports (~0.5 s) overlap qnnbuild's own and the planning, not the first stage
     from qnnbuild.engine.build.console import Console
     from qnnbuild.engine.build.run import Request, build
@@ -37,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cluster = Cluster(args.scheduler, remote)
         console.say(f"Dask cluster {args.scheduler}: {cluster.slots} worker thread(s)")
     jobs = args.jobs or (cluster.slots + 1 if cluster else 1)  # +1: one submitted or restored while all work
-    request = Request(args.recipe, Path(args.artifacts), args.only, args.force, jobs, remote, cluster)
+    request = Request(args.recipe, artifacts, args.only, args.force, jobs, remote, cluster)
     try:
         sessions = build(request, console)
     finally:

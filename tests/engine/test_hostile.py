@@ -103,3 +103,16 @@ def test_many_problems_stop_at_fifty(tmp_path: Path) -> None:
         load_recipe(tmp_path / "r.yaml", "r.yaml")
     messages = [p.message for p in caught.value.problems]
     assert len(messages) == 51 and messages[-1].startswith("… stopped after the first 50 problems")
+
+
+def test_an_artifacts_folder_that_cannot_be_made_is_a_usage_error(tmp_path: Path) -> None:
+    """`run --artifacts /dev/null/x` names the option and the folder (exit 2, no traceback); `--debug` shows one."""
+    from tests.conftest import make_conv_model, run_process, write
+
+    make_conv_model(tmp_path / "model.onnx")
+    write(tmp_path, "tiny.yaml", TINY_RECIPE)
+    proc = run_process(["run", "tiny.yaml", "--artifacts", "/dev/null/x"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--artifacts /dev/null/x: cannot make that folder (Not a directory)" in proc.stderr
+    proc = run_process(["--debug", "run", "tiny.yaml", "--artifacts", "/dev/null/x"], tmp_path)
+    assert "Traceback" in proc.stderr
