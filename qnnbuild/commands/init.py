@@ -9,7 +9,10 @@ for image inputs when a folder of them sits beside the model, synthetic inputs o
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import shlex
 from pathlib import Path
 
 from qnnbuild.errors import UsageError
@@ -18,6 +21,18 @@ from qnnbuild.toolchain.sources.modelinfo import Input, ModelInfo
 
 SEQUENCE, SIDE, CONTEXT, PREFILL = 128, 224, 256, 32
 TEXT_LINES = 200
+
+
+def scalar(text: str) -> str:
+    """`text` as a YAML scalar: as it is when plain, else quoted (JSON's strings are YAML's double-quoted ones),
+    so a path with a space, a colon or a '#' reads back as written."""
+    return text if re.fullmatch(r"[A-Za-z0-9_./-]+", text) else json.dumps(text)
+
+
+def recipe_name(stem: str) -> str:
+    """A valid recipe name from a file's stem: what the schema refuses becomes '_' (m.fp32 → m_fp32)."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", stem)[:64]
+    return name if name[:1].isalnum() else f"m{name}"[:64]
 
 
 def _is_image(i: Input) -> bool:
@@ -54,7 +69,7 @@ def _photos(model: Path) -> Path | None:
 def _data(info: ModelInfo, model: Path, out: Path, text: Path | None) -> tuple[str, str, list[str]]:
     """(calibration, held-out data, comment lines) fitting the inputs."""
     if text is not None:
-        name = os.path.relpath(text, out.parent)
+        name = scalar(os.path.relpath(text, out.parent))
         count, held = (16, 8) if info.task == "causal-lm" else (64, 16)
         return (f"{{text: {{file: {name}, count: {count}}}}}", f"{{text: {{file: {name}, skip: {TEXT_LINES - held}, "
                 f"count: {held}}}}}", [f"# {name}: {TEXT_LINES} English sentences from Python's docstrings; replace "
@@ -63,7 +78,7 @@ def _data(info: ModelInfo, model: Path, out: Path, text: Path | None) -> tuple[s
     photos = _photos(model) if image is not None else None
     if image is not None and photos is not None:
         layout = "NHWC" if image.shape[3] == 3 and image.shape[1] != 3 else "NCHW"
-        spec = f"{{images: {{dir: {os.path.relpath(photos, out.parent)}, count: 64, layout: {layout}}}}}"
+        spec = f"{{images: {{dir: {scalar(os.path.relpath(photos, out.parent))}, count: 64, layout: {layout}}}}}"
         return spec, spec, ["# the photos beside the model; validate on others than calibration when you can"]
     note = ["# synthetic inputs (a standard normal; integers 0..255): ranges real data will not have"]
     if image is not None:
@@ -73,7 +88,7 @@ def _data(info: ModelInfo, model: Path, out: Path, text: Path | None) -> tuple[s
 
 
 def _export(info: ModelInfo, model: Path, out: Path) -> list[str]:
-    lines = ["  export:", "    kind: export", f"    {info.source}: {os.path.relpath(model, out.parent)}"]
+    lines = ["  export:", "    kind: export", f"    {info.source}: {scalar(os.path.relpath(model, out.parent))}"]
     if info.task:
         lines.append(f"    task: {info.task}")
     if info.task == "causal-lm":
@@ -85,7 +100,7 @@ def _export(info: ModelInfo, model: Path, out: Path) -> list[str]:
     lines.append("    inputs:                   # read from the model")
     for i in info.inputs:
         shape, note = _fixed(i)
-        lines.append(f"      {i.name}: {shape}{note}")
+        lines.append(f"      {scalar(i.name)}: {shape}{note}")
     return lines
 
 
@@ -96,9 +111,9 @@ def recipe_text(info: ModelInfo, model: Path, out: Path, targets: list[str], pre
         if info.task == "causal-lm" else \
         "# min_sqnr_db: 20   # uncomment to fail the build when an output's SQNR on HTP falls below (see metrics.json)"
     lines = [f"# A first recipe for {model.name} ({info.source}), written by `qnnbuild init`: edit freely, then",
-             f"#   qnnbuild run {out.name}",
+             f"#   qnnbuild run {shlex.quote(out.name)}",
              "schema_version: 1",
-             f"recipe: {out.stem.replace(' ', '_')}",
+             f"recipe: {recipe_name(out.stem)}",
              f"targets: [{', '.join(targets)}]   # Snapdragon parts: see `qnnbuild doctor`",
              "stages:", *_export(info, model, out),
              "  quantize:", "    kind: quantize", "    model: export",
@@ -135,5 +150,5 @@ def cmd_init(args: argparse.Namespace) -> int:
         _write_text(text)
     out.write_text(recipe_text(info, model.resolve(), out.resolve(), args.target or ["SM8650"], args.precision,
                                text.resolve() if text else None))
-    print(f"wrote {out}" + (f" and {text}" if text else "") + f"; build it with: qnnbuild run {out}")
+    print(f"wrote {out}" + (f" and {text}" if text else "") + f"; build it with: qnnbuild run {shlex.quote(str(out))}")
     return 0

@@ -41,6 +41,22 @@ def test_init_refuses_what_it_cannot_read(tmp_path: Path, cli: CLI) -> None:
     assert code == 2 and "not a model qnnbuild builds from" in err and "Traceback" not in err
     code, _, err = cli("init", str(tmp_path / "missing.onnx"))
     assert code == 2 and "no such file or folder" in err
+    (tmp_path / "truncated.onnx").write_bytes(b"\x08\x07\x12\xff\xff")  # a download cut short
+    code, _, err = cli("init", str(tmp_path / "truncated.onnx"))
+    assert code == 2 and "truncated.onnx: cannot be read as a model (DecodeError" in err and "Traceback" not in err
+
+
+def test_a_file_name_the_schema_would_refuse_still_gives_a_recipe_that_builds(tmp_path: Path, cli: CLI,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """m.fp32 v2.onnx: the recipe's name drops what names cannot hold, and the path is quoted in the YAML."""
+    monkeypatch.chdir(tmp_path)
+    make_conv_model(tmp_path / "m.fp32 v2.onnx")
+    code, out, err = cli("init", "m.fp32 v2.onnx")
+    assert code == 0 and out.endswith("qnnbuild run 'm.fp32 v2.yaml'\n"), (out, err)
+    text = (tmp_path / "m.fp32 v2.yaml").read_text()
+    assert "recipe: m_fp32_v2\n" in text and 'onnx: "m.fp32 v2.onnx"\n' in text
+    code, _, err = cli("run", "m.fp32 v2.yaml", "--only", "export")
+    assert code == 0, err
 
 
 @pytest.mark.slow

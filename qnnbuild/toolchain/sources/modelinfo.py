@@ -32,7 +32,17 @@ class ModelInfo:
 
 
 def read(path: Path) -> ModelInfo:
-    """The model at `path`; refuses what qnnbuild cannot build from, naming what it accepts."""
+    """The model at `path`; refuses what qnnbuild cannot build from, naming what it accepts, and a file its
+    reader cannot parse (a truncated download, another format under the name), naming the file."""
+    try:
+        return _read(path)
+    except UsageError:
+        raise
+    except Exception as exc:  # each reader raises its own (protobuf's DecodeError, flatbuffers, h5py, json)
+        raise UsageError(f"{path}: cannot be read as a model ({type(exc).__name__}: {exc})") from exc
+
+
+def _read(path: Path) -> ModelInfo:
     if path.is_dir() and (path / "config.json").is_file():
         return _hf(path)
     if path.is_dir() and (path / "saved_model.pb").is_file():
