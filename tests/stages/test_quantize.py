@@ -365,7 +365,20 @@ def test_adaround_refuses_settings_it_would_ignore(tmp_path: Path, cli: CLI) -> 
     code, _, err = cli("run", "r.yaml")
     assert code == 2
     assert "stages.quantize.per_channel: technique adaround quantizes with AIMET's HTP configuration" in err
-    assert "stages.quantize.method: technique adaround" in err
+    assert "per_channel: false contradicts it" in err and "method: \"entropy\" contradicts it" in err
+
+
+def test_a_preset_and_its_spelled_out_form_get_one_answer_with_adaround() -> None:
+    """`precision: w4a16` and the parameters it stands for are judged alike: both agree with AIMET's HTP
+    configuration (per-channel symmetric weights), so neither is refused; block-wise weights are, either way."""
+    from qnnbuild.stages.quantize.techniques import checks
+    from qnnbuild.toolchain.quant.spec import PRESETS
+
+    preset = {"precision": "w4a16", "technique": "adaround"}
+    assert checks(preset) == checks({**PRESETS["w4a16"], "technique": "adaround"}) == []
+    assert [path for path, _ in checks({**preset, "block_size": 32})] == [("block_size",)]
+    assert [path for path, _ in checks({"precision": "w8a16", "technique": "seqmse", "symmetric": False})] == [
+        ("symmetric",)]
 
 
 def test_quantize_never_writes_into_its_input_entry(tmp_path: Path, cli: CLI) -> None:

@@ -78,15 +78,23 @@ def quantize_with_techniques(ctx: StageRun, model: Any, samples: calibration.Sou
     return record
 
 
-AIMET_FIXED = ("per_channel", "symmetric", "method")
+AIMET_FIXED = {"per_channel": True, "symmetric": True, "method": "minmax"}
+
+
 def checks(params: Params) -> list[tuple[tuple[str | int, ...], str]]:
     """AdaRound/SeqMSE quantize with AIMET's HTP configuration (per-channel symmetric weights, min-max ranges):
-    a setting it would ignore is refused by name rather than silently dropped."""
+    a setting that contradicts it is refused by name rather than silently dropped. Judged on the spelled-out
+    parameters, so a preset (`precision: w4a16`) and what it stands for are one answer."""
     used = set(techniques_of(params)) & {"adaround", "seqmse"}
-    fixed = [name for name in (*AIMET_FIXED, "block_size") if used and name in params]
+    spelled = expand(params)
+    contrary = [name for name, value in AIMET_FIXED.items() if used and spelled.get(name, value) != value]
     found: list[tuple[tuple[str | int, ...], str]] = [
         ((name,), f"technique {'/'.join(sorted(used))} quantizes with AIMET's HTP configuration (per-channel "
-                  f"symmetric weights, min-max ranges); {name} cannot be set with it") for name in fixed]
+                  f"symmetric weights, min-max ranges); {name}: {json.dumps(spelled[name])} contradicts it")
+        for name in contrary]
+    if used and "block_size" in params:
+        found.append((("block_size",), f"technique {'/'.join(sorted(used))} quantizes with AIMET's HTP "
+                                       "configuration, which has no block-wise weights; drop block_size"))
     if "block_size" in params and expand(params).get("weights") != "int4":
         found.append((("block_size",), "block_size makes 4-bit weights block-wise: it needs weights: int4 "
                                        "(precision: w4a16)"))
