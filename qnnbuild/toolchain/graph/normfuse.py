@@ -13,6 +13,7 @@ The graph moves to the fused op's opset (onnx's version converter, graph/rewrite
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,19 +34,21 @@ class Chain:
     centered: bool  # a LayerNorm (x - mean(x) normalized), not an RMSNorm
 
 
+def _size(init: Any) -> int:
+    return math.prod(init.dims)
+
+
 class _Graph:
     """Producers, consumers and constants of a graph, for matching chains of single-use nodes."""
 
     def __init__(self, graph: Any) -> None:
-        from onnx import numpy_helper
-
         self.graph = graph
         self.producer = {o: n for n in graph.node for o in n.output}
         self.consumers: dict[str, list[Any]] = {}
         for node in graph.node:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
-        self.const = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        self.const = {i.name: i for i in graph.initializer}  # read only when small: an LLM's are its weights
         self.outputs = {o.name for o in graph.output}
 
     def only_user(self, tensor: str, op: str) -> Any | None:
@@ -55,18 +58,22 @@ class _Graph:
         return None
 
     def scalar(self, name: str) -> float | None:
-        value = self.const.get(name)
-        return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+        from onnx import numpy_helper
+
+        init = self.const.get(name)
+        return float(numpy_helper.to_array(init).reshape(-1)[0]) if init is not None and _size(init) == 1 else None
 
     def other(self, node: Any, name: str) -> str:
         return str(node.input[1] if node.input[0] == name else node.input[0])
 
     def last_axis_mean(self, node: Any, rank: int | None) -> bool:
+        from onnx import numpy_helper
+
         attrs = {a.name: a for a in node.attribute}
         if "keepdims" in attrs and attrs["keepdims"].i == 0:
             return False
         axes = list(attrs["axes"].ints) if "axes" in attrs else (
-            [int(a) for a in self.const[node.input[1]].reshape(-1)] if len(node.input) > 1
+            [int(a) for a in numpy_helper.to_array(self.const[node.input[1]]).reshape(-1)] if len(node.input) > 1
             and node.input[1] in self.const else [])
         return len(axes) == 1 and (axes[0] == -1 or (rank is not None and axes[0] == rank - 1))
 
@@ -107,7 +114,7 @@ def _affine(g: _Graph, tensor: str, op: str) -> tuple[Any, str] | None:
     if node is None:
         return None
     other = g.other(node, tensor)
-    if other in g.const and g.const[other].ndim <= 1:
+    if other in g.const and len(g.const[other].dims) <= 1:
         return node, other
     return None
 

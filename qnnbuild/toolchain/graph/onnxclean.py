@@ -50,6 +50,7 @@ def _fold(fixed: list[Path], scratch: Path) -> Any:
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                     str(onnxfile.SMALLEST))
     so.log_severity_level = 3
+    so.add_session_config_entry("session.disable_prepacking", "1")  # never run: packed weights are a copy
     rt.InferenceSession(str(fixed[0]), so, providers=["CPUExecutionProvider"])
     memory.trim()  # the session's copy of the weights is gone
     _discard(fixed)  # scratch copies go once read: an LLM's weights are GBs each

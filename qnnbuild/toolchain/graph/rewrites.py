@@ -139,18 +139,19 @@ def _reaches_softmax(tensor: str, consumers: dict[str, list[Any]], hops: int = 8
 def finite_masks(model: Any, value: float) -> list[str]:
     """Float constants holding values ≤ -1e4 (or -inf) that reach a Softmax: those values become `value`."""
     import numpy as np
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     consumers: dict[str, list[Any]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
     changed = []
     for index, init in enumerate(list(model.graph.initializer)):
+        if init.data_type not in floats or not _reaches_softmax(init.name, consumers):
+            continue  # asked first: reading a weight's values copies it (an LLM's every weight, one by one)
         array = numpy_helper.to_array(init)
-        if array.dtype.kind != "f" or not array.size or array.min() > -HUGE:
-            continue
-        if not _reaches_softmax(init.name, consumers):
+        if not array.size or array.min() > -HUGE:
             continue
         finite = np.where(array <= -HUGE, np.asarray(value, array.dtype), array).astype(array.dtype)
         model.graph.initializer[index].CopyFrom(numpy_helper.from_array(finite, init.name))

@@ -16,7 +16,7 @@ attention: ops QNN runs, and a mask that quantizes (see the `finite-mask` rewrit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +122,51 @@ def export(model: Any, tokens: int, context_length: int, mask_value: float, opse
         torch.onnx.export(static, example(model, tokens, context_length), str(dest), input_names=inputs,
                           output_names=outputs, opset_version=opset, dynamo=False, export_params=False,
                           do_constant_folding=False)
-        missing = onnxfile.attach(dest, ((n, p.detach().numpy()) for n, p in static.named_parameters()))
+        transposed = _transposes_as_inputs(dest, set(inputs))
+        missing = onnxfile.attach(dest, _weights(static, transposed))
     if missing != inputs:
         raise StageFailed(f"llm: the exported graph's inputs {sorted(set(missing) - set(inputs))} are not the "
                           "model's parameters (a buffer the exporter left as an input?)")
+
+
+def _transposes_as_inputs(path: Path, io: set[str]) -> dict[str, list[tuple[str, list[int]]]]:
+    """torch exports a Linear as MatMul(x, Transpose(W)) when it does not fold constants. Each Transpose of a
+    parameter leaves the graph and its output becomes an input, which _weights fills with the transposed weight:
+    onnxruntime's fold would otherwise hold a transposed copy of every weight beside the weights (at 1.2 B
+    parameters, ~10 GB). Returns parameter → [(that input, the permutation)]; an unread parameter leaves too."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    params = {i.name: i for i in graph.input if i.name not in io}
+    found: dict[str, list[tuple[str, list[int]]]] = {}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Transpose" and node.input[0] in params:
+            perm = list(next(a.ints for a in node.attribute if a.name == "perm"))
+            found.setdefault(node.input[0], []).append((node.output[0], perm))
+            source = params[node.input[0]].type.tensor_type
+            dims = [source.shape.dim[p].dim_value for p in perm]
+            graph.input.append(helper.make_tensor_value_info(node.output[0], source.elem_type, dims))
+        else:
+            kept.append(node)
+    read = {t for n in kept for t in n.input}
+    inputs = [i for i in graph.input if i.name in io or i.name in read]
+    del graph.node[:], graph.input[:]
+    graph.node.extend(kept)
+    graph.input.extend(inputs)
+    onnx.save(model, str(path))
+    return found
+
+
+def _weights(static: Any, transposed: dict[str, list[tuple[str, list[int]]]]) -> Iterator[tuple[str, Any]]:
+    """(graph input, array) for every parameter, and its transposed forms, one at a time."""
+    for name, param in static.named_parameters():
+        array = param.detach().numpy()
+        yield name, array
+        for output, perm in transposed.get(name, []):
+            yield output, array.transpose(perm)
 
 
 SCHEMA: dict[str, Any] = {
