@@ -280,3 +280,25 @@ def test_a_programming_error_is_not_cache_down(tmp_path: Path) -> None:
     with pytest.raises(CacheDown):
         cache.call("read manifest", down)
     assert cache.failure and "Connection refused" in cache.failure
+
+
+def test_a_pending_upload_whose_entry_is_gone_is_dropped_not_reported_uploaded(tmp_path: Path) -> None:
+    """The ledger of unfinished uploads holds one key still built here and one removed since (`cache gc`):
+    the first is uploaded, the second leaves the ledger and is not counted as uploaded."""
+    import threading
+
+    from qnnbuild.engine.store.local import Store
+    from qnnbuild.engine.store.remote import RemoteCache
+    from qnnbuild.engine.store.sync import SharedSync
+
+    store = Store(tmp_path / "artifacts")
+    kept, gone = "a" * 64, "b" * 64
+    work = store.new_workdir(kept)
+    (work / "out.txt").write_text("built here\n")
+    store.publish(work, kept, {"kind": "test"}, 0.1)
+    sync = SharedSync(RemoteCache((tmp_path / "shared").as_uri(), "readwrite"), store, threading.Lock())
+    sync.pending(add=[kept, gone])
+    assert sync.push_pending() == (1, 1)
+    assert sync.pending() == []
+    assert (tmp_path / "shared" / kept / "manifest.json").is_file()
+    assert not (tmp_path / "shared" / gone).exists()

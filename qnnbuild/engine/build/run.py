@@ -75,6 +75,9 @@ def build(request: Request, console: Console) -> list[Session]:
 
 
 def _push_pending(session: Session, console: Console) -> None:
-    pushed = session.push_pending()
+    pushed, gone = session.push_pending()
     if pushed:
         console.say(f"uploaded {pushed} entr{'y' if pushed == 1 else 'ies'} an earlier run could not")
+    if gone:
+        console.say(f"{gone} entr{'y' if gone == 1 else 'ies'} an earlier run could not upload no longer "
+                    "exist here (removed since); not uploaded")

@@ -167,9 +167,9 @@ class Session:
         result.origin, result.worker = origin, worker
         return result
 
-    def push_pending(self) -> int:
-        """Upload what an earlier run could not (see sync.SharedSync.push_pending)."""
-        return self.sync.push_pending() if self.sync is not None else 0
+    def push_pending(self) -> tuple[int, int]:
+        """Upload what an earlier run could not: (uploaded, dropped) (see sync.SharedSync.push_pending)."""
+        return self.sync.push_pending() if self.sync is not None else (0, 0)
 
     def _remember_stats(self, key: str) -> None:
         """Remember the published files' stats: later runs check them by stat only."""

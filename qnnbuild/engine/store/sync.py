@@ -78,26 +78,30 @@ class SharedSync:
             return
         self.pending(remove=[key])
 
-    def push_pending(self) -> int:
-        """Upload the entries an earlier run could not; a no-op with nothing pending makes no network call."""
+    def push_pending(self) -> tuple[int, int]:
+        """Upload the entries an earlier run could not; a no-op with nothing pending makes no network call.
+        Returns (uploaded, dropped): a pending key whose local entry is gone (`cache gc`, `clean`) leaves the
+        ledger without being counted as uploaded."""
         from qnnbuild.engine.store.remote import CacheDown
 
         if not self.remote.writes:
-            return 0
-        pushed = []
+            return 0, 0
+        pushed, gone = [], []
         for key in self.pending():
-            if self.store.has(key):
-                try:
-                    self.remote.push(key, self.store)
-                except CacheDown:
-                    break
-                except OSError as exc:
-                    self.remote.once(f"could not upload {key[:16]} to the shared cache: {exc}")
-                    break
+            if not self.store.has(key):
+                gone.append(key)
+                continue
+            try:
+                self.remote.push(key, self.store)
+            except CacheDown:
+                break
+            except OSError as exc:
+                self.remote.once(f"could not upload {key[:16]} to the shared cache: {exc}")
+                break
             pushed.append(key)
-        if pushed:
-            self.pending(remove=pushed)
-        return len(pushed)
+        if pushed or gone:
+            self.pending(remove=pushed + gone)
+        return len(pushed), len(gone)
 
     def pending(self, add: list[str] | None = None, remove: list[str] | None = None) -> list[str]:
         """Keys built here whose upload to this cache has not been committed yet."""
