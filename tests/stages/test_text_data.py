@@ -111,3 +111,24 @@ def test_text_for_a_model_without_token_inputs_is_refused(tmp_path: Path, cli: C
     code, _, err = cli("run", "r.yaml")
     assert code == 1
     assert "text data feeds input_ids, attention_mask, token_type_ids; the model takes input" in err
+
+
+@pytest.mark.parametrize("padding_section", [True, False])
+def test_text_pads_with_the_tokenizers_own_pad_id(tmp_path: Path, padding_section: bool) -> None:
+    """A RoBERTa-style vocabulary (<s> 0, <pad> 1): padding uses <pad>, from tokenizer.json's padding section or
+    from the vocabulary, not tokenizers' default id 0 (which is <s> there)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from qnnbuild.toolchain.data.textdata import TextSamples
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "hello": 4, "world": 5}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))  # noqa: S106 - a token, not a password
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if padding_section:
+        tok.enable_padding(pad_id=1, pad_token="<pad>")  # noqa: S106
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "text.txt").write_text("hello world\n")
+    inputs = [{"name": n, "shape": [1, 6], "dtype": "int64"} for n in ("input_ids", "attention_mask")]
+    sample = TextSamples({}, inputs, tmp_path / "text.txt", tmp_path / "tokenizer.json")[0]
+    assert sample["input_ids"].tolist() == [[4, 5, 1, 1, 1, 1]]
+    assert sample["attention_mask"].tolist() == [[1, 1, 0, 0, 0, 0]]

@@ -35,6 +35,19 @@ def lines_of(text: Path, spec: dict[str, Any]) -> list[str]:
     return lines[: spec.get("count", len(lines))]
 
 
+def _padding(tokenizer: Any) -> dict[str, Any]:
+    """The tokenizer's own padding: tokenizers' enable_padding otherwise pads with id 0, which is RoBERTa's and
+    MPNet's <s>, not their <pad> (1). From tokenizer.json's padding section, else the vocabulary's pad token."""
+    own = tokenizer.padding
+    if own:
+        return {k: own[k] for k in ("pad_id", "pad_type_id", "pad_token", "direction")}
+    for token in ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>"):
+        found = tokenizer.token_to_id(token)
+        if found is not None:
+            return {"pad_id": found, "pad_token": token}
+    return {}
+
+
 class TextSamples:
     """Sample i: the tokenized line, as {input name: array}; labels are not a text source's."""
 
@@ -55,7 +68,7 @@ class TextSamples:
             raise StageFailed(f"text max_length {spec['max_length']} is longer than the model's sequence ({length})")
         self.tokenizer = Tokenizer.from_file(str(tokenizer))
         self.tokenizer.enable_truncation(spec.get("max_length", length))
-        self.tokenizer.enable_padding(length=length)
+        self.tokenizer.enable_padding(length=length, **_padding(self.tokenizer))
         self.lines = lines_of(text, spec)
         if not self.lines:
             raise StageFailed(f"{text.name}: no lines of text (after skipping {spec.get('skip', 0)})")
