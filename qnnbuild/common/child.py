@@ -1,5 +1,5 @@
 """The one launcher of qnnbuild's own child processes (`python -m qnnbuild...`: a stage, a shard, QNN's verbose
-probe, doctor's probe), each of which dies with its parent.
+probe, doctor's probe) and of a command stage's program, each of which dies with its parent.
 
 Why children at all: QNN state leaks within a process, libQnnHtp writes to file descriptor 1, and a crash in
 native code must fail one stage, not the build. Why they die with the parent: a killed `qnnbuild run` must not
@@ -51,3 +51,11 @@ def start_module(module: str, *args: str, stdout: IO[Any] | int | None = None,
     return subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL, stdout=stdout,
                             stderr=stderr, cwd=cwd, env=child_env(env), text=text,
                             preexec_fn=die_with_parent)  # noqa: PLW1509 - prctl resolved above; takes no lock
+
+
+def run_program(argv: list[str], cwd: Path) -> int:
+    """A user's program (a command stage's) to its end; its exit status. It dies with this process, as qnnbuild's
+    own children do (the programs it starts in turn are its own to end)."""
+    _prctl()
+    return subprocess.run(argv, cwd=cwd, check=False,
+                          preexec_fn=die_with_parent).returncode  # prctl resolved above: takes no lock

@@ -9,9 +9,9 @@ folder is dropped, and nothing outside it is ever collected.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import PurePosixPath
 
+from qnnbuild.common import child
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import Params, StageKind, StageRun
 
@@ -69,11 +69,11 @@ def run(ctx: StageRun) -> None:
     argv = [_expand(a, ctx) for a in ctx.params["argv"]]
     ctx.say("$ " + " ".join(argv))
     try:
-        result = subprocess.run(argv, cwd=ctx.out, check=False)
+        status = child.run_program(argv, ctx.out)  # a killed run ends it too
     except OSError as exc:
         raise StageFailed(f"cannot start {argv[0]!r}: {exc.strerror}") from None
-    if result.returncode != 0:
-        raise StageFailed(f"command exited with status {result.returncode}: {' '.join(argv)}")
+    if status != 0:
+        raise StageFailed(f"command exited with status {status}: {' '.join(argv)}")
     declared = {str(PurePosixPath(o)) for o in ctx.params["outputs"]}
     links = sorted(o for o in declared if (ctx.out / o).is_symlink())
     if links:

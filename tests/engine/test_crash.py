@@ -134,3 +134,32 @@ def test_two_concurrent_runs_both_succeed(tmp_path: Path, clean_build: dict[str,
         assert sorted([statuses[0][inst], statuses[1][inst]]) == ["cached", "ran"], statuses
     assert digests(folder) == clean_build
     assert run_process(["verify"], folder).returncode == 0
+
+
+def test_a_command_stages_program_dies_with_a_killed_run(tmp_path: Path) -> None:
+    """SIGKILL to qnnbuild while a command stage's program runs: the program ends too (it dies with the stage
+    process, which dies with qnnbuild), rather than running on in the background."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "wait.py").write_text("import os, sys, time\nopen(sys.argv[1], 'w').write(str(os.getpid()))\n"
+                                    "time.sleep(120)\n")
+    write(folder, "c.yaml", f"""\
+        schema_version: 1
+        recipe: c
+        stages:
+          slow: {{kind: command, argv: ['{sys.executable}', '{folder / "wait.py"}', '{folder / "pid"}'],
+                 outputs: [never]}}
+        """)
+    proc = subprocess.Popen([sys.executable, "-m", "qnnbuild", "run", "c.yaml"], cwd=folder, text=True,
+                            stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not ((folder / "pid").is_file() and (folder / "pid").read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the program never started"
+        time.sleep(0.05)
+    program = int((folder / "pid").read_text())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while not _gone(program):
+        assert time.monotonic() < deadline, "the command stage's program outlived qnnbuild"
+        time.sleep(0.05)
