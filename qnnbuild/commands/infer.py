@@ -9,8 +9,11 @@ io_spec.json (QNN's convention: real = (q + offset) · scale).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,8 +167,11 @@ def _exact(name: str, array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
     return np.asarray(array).astype(dtype)
 
 
-def deliverable(recipe: str, target: str, artifacts: str | Path = "artifacts") -> Path:
-    """The folder of the current context-binary output of `recipe` for `target`."""
+def deliverable(recipe: str, target: str, artifacts: str | Path = "artifacts",
+                warn: Callable[[str], None] | None = None) -> Path:
+    """The folder of the current context-binary output of `recipe` for `target`; `warn` (a Python warning by
+    default) hears it when that build no longer matches the recipe or its inputs: it is still what runs."""
+    from qnnbuild.engine.build.session import stale
     from qnnbuild.engine.recipe.plancache import load_plan
     from qnnbuild.engine.store.local import Store
 
@@ -177,10 +183,16 @@ def deliverable(recipe: str, target: str, artifacts: str | Path = "artifacts") -
     folder = Store(Path(artifacts)).view(plan.recipe, found[0].stage, target)
     if not (folder / "io_spec.json").is_file():
         raise UsageError(f"{folder} is not built yet: run `qnnbuild run {recipe}` first")
+    out_of_date = stale(plan, Path(artifacts), {found[0].id})
+    if out_of_date:
+        message = (f"{folder} was built from an earlier state of {recipe} or its inputs (out of date: "
+                   f"{', '.join(out_of_date)}); running it as built. `qnnbuild run {recipe}` rebuilds it")
+        (warn or functools.partial(warnings.warn, stacklevel=3))(message)
     return folder
 
 
 def load(recipe: str, target: str, artifacts: str | Path = "artifacts") -> Deployed:
+    """The deliverable of `recipe` for `target`, ready to run (a Python warning when it is out of date)."""
     return Deployed(deliverable(recipe, target, artifacts))
 
 
@@ -197,7 +209,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     from qnnbuild.toolchain.data.metrics import is_classifier
 
-    deployed = load(args.recipe, args.target, args.artifacts)
+    deployed = Deployed(deliverable(args.recipe, args.target, args.artifacts,
+                                    lambda message: print(f"qnnbuild: warning: {message}", file=sys.stderr)))
     if args.prompt is not None:
         print(deployed.generate(args.prompt, args.max_new_tokens), flush=True)
         _stdout_done()

@@ -20,7 +20,7 @@ from typing import Any
 
 from qnnbuild.common.atomic import replacing
 from qnnbuild.common.hashing import sha256_file
-from qnnbuild.engine.build.session import Session
+from qnnbuild.engine.build.session import Session, stale
 from qnnbuild.engine.recipe.plan import Plan
 from qnnbuild.errors import QnnbuildError, UsageError
 from qnnbuild.stages import KINDS
@@ -37,9 +37,9 @@ def bundle_files(plan: Plan, artifacts: Path) -> dict[str, bytes | Path]:
     if not deliverables:
         raise UsageError(f"{plan.recipe}: the recipe has no context-binary stage, so nothing to release")
     needed = plan.upstream({i.id for i in deliverables})
-    stale = [v.id for v in session.assess() if v.id in needed and not (v.fresh and v.view_current)]
-    if stale:
-        raise QnnbuildError(f"not built or out of date: {', '.join(stale)}; run `qnnbuild run` first")
+    out_of_date = stale(plan, artifacts, needed)
+    if out_of_date:
+        raise QnnbuildError(f"not built or out of date: {', '.join(out_of_date)}; run `qnnbuild run` first")
     lock = session.store.read_lock(plan.recipe)
     root = plan.recipe
     files: dict[str, bytes | Path] = {f"{root}/recipe.yaml": Path(plan.recipe_file)}

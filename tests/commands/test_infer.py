@@ -50,3 +50,26 @@ def test_integer_inputs_are_fed_as_integers(tmp_path: Path) -> None:
         too_big = 300 if name == "u8_x" else 2**40
         with pytest.raises(UsageError, match=rf"got values 2\.\.{too_big}"):
             deployed.run({"ids": np.concatenate([ids[:, 1:], [[too_big]]], axis=1)})
+
+
+def test_a_build_that_no_longer_matches_its_recipe_is_run_with_a_warning(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """infer and qnnbuild.load() run the deliverable as built, but say when the recipe (or an input) changed
+    since: not silently an old model."""
+    import qnnbuild
+    from tests.conftest import TINY_RECIPE, make_conv_model, write
+
+    make_conv_model(tmp_path / "model.onnx")
+    write(tmp_path, "tiny.yaml", TINY_RECIPE)
+    assert run_process(["run", "tiny.yaml"], tmp_path).returncode == 0
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 16, 16), np.float32))
+    args = ["infer", "tiny.yaml", "--target", "SM8650", "--input", "x.npy"]
+    proc = run_process(args, tmp_path)
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    write(tmp_path, "tiny.yaml", TINY_RECIPE.replace("seed: 0", "seed: 1"))  # quantize's key moves
+    proc = run_process(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "qnnbuild: warning:" in proc.stderr and "out of date: quantize" in proc.stderr
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="out of date: quantize"):
+        qnnbuild.load("tiny.yaml", "SM8650")
