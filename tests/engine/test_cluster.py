@@ -111,6 +111,34 @@ def test_a_corrupt_shared_entry_is_rebuilt_by_the_worker(tmp_path: Path) -> None
     assert not next((cache / key / "files").glob("*.bin")).read_bytes().startswith(b"corrupt")  # replaced
 
 
+def test_a_long_lived_worker_gives_back_what_the_shared_cache_lost(tmp_path: Path) -> None:
+    """One worker process serves three clients. After the shared entry of compile is removed (`cache gc`, a
+    failed push) and then corrupted, a client sent there is answered from the worker's own store, which uploads
+    its copy (replacing the corrupt one): before, the worker said "already in the cache" and the client failed
+    until the worker restarted."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    cluster = DaskCluster(tmp_path / "dask", {}).start(workers=1)
+    try:
+        args = ["run", "tiny.yaml", "--json", "--scheduler", cluster.address, "--cache", cache.as_uri()]
+        proc = run_process(args, project(tmp_path / "first"))
+        assert proc.returncode == 0, proc.stderr
+        key = {s["id"]: s["key"] for s in json.loads(proc.stdout)["stages"]}["compile[SM8650]"]
+        shutil.rmtree(cache / key)  # gone from the shared cache, still in the worker's store
+        proc = run_process(args, project(tmp_path / "second"))
+        assert proc.returncode == 0, proc.stderr
+        assert (cache / key / "manifest.json").is_file()
+        binary = next((cache / key / "files").glob("*.bin"))
+        binary.write_bytes(b"corrupt" + binary.read_bytes()[7:])
+        proc = run_process(args, project(tmp_path / "third"))
+        assert proc.returncode == 0, proc.stderr
+        assert "does not match its manifest" in proc.stderr
+        assert not next((cache / key / "files").glob("*.bin")).read_bytes().startswith(b"corrupt")  # replaced
+    finally:
+        cluster.stop()
+
+
 VALIDATE = "  validate: {kind: validate, context: context, reference: export, quantized: quantize, " \
            "data: {npy: {dir: data}}}\n"
 

@@ -110,7 +110,8 @@ class Cluster:
             return None
         request = {"kind": job.kind, "key": job.key, "document": job.document, "upstream": job.upstream,
                    "file_digests": {name: digest for name, (_, digest) in sorted(job.files.items())},
-                   "run": job.run, "spreads": job.spreads}
+                   "run": job.run, "spreads": job.spreads,
+                   "refused": job.key in remote.refused}  # a worker holding it then replaces the shared entry
         try:
             reply = self.run(request, job.progress)
         finally:

@@ -49,8 +49,14 @@ def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[st
     key = request["key"]
     me = str(worker.address) if worker else "local"
     try:
+        if store.has(key) and store.damaged(key):
+            store.quarantine(key)
+        if store.has(key):  # the client came because it could not use the shared entry: give it this one
+            remote.push(key, store, replace=bool(request.get("refused")), instance=request["run"]["instance"])
+            return {"ok": True, "worker": me, "seconds": time.monotonic() - started,
+                    "note": "already in this worker's store; uploaded to the shared cache"}
         # checked as the client checks it (every file against the manifest); a bad entry is rebuilt and replaced
-        if store.has(key) or remote.fetch(key, store) is not None:
+        if remote.fetch(key, store) is not None:
             return {"ok": True, "worker": me, "seconds": time.monotonic() - started, "note": "already in the cache"}
         run = _localize(request, remote, store)
         work = store.new_workdir(key)
