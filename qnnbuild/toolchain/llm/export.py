@@ -132,8 +132,8 @@ def export(model: Any, tokens: int, context_length: int, mask_value: float, opse
 def _transposes_as_inputs(path: Path, io: set[str]) -> dict[str, list[tuple[str, list[int]]]]:
     """torch exports a Linear as MatMul(x, Transpose(W)) when it does not fold constants. Each Transpose of a
     parameter leaves the graph and its output becomes an input, which _weights fills with the transposed weight:
-    onnxruntime's fold would otherwise hold a transposed copy of every weight beside the weights (at 1.2 B
-    parameters, ~10 GB). Returns parameter → [(that input, the permutation)]; an unread parameter leaves too."""
+    onnxruntime's fold would otherwise hold a transposed copy of every weight beside the weights. Returns
+    parameter → [(that input, the permutation)]; an unread parameter leaves too."""
     import onnx
     from onnx import helper
 
@@ -144,9 +144,10 @@ def _transposes_as_inputs(path: Path, io: set[str]) -> dict[str, list[tuple[str,
     kept = []
     for node in graph.node:
         if node.op_type == "Transpose" and node.input[0] in params:
-            perm = list(next(a.ints for a in node.attribute if a.name == "perm"))
-            found.setdefault(node.input[0], []).append((node.output[0], perm))
             source = params[node.input[0]].type.tensor_type
+            rank = len(source.shape.dim)
+            perm = list(next((a.ints for a in node.attribute if a.name == "perm"), range(rank - 1, -1, -1)))
+            found.setdefault(node.input[0], []).append((node.output[0], perm))
             dims = [source.shape.dim[p].dim_value for p in perm]
             graph.input.append(helper.make_tensor_value_info(node.output[0], source.elem_type, dims))
         else:
