@@ -88,17 +88,9 @@ class Session:
     def view(self, inst: Instance) -> Path:
         return self.store.view(self.plan.recipe, inst.stage, inst.target)
 
-    def assess(self, *, look_only: bool = False) -> list[Verdict]:
-        """Every instance's verdict. `look_only`: never move a damaged entry aside (the no-op check runs without
-        the store's lock; a damaged entry makes its verdict stale, and the run that follows, holding the lock,
-        moves it)."""
-        was = self.keying.readonly
-        self.keying.readonly = was or look_only
-        try:
-            return assess(self.plan, self.keying.key_for, self.keying.output_digest,
-                          lambda inst, key: self.store.view_is(self.view(inst), key), self.locked, self.forced)
-        finally:
-            self.keying.readonly = was
+    def assess(self) -> list[Verdict]:
+        return assess(self.plan, self.keying.key_for, self.keying.output_digest,
+                      lambda inst, key: self.store.view_is(self.view(inst), key), self.locked, self.forced)
 
     def accept(self, verdicts: list[Verdict]) -> list[Result]:
         """Record fresh, current verdicts as cached results without running anything."""
