@@ -171,7 +171,7 @@ def deliverable(recipe: str, target: str, artifacts: str | Path = "artifacts",
                 warn: Callable[[str], None] | None = None) -> Path:
     """The folder of the current context-binary output of `recipe` for `target`; `warn` (a Python warning by
     default) hears it when that build no longer matches the recipe or its inputs: it is still what runs."""
-    from qnnbuild.engine.build.session import stale
+    from qnnbuild.engine.build.session import Session, stale
     from qnnbuild.engine.recipe.plancache import load_plan
     from qnnbuild.engine.store.local import Store
 
@@ -183,7 +183,7 @@ def deliverable(recipe: str, target: str, artifacts: str | Path = "artifacts",
     folder = Store(Path(artifacts)).view(plan.recipe, found[0].stage, target)
     if not (folder / "io_spec.json").is_file():
         raise UsageError(f"{folder} is not built yet: run `qnnbuild run {recipe}` first")
-    out_of_date = stale(plan, Path(artifacts), {found[0].id})
+    out_of_date = stale(Session(plan, Path(artifacts), readonly=True), {found[0].id})
     if out_of_date:
         message = (f"{folder} was built from an earlier state of {recipe} or its inputs (out of date: "
                    f"{', '.join(out_of_date)}); running it as built. `qnnbuild run {recipe}` rebuilds it")

@@ -37,7 +37,7 @@ def bundle_files(plan: Plan, artifacts: Path) -> dict[str, bytes | Path]:
     if not deliverables:
         raise UsageError(f"{plan.recipe}: the recipe has no context-binary stage, so nothing to release")
     needed = plan.upstream({i.id for i in deliverables})
-    out_of_date = stale(plan, artifacts, needed)
+    out_of_date = stale(session, needed)
     if out_of_date:
         raise QnnbuildError(f"not built or out of date: {', '.join(out_of_date)}; run `qnnbuild run` first")
     lock = session.store.read_lock(plan.recipe)

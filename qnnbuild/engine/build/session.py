@@ -44,12 +44,11 @@ def label(sessions: list[Session], session: Session, inst_id: str) -> str:
     return f"{session.plan.recipe}:{inst_id}" if len(sessions) > 1 else inst_id
 
 
-def stale(plan: Plan, artifacts: Path, ids: set[str]) -> list[str]:
+def stale(session: Session, ids: set[str]) -> list[str]:
     """The instances among `ids` and what they depend on whose current build is not what the recipe and its
     inputs now say (not built, or built from an older state): what a release refuses and `infer` warns about."""
-    needed = plan.upstream(ids)
-    verdicts = Session(plan, artifacts, readonly=True).assess()
-    return [v.id for v in verdicts if v.id in needed and not (v.fresh and v.view_current)]
+    needed = session.plan.upstream(ids)
+    return [v.id for v in session.assess() if v.id in needed and not (v.fresh and v.view_current)]
 
 
 class Session:
