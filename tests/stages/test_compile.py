@@ -23,6 +23,8 @@ def test_minimal_recipe_builds_a_context_that_runs_on_the_emulator(tiny_project:
     [inp] = spec["inputs"]
     assert (inp["name"], inp["shape"], inp["dtype"]) == ("input", [1, 3, 16, 16], "float32")
     assert inp["quantization"]["dtype"] == "uint8" and inp["quantization"]["offset"] <= 0
+    [out] = spec["outputs"]  # the Quantize before the output (an earlier version looked it up by the wrong name)
+    assert out["quantization"]["dtype"] == "uint8" and out["quantization"]["scale"] > 0
 
     # The deliverable loads and runs on the HTP emulator, and agrees with the fp32 model on the CPU.
     probe = write(tiny_project, "probe.py", """\

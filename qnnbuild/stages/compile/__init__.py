@@ -63,7 +63,7 @@ def _finalize(source: Path, dest: Path, options: dict[str, str], target: dict[st
             if not Path(name).is_file():
                 raise StageFailed(f"QNN did not write {name}")
             shutil.move(name, dest / name)
-    qdq = onnx.load(str(source))
+    qdq = onnx.load(str(source), load_external_data=False)  # io_quantization reads scalars: no weights needed
     info = {"target": target, "provider_options": options, **onnxgraph.io_spec(qdq),
             "io_quantization": encodings.io_quantization(qdq)}
     (dest / "compile.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")

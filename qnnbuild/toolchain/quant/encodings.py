@@ -80,20 +80,32 @@ def _lpbq(scale_dq: Any, weight_dq: Any, inits: dict[str, Any]) -> list[dict[str
 
 
 def io_quantization(model: Any) -> dict[str, dict[str, Any]]:
-    """Scale/offset applied right after each graph input and right before each graph output."""
-    encs = from_qdq(model)["activation_encodings"]
-    out: dict[str, dict[str, Any]] = {}
+    """Scale/offset applied right after each graph input and right before each graph output. Reads only those
+    few scales (scalars, stored in the graph), so the model may be loaded without its weights: an LLM's every
+    per-block weight encoding is not built to answer this."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
-    for value in model.graph.input:
-        if value.name in encs:
-            out[value.name] = encs[value.name][0]
+    quantizers: dict[str, Any] = {}  # the activation each Quantize reads → that Quantize
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 1 and node.input[0] not in inits:
+            quantizers.setdefault(node.input[0], node)
+    ends = {}
     for value in model.graph.output:
-        node = producers.get(value.name)
-        if node is not None and node.op_type == "DequantizeLinear":
-            q = producers.get(node.input[0])
-            if q is not None and q.input[0] in encs:
-                out[value.name] = encs[q.input[0]][0]
-    return out
+        dq = producers.get(value.name)
+        q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear" and len(q.input) > 1:
+            ends[value.name] = q
+    found = {v.name: quantizers[v.name] for v in model.graph.input if v.name in quantizers} | ends
+
+    def first_channel(node: Any) -> dict[str, Any]:
+        scale = float(np.atleast_1d(numpy_helper.to_array(inits[node.input[1]])).flat[0])
+        zp = inits.get(node.input[2]) if len(node.input) > 2 else None
+        point = int(np.atleast_1d(numpy_helper.to_array(zp)).flat[0]) if zp is not None else 0
+        return _encoding(scale, point, zp.data_type if zp is not None else 2)
+
+    return {name: first_channel(node) for name, node in found.items()}
 
 
 SIGNED = {8: "int8", 16: "int16", 4: "int4"}
