@@ -7,6 +7,7 @@ Nothing downstream sees raw YAML.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +158,10 @@ def _stage(path: Path, name: str, kind_name: str, spec: dict[str, Any], after: t
     kind = KINDS[kind_name]
     params = fill_defaults(stage_schema(kind.name), kind.expand({**spec, "kind": kind_name}))
     params.pop("kind")
+    # absolute but as written: a symlink stays a symlink, so re-pointing it is seen (a digest follows it; a
+    # resolved path would keep naming the old target)
     return Stage(name=name, kind=kind.name, params=params, refs=kind.refs(params), after=after,
-                 files={k: (path.parent / v).resolve() for k, v in kind.files(params).items()})
+                 files={k: Path(os.path.normpath(path.parent / v)) for k, v in kind.files(params).items()})
 
 
 def _build(doc: Located, path: Path) -> Recipe:
