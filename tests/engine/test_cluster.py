@@ -186,3 +186,43 @@ def test_validation_shards_over_two_dask_workers_give_the_local_metrics(tmp_path
     rerun = re.search(r"shard 1 \(samples 6-11\) ran on (tcp://[\d.:]+)", log)
     assert lost and rerun and lost.group(1) != rerun.group(1), log
     assert json.loads((out / "timings.json").read_text())["workers"] == 2
+
+
+def test_a_worker_with_another_toolchain_refuses_the_job(tmp_path: Path) -> None:
+    """A worker whose onnxruntime-qnn is another version than the client's (a distribution's metadata ahead of
+    site-packages on its path, as another virtualenv would have it). Where the client knows what the stage
+    loads, the worker refuses the job before running it, naming itself and the version, and publishes nothing;
+    where the client does not know yet (a first build), the worker builds under the key of what it ran, and the
+    client refuses that entry as one it could never find again."""
+    import os
+
+    fake = tmp_path / "site" / "onnxruntime_qnn-0.0.1.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-qnn\nVersion: 0.0.1\n")
+    path = os.pathsep.join(p for p in (str(fake.parent), os.environ.get("PYTHONPATH", "")) if p)
+    cache = tmp_path / "cache"
+    folder = project(tmp_path / "p")
+    cluster = DaskCluster(tmp_path / "dask", {"PYTHONPATH": path}).start(workers=1)
+    try:
+        on_cluster = ["run", "tiny.yaml", "--json", "--scheduler", cluster.address, "--cache", cache.as_uri()]
+        proc = run_process(on_cluster, folder)
+        assert proc.returncode == 1, proc.stderr
+        export = {s["id"]: s for s in json.loads(proc.stdout)["stages"]}["export"]
+        assert export["status"] == "failed", export
+        assert "built export with other distributions than this machine's (onnxruntime-qnn 0.0.1 there" in \
+            export["message"], export["message"]
+
+        proc = run_process(["run", "tiny.yaml", "--json", "--cache", cache.as_uri()], folder)  # here: all known
+        assert proc.returncode == 0, proc.stderr
+        key = {s["id"]: s["key"] for s in json.loads(proc.stdout)["stages"]}["compile[SM8650]"]
+        shared = (cache / key / "manifest.json").read_bytes()
+        proc = run_process([*on_cluster, "--force", "compile"], folder)
+    finally:
+        cluster.stop()
+    assert proc.returncode == 1, proc.stderr
+    refused = {s["id"]: s for s in json.loads(proc.stdout)["stages"]}["compile[SM8650]"]
+    assert refused["status"] == "failed", refused
+    assert "refused compile[SM8650]" in refused["message"] and "onnxruntime-qnn 0.0.1 here, " in refused["message"]
+    assert re.search(r"on tcp://127\.0\.0\.1:\d+", refused["message"]), refused["message"]
+    assert (cache / key / "manifest.json").read_bytes() == shared  # nothing replaced under the client's key
+    assert not list((tmp_path / "dask").glob(f"worker*/qnnbuild/.store/{key}"))  # nor built there

@@ -21,7 +21,7 @@ from qnnbuild.common.hashing import StatCache
 from qnnbuild.engine.build.lock import write_lock
 from qnnbuild.engine.build.result import Result
 from qnnbuild.engine.keys.code import CodeDigests
-from qnnbuild.engine.keys.document import key_of
+from qnnbuild.engine.keys.document import DIST, declared_of, key_of
 from qnnbuild.engine.keys.instance import InstanceKeys
 from qnnbuild.engine.keys.status import Verdict, assess
 from qnnbuild.engine.keys.versions import VersionCache
@@ -35,7 +35,7 @@ from qnnbuild.stages.base import StageRun
 if TYPE_CHECKING:  # the shared cache, the cluster and the worker spawner load only when a run needs them
     from qnnbuild.engine.store.remote import RemoteCache
     from qnnbuild.engine.store.sync import SharedSync
-    from qnnbuild.engine.workers.client import Cluster, Job
+    from qnnbuild.engine.workers.client import Built, Cluster, Job
 
 
 def label(sessions: list[Session], session: Session, inst_id: str) -> str:
@@ -114,6 +114,8 @@ class Session:
         started = time.monotonic()
         key, document = self.keys.get(inst.id) or self.keying.key_for(inst, self._upstream_digests(inst))
         with self._key_lock(key):  # one build per key, however many recipes of this run share it
+            # again: a peer that held the lock may have run it, so what it loaded (the full key) is known now
+            key, document = self.keying.key_for(inst, self._upstream_digests(inst))
             return self._execute(inst, key, document, started)
 
     def _execute(self, inst: Instance, key: str, document: dict[str, Any], started: float) -> Result:
@@ -123,10 +125,11 @@ class Session:
         restored = self._restore(inst, key, document) if self.sync is not None and not forced else None
         if restored is not None:
             return self._adopt(inst, *restored, "cached", started, origin="remote")
-        if self.executor is not None and not KINDS[inst.kind].discovers(inst.params):  # those live here
-            worker = self.executor.build(self._job(inst, key, document), self.store)
-            if worker is not None:
-                return self._adopt(inst, key, document, "ran", started, worker=worker)
+        if self.executor is not None and not KINDS[inst.kind].discovers(inst.params):  # file readers live here
+            built = self.executor.build(self._job(inst, key, document), self.store)
+            if built is not None:
+                key, document = self._worker_key(inst, document, built)
+                return self._adopt(inst, key, document, "ran", started, worker=built.worker)
         work = self.store.new_workdir(key)
         try:
             self._run_worker(inst, work)
@@ -141,18 +144,30 @@ class Session:
         result = self._adopt(inst, key, document, "ran", started)
         checkpoint("view:switched", inst.id)
         if self.sync is not None:
-            self.sync.upload(inst.id, key, document, forced=forced)
+            self.sync.upload(inst.id, key, forced=forced)
         self.failure_log(inst).unlink(missing_ok=True)  # the last failure of this instance is history now
         return result
 
     def _restore(self, inst: Instance, key: str, document: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-        """The entry from the shared cache (a kind that discovers its inputs: any variant other machines saw)."""
+        """The entry from the shared cache: this key, or any variant of its declared key other machines ran."""
         if self.sync is None:
             return None
-        declared = {k: v for k, v in document.items() if k != "discovered"}
-        discovers = KINDS[inst.kind].discovers(inst.params)
-        return self.sync.restore(key, document,
-                                 (lambda files: self.keying.with_discovered(declared, files)) if discovers else None)
+        declared = declared_of(document)
+        return self.sync.restore(key, document, lambda found: self.keying.with_discovered(declared, found))
+
+    def _worker_key(self, inst: Instance, document: dict[str, Any], built: Built) -> tuple[str, dict[str, Any]]:
+        """The key a worker published under (what its run loaded), as this machine computes it: the two must
+        agree, or the entry is not one this machine can ever find again."""
+        declared = declared_of(document)
+        self.store.remember_discovered(key_of(declared), built.found)
+        key, mine = self.keying.with_discovered(declared, built.found)
+        if key != built.key:
+            theirs, ours = built.document.get("libraries", {}), mine.get("libraries", {})
+            differ = [f"{d} {theirs.get(d, '(none)')} there, {ours.get(d, '(none)')} here"
+                      for d in sorted(set(theirs) | set(ours)) if theirs.get(d) != ours.get(d)]
+            raise StageFailed(f"worker {built.worker} built {inst.id} with other distributions than this machine's "
+                              f"({'; '.join(differ) or 'its key differs'}); give every worker the client's versions")
+        return key, mine
 
     def _job(self, inst: Instance, key: str, document: dict[str, Any]) -> Job:
         """What a worker needs to build `inst`, and nothing of this Session (its files' digests are the key's)."""
@@ -162,7 +177,7 @@ class Session:
         return Job(inst.id, inst.kind, key, document, {name: str(self.results[up].key) for name, up in
                                                         inst.inputs.items()},
                    files, self.stage_run(inst, Path("/nonexistent")).to_json(), KINDS[inst.kind].spreads,
-                   self.progress_file(inst), self.failure_log(inst))
+                   inst.id in self.forced, self.progress_file(inst), self.failure_log(inst))
 
     def _adopt(self, inst: Instance, key: str, document: dict[str, Any], status: str, started: float, *,
                origin: str = "local", worker: str | None = None) -> Result:
@@ -186,15 +201,17 @@ class Session:
                 self.stat.digest(self.store.entry(key) / rel)
 
     def _rekey(self, work: Path, document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """After a run: the key from the declared inputs and the files the stage reported reading."""
+        """After a run: the key from the declared inputs, the files the stage reported reading and the
+        distributions it loaded."""
         report = work / ".qnnbuild" / "discovered.json"
         if not report.is_file():
             return key_of(document), document
-        declared = {k: v for k, v in document.items() if k != "discovered"}
-        files = sorted(os.path.relpath(p, self.keying.root) for p in json.loads(report.read_text()))
+        declared = declared_of(document)
+        found = sorted(e if e.startswith(DIST) else os.path.relpath(e, self.keying.root)
+                       for e in json.loads(report.read_text()))
         report.unlink()
-        self.store.remember_discovered(key_of(declared), files)
-        return self.keying.with_discovered(declared, files)
+        self.store.remember_discovered(key_of(declared), found)
+        return self.keying.with_discovered(declared, found)
 
     def stage_run(self, inst: Instance, work: Path) -> StageRun:
         return StageRun(recipe=self.plan.recipe, stage=inst.stage, instance=inst.id, params=inst.params,

@@ -53,6 +53,11 @@ def closure(module: str) -> list[Path]:
     return sorted(set(seen.values()))
 
 
+def closure_digest(module: str) -> str:
+    """The digest of `module`'s closure, read from the files now."""
+    return sha256_json([[p.relative_to(PACKAGE).as_posix(), sha256_file(p)] for p in closure(module)])
+
+
 class CodeDigests:
     """module → digest of its closure, remembered in `file` while the package's files are unchanged."""
 
@@ -64,8 +69,7 @@ class CodeDigests:
         if self.cache is None:
             self.cache = StampCache(self.file, package_stamp_json())
         if module not in self.cache.data:
-            files = closure(module)
-            self.cache.put(module, sha256_json([[p.relative_to(PACKAGE).as_posix(), sha256_file(p)] for p in files]))
+            self.cache.put(module, closure_digest(module))
         return str(self.cache.data[module])
 
     def save(self) -> None:

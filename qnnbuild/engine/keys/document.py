@@ -33,6 +33,21 @@ def key_of(document: dict[str, Any]) -> str:
     return sha256_json(document)
 
 
+FOUND = ("discovered", "libraries")  # what a run reported (files it read, distributions it loaded), not declared
+DIST = "dist:"  # a distribution among the entries a run reported (the rest are files it read)
+
+
+def declared_of(document: dict[str, Any]) -> dict[str, Any]:
+    """The key document without what runs reported: what is known before a stage runs."""
+    return {k: v for k, v in document.items() if k not in FOUND}
+
+
+def with_found(declared: dict[str, Any], files: dict[str, str], libraries: dict[str, str]) -> dict[str, Any]:
+    """The declared document with the digests of the files a run read and the versions of the distributions
+    whose modules were loaded in its process."""
+    return {**declared, **({"discovered": files} if files else {}), **({"libraries": libraries} if libraries else {})}
+
+
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict) and value:
         out: dict[str, Any] = {}
@@ -50,7 +65,7 @@ def _short(value: Any) -> str:
 def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human reasons a key changed, most specific first: `parameter activations: 'uint8' → 'uint16'`."""
     words = {"params": "parameter", "inputs": "input", "files": "input file", "discovered": "input file",
-             "tools": "tool", "target": "target"}
+             "tools": "tool", "libraries": "library", "target": "target"}
     reasons = []
     if old.get("kind") != new.get("kind"):
         reasons.append(f"kind {old.get('kind')} → {new.get('kind')}")
@@ -61,6 +76,8 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("recipe") != new.get("recipe"):
         reasons.append(f"recipe name (in its outputs' names) {old.get('recipe')} → {new.get('recipe')}")
     for section, word in words.items():
+        if section in FOUND and not (old.get(section) and new.get(section)):
+            continue  # not known before the declared key's first run: its declared part says why it changed
         before, after = _flat(old.get(section) or {}), _flat(new.get(section) or {})
         for name in sorted(set(before) | set(after)):
             if before.get(name) != after.get(name):

@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 from qnnbuild.common.hashing import StatCache
 from qnnbuild.engine.keys.code import CodeDigests
-from qnnbuild.engine.keys.document import key_document, key_of
-from qnnbuild.engine.keys.versions import tool_versions
+from qnnbuild.engine.keys.document import DIST, key_document, key_of, with_found
+from qnnbuild.engine.keys.versions import tool_version, tool_versions
 from qnnbuild.engine.recipe.plan import Instance, Plan
 from qnnbuild.stages import KINDS
 from qnnbuild.toolchain.runtime.targets import TARGETS
@@ -39,11 +39,11 @@ class InstanceKeys:
         self.readonly = readonly
 
     def key_for(self, inst: Instance, upstream: dict[str, str]) -> tuple[str, dict[str, Any]]:
-        """The instance's key: its declared inputs, plus (for kinds that discover what they read) the files an
-        earlier run of the same declared key reported, digested through the stat cache with no import."""
+        """The instance's key: its declared inputs, plus what an earlier run of the same declared key reported
+        (the files it read, digested through the stat cache, and the distributions it loaded, at the versions
+        installed now), with no import. Before the first run of a declared key, the declared key alone: the run
+        then publishes under the key of what it did (Session._rekey)."""
         declared = self.declared_document(inst, upstream)
-        if not KINDS[inst.kind].discovers(inst.params):
-            return key_of(declared), declared
         variants = self.store.discovered(key_of(declared))
         candidates = [self.with_discovered(declared, files) for files in variants]
         for key, document in candidates:
@@ -62,16 +62,20 @@ class InstanceKeys:
                                 tool_versions(kind.tools_for(inst.params)), code)
         return {**document, "recipe": self.plan.recipe} if kind.named else document
 
-    def with_discovered(self, declared: dict[str, Any], files: list[str]) -> tuple[str, dict[str, Any]]:
-        """`files` are relative to the recipe's folder (keys stay equal across checkouts of one layout)."""
-        digests = {}
-        for rel in files:
+    def with_discovered(self, declared: dict[str, Any], found: list[str]) -> tuple[str, dict[str, Any]]:
+        """`found`: files relative to the recipe's folder (keys stay equal across checkouts of one layout) and
+        `dist:NAME` for each distribution the run loaded."""
+        digests, libraries = {}, {}
+        for rel in found:
+            if rel.startswith(DIST):
+                libraries[rel.removeprefix(DIST)] = tool_version(rel.removeprefix(DIST))
+                continue
             try:
                 with self.guard:
                     digests[rel] = self.stat.digest(self.root / rel)
             except OSError:
                 digests[rel] = "missing"
-        document = {**declared, "discovered": digests}
+        document = with_found(declared, digests, libraries)
         return key_of(document), document
 
     @property

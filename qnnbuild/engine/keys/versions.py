@@ -1,8 +1,8 @@
 """The versions of the distributions a stage runs, for its key document and the lock file.
 
 importlib.metadata costs ~30 ms a run, so versions are remembered across runs in a stamp cache, trusted while
-no site folder changed (installing, removing or upgrading a distribution renames a `.dist-info` folder, which
-changes the mtime of the site folder holding it).
+no folder of sys.path changed (installing, removing or upgrading a distribution renames a `.dist-info` folder,
+which changes the mtime of the folder holding it).
 """
 
 from __future__ import annotations
@@ -30,15 +30,14 @@ def tool_versions(dists: tuple[str, ...]) -> dict[str, str]:
     return {d: tool_version(d) for d in dists}
 
 
-def _path_stamp() -> list[object]:
-    """A stat per site folder of sys.path (the working folder changes with every build; distributions live in
-    the site folders)."""
+def site_stamp() -> list[object]:
+    """A stat per folder of sys.path but the first (the working or script folder, which changes with every
+    build): installing, removing or upgrading a distribution there renames a `.dist-info` folder. Every entry
+    counts, not only those named site-packages: a PYTHONPATH folder's distributions shadow the installed ones."""
     stamp: list[object] = []
-    for entry in sys.path:
-        if Path(entry).name not in ("site-packages", "dist-packages"):
-            continue
+    for entry in sys.path[1:]:
         try:
-            st = Path(entry or ".").stat()
+            st = Path(entry).stat()
         except OSError:
             continue
         stamp.append([entry, st.st_mtime_ns, st.st_ino])
@@ -49,7 +48,7 @@ class VersionCache:
     """Distribution versions remembered in `file`, trusted while no sys.path site folder changed."""
 
     def __init__(self, file: Path) -> None:
-        self.cache = StampCache(file, _path_stamp())
+        self.cache = StampCache(file, site_stamp())
         for dist, value in self.cache.data.items():
             _versions.setdefault(dist, str(value))
 

@@ -3,6 +3,9 @@
     <url>/<key>/files/<relpath>      the entry's output files, uploaded first
     <url>/<key>/meta/<name>          stage.log and timings.json: not outputs, but checked like them against
                                      the digests the manifest's "meta" holds
+    <url>/<key>/signatures/<manifest sha256>.<signer>
+                                     the writer's ed25519 signature of the key and manifest (signing.py), when
+                                     it has a signing key; readers that list trusted keys need one
     <url>/<key>/manifest.json        the local manifest, uploaded last with a conditional create: the commit
                                      marker, so an entry without it does not exist for a reader
     <url>/deps/<declared key>.json   the discovered-input lists of a declared key (see Session.key_for)
@@ -28,9 +31,11 @@ from typing import Any, TypeVar
 
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.common.hashing import sha256_file, sha256_json
+from qnnbuild.engine.keys.document import declared_of, key_of
 from qnnbuild.engine.store.files import META, output_files, remove_tree
 from qnnbuild.engine.store.fsio import link_create, protocols, redact, storage_errors
-from qnnbuild.engine.store.local import META_FILES, Store
+from qnnbuild.engine.store.local import MAX_VARIANTS, META_FILES, Store
+from qnnbuild.engine.store.signing import Signing
 from qnnbuild.errors import UsageError
 
 T = TypeVar("T")
@@ -54,6 +59,7 @@ class RemoteCache:
     failure: str | None = None
     warned: set[str] = field(default_factory=set)
     refused: set[str] = field(default_factory=set)  # keys whose entry was bad: a writer replaces them
+    signing: Signing = field(default_factory=Signing.from_env)  # this machine's key and the keys it trusts
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -141,7 +147,8 @@ class RemoteCache:
     # --- reading -------------------------------------------------------------------------------------------
     def manifest(self, key: str) -> dict[str, Any] | None:
         try:
-            raw = json.loads(self.call("read manifest", self.fs.cat_file, self.path(key, "manifest.json")))
+            body = self.call("read manifest", self.fs.cat_file, self.path(key, "manifest.json"))
+            raw = json.loads(body)
         except FileNotFoundError:
             return None
         except ValueError:
@@ -152,7 +159,18 @@ class RemoteCache:
             self.once(f"shared cache entry {key[:16]}: its manifest does not describe this key; refused")
             self.refused.add(key)
             return None
+        unsigned = self.signing.check(key, body, lambda name: self._signature(key, name))
+        if unsigned is not None:
+            self.once(f"shared cache entry {key[:16]}: {unsigned}; refused, building locally")
+            self.refused.add(key)
+            return None
         return raw
+
+    def _signature(self, key: str, name: str) -> bytes | None:
+        try:
+            return bytes(self.call("read signature", self.fs.cat_file, self.path(key, "signatures", name)))
+        except FileNotFoundError:
+            return None
 
     def fetch(self, key: str, store: Store, replace: bool = False) -> dict[str, Any] | None:
         """Download the entry for `key`, check every file against its manifest, publish it into `store` (over
@@ -203,7 +221,11 @@ class RemoteCache:
 
     # --- writing -------------------------------------------------------------------------------------------
     def push(self, key: str, store: Store, *, replace: bool = False, instance: str = "") -> bool:
-        """Upload a local entry: files, then the manifest by conditional create. False when it was there."""
+        """Upload a local entry: files, its signature, then the manifest by conditional create. False when it was
+        there, or when this machine must not upload (its key is not trusted: see signing.py)."""
+        if not self._may_upload():
+            return False
+        self._share_variant(key, store)
         entry = store.entry(key)
         manifest_path = self.path(key, "manifest.json")
         if not replace and self.call("look up", self.fs.exists, manifest_path):
@@ -215,6 +237,9 @@ class RemoteCache:
         for name in sorted(json.loads(body).get("meta") or {}):
             if name in META_FILES:
                 self.call("upload", self.fs.put_file, str(entry / META / name), self.path(key, "meta", name))
+        signed = self.signing.sign(key, body)
+        if signed is not None:  # before the manifest: a committed entry's signature is already there
+            self.call("upload signature", self.fs.pipe_file, self.path(key, "signatures", signed[0]), signed[1])
         checkpoint("remote:files-uploaded", instance)
         if replace:
             self.call("upload manifest", self.fs.pipe_file, manifest_path, body)
@@ -235,7 +260,30 @@ class RemoteCache:
             raise
         return True
 
+    def _share_variant(self, key: str, store: Store) -> None:
+        """What the run behind `key` read and loaded, among its declared key's variants here: other machines
+        compute the full key from it (Session.key_for) and would never find the entry without it. Merged with
+        the variants other machines recorded, this machine's first."""
+        document = (store.manifest(key) or {}).get("document") or {}
+        declared = declared_of(document)
+        if not document or declared == document:
+            return
+        shared = key_of(declared)
+        mine, theirs = store.discovered(shared), self.discovered(shared)
+        merged = [*mine, *(v for v in theirs if v not in mine)][:MAX_VARIANTS]
+        if merged != theirs:
+            self.remember_discovered(shared, merged)
+
+    def _may_upload(self) -> bool:
+        """False (said once) when readers that trust what this machine trusts would refuse its entries."""
+        refusal = self.signing.refuses_upload()
+        if refusal is not None:
+            self.once(f"not uploading to the shared cache {self.shown}: {refusal}")
+        return refusal is None
+
     def remember_discovered(self, declared_key: str, variants: list[list[str]]) -> None:
+        if not self._may_upload():
+            return
         self.call("upload deps", self.fs.pipe_file, self.path("deps", f"{declared_key}.json"),
                    json.dumps(variants).encode())
 

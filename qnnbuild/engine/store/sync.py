@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qnnbuild.common.atomic import write_json
-from qnnbuild.engine.keys.document import key_of
+from qnnbuild.engine.keys.document import declared_of, key_of
 from qnnbuild.engine.store.local import Store
 
 if TYPE_CHECKING:
@@ -33,44 +33,44 @@ class SharedSync:
 
     def restore(self, key: str, document: dict[str, Any],
                 variant: Variant | None = None) -> tuple[str, dict[str, Any]] | None:
-        """The entry for this key from the shared cache, published locally; None to build it here. With `variant`
-        (a kind that discovers what it reads), the variants other machines recorded for its declared key count
-        too."""
+        """The entry for this key from the shared cache, published locally; None to build it here. With `variant`,
+        the variants other machines recorded for its declared key (what their runs read and loaded) count too."""
         from qnnbuild.engine.store.remote import CacheDown
 
         remote = self.remote
-        candidates = [(key, document)]
+        declared = key_of(declared_of(document))
+        candidates: dict[str, tuple[dict[str, Any], list[str] | None]] = {key: (document, None)}
         if variant is not None:
-            declared = {k: v for k, v in document.items() if k != "discovered"}
             try:
-                variants = remote.discovered(key_of(declared))
+                variants = remote.discovered(declared)
             except CacheDown:
                 return None
-            candidates += [variant(files) for files in variants]
-        for candidate, doc in dict(candidates).items():
+            for seen in variants:
+                candidate, doc = variant(seen)
+                candidates.setdefault(candidate, (doc, seen))
+        for candidate, (doc, found) in candidates.items():
             try:
                 if remote.fetch(candidate, self.store) is not None:
+                    if found is not None:  # what that run read and loaded: this store finds the key next time
+                        self.store.remember_discovered(declared, found)
                     return candidate, doc
             except CacheDown:
                 return None
         return None
 
-    def upload(self, instance: str, key: str, document: dict[str, Any], *, forced: bool = False) -> None:
+    def upload(self, instance: str, key: str, *, forced: bool = False) -> None:
         """After a run: upload the entry (files, then the manifest as commit marker); never fails the build.
 
         The key is recorded as pending first and cleared once committed, so an upload cut short (cache down,
         writer killed) is retried by the next run instead of being forgotten behind a local cache hit."""
         from qnnbuild.engine.store.remote import CacheDown
 
-        remote, store = self.remote, self.store
+        remote = self.remote
         if not remote.writes:
             return
         self.pending(add=[key])
         try:
-            remote.push(key, store, replace=key in remote.refused or forced, instance=instance)
-            if "discovered" in document:
-                declared = key_of({k: v for k, v in document.items() if k != "discovered"})
-                remote.remember_discovered(declared, store.discovered(declared))
+            remote.push(key, self.store, replace=key in remote.refused or forced, instance=instance)
         except CacheDown:
             return
         except OSError as exc:  # reading our own entry failed: say so, never fail the build

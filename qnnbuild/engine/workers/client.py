@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.common.atomic import write_text
+from qnnbuild.engine.keys.document import DIST
 from qnnbuild.engine.store.blobs import put_blob
 from qnnbuild.engine.store.local import Store
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache
@@ -38,8 +39,20 @@ class Job:
     files: dict[str, tuple[Path, str]]  # declared input name → (path here, digest)
     run: dict[str, Any]  # the StageRun as JSON; paths are replaced on the worker
     spreads: bool  # the stage may run its shards as tasks of their own
+    forced: bool  # `run --force`: the worker builds it again, whatever it or the shared cache holds
     progress: Path  # where the relayed progress lands for the console
     failure_log: Path  # where a failed stage's log is kept
+
+
+@dataclass(frozen=True)
+class Built:
+    """A worker's answer: the key it published under (from what its run loaded: `found`, as the entries a run
+    reports) and that key's document."""
+
+    worker: str
+    key: str
+    document: dict[str, Any]
+    found: list[str]
 
 
 class Cluster:
@@ -97,8 +110,8 @@ class Cluster:
                 self.client.unsubscribe_topic(name)
         return reply
 
-    def build(self, job: Job, store: Store) -> str | None:
-        """Build the job on a worker and restore its entry into `store`; the worker's address, or None when the
+    def build(self, job: Job, store: Store) -> Built | None:
+        """Build the job on a worker and restore its entry into `store`; what the worker built, or None when the
         cache failed (the instance then runs here: a cache error never fails a build)."""
         remote = self.remote
         try:
@@ -110,8 +123,9 @@ class Cluster:
             return None
         request = {"kind": job.kind, "key": job.key, "document": job.document, "upstream": job.upstream,
                    "file_digests": {name: digest for name, (_, digest) in sorted(job.files.items())},
-                   "run": job.run, "spreads": job.spreads,
-                   "refused": job.key in remote.refused}  # a worker holding it then replaces the shared entry
+                   "run": job.run, "spreads": job.spreads, "forced": job.forced,
+                   # the shared entries this client refused: the worker replaces the one it then publishes
+                   "refused": sorted(remote.refused)}
         try:
             reply = self.run(request, job.progress)
         finally:
@@ -120,14 +134,16 @@ class Cluster:
             job.failure_log.parent.mkdir(parents=True, exist_ok=True)
             job.failure_log.write_text(reply.get("log", ""))
             raise StageFailed(f"{reply['message']} (on {reply['worker']})", job.failure_log)
+        key = str(reply.get("key", job.key))
         try:
-            restored = remote.fetch(job.key, store, replace=True)  # this run's log and timings
+            restored = remote.fetch(key, store, replace=True)  # this run's log and timings
         except CacheDown:
             restored = None
         if restored is None:
             raise StageFailed(f"worker {reply['worker']} built {job.instance}, but the shared cache holds no valid "
                               "entry for it")
-        return str(reply["worker"])
+        document = reply.get("document", job.document)
+        return Built(str(reply["worker"]), key, document, list(reply.get("found", found_in(document))))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -135,6 +151,11 @@ class Cluster:
         if self.local is not None:
             with contextlib.suppress(Exception):
                 self.local.close()
+
+
+def found_in(document: dict[str, Any]) -> list[str]:
+    """What the run behind a key document reported, as a run reports it (files, then `dist:NAME` entries)."""
+    return [*document.get("discovered", {}), *(DIST + d for d in document.get("libraries", {}))]
 
 
 def _write_progress(path: Path, text: str) -> None:

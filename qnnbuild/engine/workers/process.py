@@ -21,6 +21,9 @@ from typing import Any
 
 from qnnbuild.common.child import child_env, die_with_parent, start_module
 from qnnbuild.common.faults import checkpoint
+from qnnbuild.common.stamps import package_stamp
+from qnnbuild.engine.keys.document import DIST
+from qnnbuild.engine.keys.versions import site_stamp
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun
@@ -28,17 +31,26 @@ from qnnbuild.stages.base import StageRun
 EXIT_STAGE_FAILED = 3
 
 
-PRELOAD = ["qnnbuild.stages", "qnnbuild.toolchain.runtime.preload"]  # imported once by the fork server, by name
+# imported once by the fork server, by name; a stage in a new interpreter imports them too, so that the distributions
+# it loaded (its key's libraries) are the same either way
+PRELOAD = ["qnnbuild.stages", "qnnbuild.toolchain.runtime.preload", "qnnbuild.engine.workers.libraries"]
 _server: Any = None
+_server_stamp: Any = None  # qnnbuild's files and the site folders as they were when the server imported PRELOAD
+
+
+def _code_stamp() -> Any:
+    """Taken now (not once per process): qnnbuild's modules and the site folders distributions live in."""
+    return [package_stamp.__wrapped__(), site_stamp()]
 
 
 def _forkserver() -> Any:
     """multiprocessing's fork server, started once per qnnbuild process with PRELOAD imported and the hash seed
     fixed (children inherit both; a hash seed cannot change after a process starts)."""
-    global _server  # noqa: PLW0603 - one per process
+    global _server, _server_stamp  # noqa: PLW0603 - one per process
     if _server is None:
         import multiprocessing
 
+        _server_stamp = _code_stamp()
         os.environ["PYTHONHASHSEED"] = "0"  # for the server, which every stage process is forked from
         _server = multiprocessing.get_context("forkserver")
         _server.set_forkserver_preload(PRELOAD)
@@ -46,28 +58,51 @@ def _forkserver() -> Any:
 
 
 def _use_forkserver() -> bool:
-    """Unless QNNBUILD_FORKSERVER=0."""
-    return os.environ.get("QNNBUILD_FORKSERVER", "1") != "0"
+    """Unless QNNBUILD_FORKSERVER=0, or the server's preloaded code is no longer what is installed: a long-lived
+    Dask worker whose qnnbuild or distributions were upgraded underneath it then runs each stage in a new
+    interpreter (the versions it proves and keys are the installed ones; the server's would be older)."""
+    if os.environ.get("QNNBUILD_FORKSERVER", "1") == "0":
+        return False
+    if _server_stamp is not None and _code_stamp() != _server_stamp:
+        _say_once("qnnbuild's code or installed distributions changed since this process started its stage "
+                  "server; stages now start new interpreters")
+        return False
+    return True
 
 
-_daemon_flag = threading.Lock()
+_said: set[str] = set()
+
+
+def _say_once(text: str) -> None:
+    if text not in _said:
+        _said.add(text)
+        print(f"warning: {text}", file=sys.stderr)
+
+
+_starting = threading.Lock()
 
 
 @contextlib.contextmanager
-def _children_allowed() -> Iterator[None]:
-    """Let a daemonic process (a Dask nanny's worker) start the fork server and its children. multiprocessing
-    refuses daemonic processes children so none outlives them; ours cannot: the server exits when its client
-    does, and every stage process is SIGKILLed when the server dies (PR_SET_PDEATHSIG in _forked)."""
+def _starting_children() -> Iterator[None]:
+    """While the fork server or a stage process starts: allowed from a daemonic process (a Dask nanny's
+    worker), and without the caller's main module. multiprocessing refuses daemonic processes children so none
+    outlives them; ours cannot: the server exits when its client does, and every stage process is SIGKILLed
+    when the server dies (PR_SET_PDEATHSIG in _forked). And a child re-imports its parent's `__main__` (the
+    `dask` command's, pytest's, `qnnbuild`'s own script): the stage would then load whatever its caller's
+    script loads, and the distributions in its key (its `libraries`) would depend on who started it."""
     import multiprocessing
+    import types
 
     config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
-    with _daemon_flag:
-        daemon = config.get("daemon")
+    with _starting:
+        daemon, main = config.get("daemon"), sys.modules["__main__"]
         config["daemon"] = False
+        sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to re-import
         try:
             yield
         finally:
             config["daemon"] = daemon
+            sys.modules["__main__"] = main
 
 
 def warm() -> None:
@@ -77,7 +112,7 @@ def warm() -> None:
         from multiprocessing import forkserver
 
         _forkserver()
-        with _children_allowed():
+        with _starting_children():
             forkserver.ensure_running()
 
 
@@ -109,7 +144,7 @@ def _run(request: Path, work: Path, log: Path, extra_env: dict[str, str]) -> int
         env = child_env(extra_env)
         warm()  # the first stage of a run that did not start it early (a no-op run never starts it)
         process = _forkserver().Process(target=_forked, args=(str(request), str(work), str(log), env))
-        with _children_allowed():
+        with _starting_children():
             process.start()
         process.join()
         return int(process.exitcode if process.exitcode is not None else 1)
@@ -136,20 +171,28 @@ def spawn(kind: str, run: StageRun, work: Path, spread: dict[str, Any] | None = 
 
 
 def main(argv: list[str]) -> int:
+    import importlib
+
+    from qnnbuild.engine.workers import libraries
+
+    for module in PRELOAD:  # already there when forked from the server
+        importlib.import_module(module)
     request = Path(argv[0])
     raw = json.loads(request.read_text())
     ctx = StageRun.from_json(raw["run"])
+    engine = frozenset[str]()
     if raw.get("spread"):
+        before = libraries.top_level()
         from qnnbuild.engine.workers.spread import DaskSpread
 
+        engine = libraries.top_level() - before  # Dask's client: the engine's, not the stage's
         ctx = dataclasses.replace(ctx, spread=DaskSpread(**raw["spread"]))
     error_file = request.with_name("error.txt")
     try:
         checkpoint("stage:running", ctx.instance)
         KINDS[raw["kind"]].run(ctx)
-        if ctx.reads:
-            reads = sorted({str(p.resolve()) for p in ctx.reads})
-            request.with_name("discovered.json").write_text(json.dumps(reads))
+        found = sorted({str(p.resolve()) for p in ctx.reads}) + [f"{DIST}{d}" for d in libraries.loaded(engine)]
+        request.with_name("discovered.json").write_text(json.dumps(found))
     except StageFailed as exc:
         error_file.write_text(str(exc))
         print(f"stage failed: {exc}", file=sys.stderr)

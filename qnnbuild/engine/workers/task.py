@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.common.faults import checkpoint
+from qnnbuild.engine.keys.document import DIST, declared_of, key_of, with_found
+from qnnbuild.engine.keys.proof import disagreements, installed
 from qnnbuild.engine.store.files import remove_tree
 from qnnbuild.engine.store.local import Store
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache
@@ -48,16 +51,21 @@ def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[st
     store = worker_store(worker)
     key = request["key"]
     me = str(worker.address) if worker else "local"
+    refused = set(request.get("refused") or ())  # shared entries the client refused (bad, or untrusted)
+    forced = bool(request.get("forced"))  # `run --force`: built again, whatever this worker or the cache holds
     try:
         if store.has(key) and store.damaged(key):
             store.quarantine(key)
-        if store.has(key):  # the client came because it could not use the shared entry: give it this one
-            remote.push(key, store, replace=bool(request.get("refused")), instance=request["run"]["instance"])
+        if store.has(key) and not forced:  # the client came because it could not use the shared entry: give it
+            remote.push(key, store, replace=key in refused, instance=request["run"]["instance"])
             return {"ok": True, "worker": me, "seconds": time.monotonic() - started,
                     "note": "already in this worker's store; uploaded to the shared cache"}
         # checked as the client checks it (every file against the manifest); a bad entry is rebuilt and replaced
-        if remote.fetch(key, store) is not None:
+        if not forced and remote.fetch(key, store) is not None:
             return {"ok": True, "worker": me, "seconds": time.monotonic() - started, "note": "already in the cache"}
+        refusal = _disagreements(request, me)
+        if refusal:
+            return refusal
         run = _localize(request, remote, store)
         work = store.new_workdir(key)
         try:
@@ -67,7 +75,8 @@ def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[st
             with _relayed(run.progress_file, worker, request.get("progress_topic")):
                 spawn(request["kind"], run, run.out, spread=spread, env={CACHE_ENV: cache_url} if spread else None)
             checkpoint("cluster:ran", run.instance)
-            store.publish(work, key, request["document"], time.monotonic() - started, instance=run.instance)
+            key, document, found = _rekey(work, request["document"])
+            store.publish(work, key, document, time.monotonic() - started, instance=run.instance, replace=forced)
         except StageFailed as exc:
             log = work / ".qnnbuild" / "stage.log"
             return {"ok": False, "worker": me, "message": str(exc),
@@ -77,10 +86,37 @@ def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[st
                 remove_tree(work)
             if run.progress_file:
                 run.progress_file.unlink(missing_ok=True)
-        remote.push(key, store, replace=key in remote.refused, instance=run.instance)
+        store.remember_discovered(key_of(declared_of(document)), found)  # pushed beside the entry
+        remote.push(key, store, replace=forced or key in refused or key in remote.refused, instance=run.instance)
     except CacheDown as exc:
         return {"ok": False, "worker": me, "message": f"on worker {me}: {exc}", "log": "\n".join(warnings)}
-    return {"ok": True, "worker": me, "seconds": time.monotonic() - started}
+    return {"ok": True, "worker": me, "seconds": time.monotonic() - started, "key": key, "document": document,
+            "found": found}
+
+
+def _rekey(work: Path, document: dict[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
+    """After the run: the key of what it did (the distributions its process loaded, at this worker's versions,
+    which its proof found equal to the client's for what the client knew of)."""
+    report = work / ".qnnbuild" / "discovered.json"
+    found = json.loads(report.read_text()) if report.is_file() else []
+    report.unlink(missing_ok=True)
+    files = [e for e in found if not e.startswith(DIST)]
+    if files:
+        raise StageFailed(f"read files a worker cannot key ({', '.join(files[:3])}): such a stage runs on the client")
+    document = with_found(declared_of(document), {}, {e.removeprefix(DIST): installed(e.removeprefix(DIST))
+                                                      for e in found})
+    return key_of(document), document, found
+
+
+def _disagreements(request: dict[str, Any], me: str) -> dict[str, Any] | None:
+    """A refusal when this worker's toolchain for the job's kind differs from the key document's (it would
+    publish its own output under the client's key), naming the worker and what differs; None when it agrees."""
+    differs = disagreements(request["kind"], request["run"]["params"], request["document"])
+    if not differs:
+        return None
+    return {"ok": False, "worker": me, "refused": differs, "log": "",
+            "message": f"the worker refused {request['run']['instance']}: its toolchain differs from the key's ("
+                       f"{'; '.join(differs)}); give every worker the client's versions"}
 
 
 def _progress_file(store: Store, work: Path) -> Path:
