@@ -66,3 +66,12 @@ def test_a16w8_mobilenet_is_right_on_htp(tmp_path: Path) -> None:
     print(f"a16w8 MobileNetV2 on SM8650: HTP {sqnr['htp']:.2f} dB, QDQ on CPU {sqnr['qdq_cpu']:.2f} dB")
     assert abs(sqnr["htp"] - sqnr["qdq_cpu"]) < 1.0, sqnr
     assert sqnr["htp"] > 25, sqnr
+
+    # validate in two shard processes gives the very bytes one process gave (its CPU sessions run one thread
+    # wherever they run; shards are no longer pinned to cores 0..N-1, where parallel instances piled up)
+    one = (tmp_path / "artifacts/mobilenet_a16w8/validate/SM8650/metrics.json").read_bytes()
+    (tmp_path / "a16w8.yaml").write_text(A16W8.replace("quantized: quantize}", "quantized: quantize, workers: 2}"))
+    proc = run_process(["run", "a16w8.yaml", "--force", "validate", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert {s["id"]: s["status"] for s in json.loads(proc.stdout)["stages"]}["validate[SM8650]"] == "ran"
+    assert (tmp_path / "artifacts/mobilenet_a16w8/validate/SM8650/metrics.json").read_bytes() == one

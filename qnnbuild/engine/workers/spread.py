@@ -126,7 +126,7 @@ def shard_task(run_range: Any, template: dict[str, Any], part: tuple[int, int], 
             worker.log_event(topic, {"shard": index, "done": done})
 
     try:
-        result, seconds = run_range(spec, *part, report, None)
+        result, seconds = run_range(spec, *part, report)
     except ChildProcessError as exc:  # toolchain/runtime/shards.ShardLost
         return ("lost", str(exc).splitlines()[0], me)
     except Exception as exc:

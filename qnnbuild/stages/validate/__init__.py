@@ -50,9 +50,10 @@ def collect_range(spec: dict[str, Any], start: int, stop: int) -> tuple[dict[str
     inputs = {k: Path(v) for k, v in spec["inputs"].items()}
     samples = calibration.samples_for(spec["data"], {k: Path(v) for k, v in spec["files"].items()},
                                       inputs["reference"])
-    sessions = {"fp32": qnn.cpu_session(str(inputs["reference"] / "model.onnx"))}
+    # one thread: the figures are keyed outputs, the same bytes on any machine and in any number of shards
+    sessions = {"fp32": qnn.cpu_session(str(inputs["reference"] / "model.onnx"), threads=1)}
     if "quantized" in inputs:
-        sessions["qdq_cpu"] = qnn.cpu_session(str(inputs["quantized"] / "model.qdq.onnx"))
+        sessions["qdq_cpu"] = qnn.cpu_session(str(inputs["quantized"] / "model.qdq.onnx"), threads=1)
     sessions["htp"] = qnn.deliverable_session(inputs["context"])
     names = [o.name for o in sessions["fp32"].get_outputs()]
     outs: dict[str, dict[str, list[Any]]] = {m: {n: [] for n in names} for m in sessions}

@@ -102,15 +102,18 @@ def plain_cpu_session(model: str | bytes, external_folder: Path | None = None) -
                                         providers=["CPUExecutionProvider"])
 
 
-def cpu_session(model: str | bytes, external_folder: Path | None = None) -> Any:
-    """`external_folder`: where the data file of a model given as bytes lies (a weightless copy of a graph)."""
+def cpu_session(model: str | bytes, external_folder: Path | None = None, *, threads: int | None = None) -> Any:
+    """`external_folder`: where the data file of a model given as bytes lies (a weightless copy of a graph);
+    `threads`: onnxruntime's intra-op threads, fixed (default: one per core this process may use)."""
     rt = ort()
-    return rt.InferenceSession(model, _cpu_options(rt, external_folder), providers=["CPUExecutionProvider"])
+    return rt.InferenceSession(model, _cpu_options(rt, external_folder, threads), providers=["CPUExecutionProvider"])
 
 
-def _cpu_options(rt: Any, external_folder: Path | None) -> Any:
+def _cpu_options(rt: Any, external_folder: Path | None, threads: int | None = None) -> Any:
     so = quiet_threads(rt.SessionOptions())
     so.log_severity_level = 3
+    if threads is not None:
+        so.intra_op_num_threads = threads
     if external_folder is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
     return so

@@ -3,8 +3,9 @@ each shard runs in a fresh process with its own sessions, and the results come b
 merged figures are the ones one process computes (every sample's outputs are the same wherever it runs).
 
 Why a process per shard: the HTP emulator runs one sample at a time per session and spreads it over the cores
-it is allowed, so two sessions in one process contend, and QNN's state leaks within a process. Locally, each
-shard's process is pinned to its own core; on a Dask cluster (`spread`, given by the engine) each shard is a
+it is allowed, so two sessions in one process contend, and QNN's state leaks within a process. Locally, the
+shards' processes are left to the OS scheduler (pinning shard i to core i put the shards of every instance
+running side by side onto the same cores); on a Dask cluster (`spread`, given by the engine) each shard is a
 task and its process runs on the worker that took it. The process is a new interpreter (`python -m
 qnnbuild.toolchain.runtime.shards FOLDER`), not a multiprocessing child, because a Dask worker is a daemonic process,
 which multiprocessing refuses children.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import os
 import pickle
 import subprocess
 import sys
@@ -35,7 +35,7 @@ from qnnbuild.errors import StageFailed
 
 Work = Callable[[dict[str, Any], int, int], Any]  # (spec, start, stop) → that range's result
 Report = Callable[[int], None]  # samples of one shard done so far
-RunRange = Callable[..., tuple[Any, float]]  # (spec, start, stop, report, core) → (result, seconds)
+RunRange = Callable[..., tuple[Any, float]]  # (spec, start, stop, report) → (result, seconds)
 Spread = Callable[[RunRange, dict[str, Any], list[tuple[int, int]], Report], list[tuple[Any, float]]]
 RETRIES = 1
 POLL_S = 0.5
@@ -71,8 +71,8 @@ def span(part: tuple[int, int]) -> str:
 def run(work: Work, spec: dict[str, Any], count: int, workers: int,
         progress: Callable[[int, int], None] = lambda done, total: None,
         spread: Spread | None = None, ticks: int = 1) -> tuple[list[Any], list[float]]:
-    """work(spec, start, stop) over `count` samples in `workers` shards: processes here (each pinned to its own
-    core), or tasks on the cluster through `spread`; each shard's result in sample order, and its seconds. One
+    """work(spec, start, stop) over `count` samples in `workers` shards: processes here, or tasks on the
+    cluster through `spread`; each shard's result in sample order, and its seconds. One
     shard and no cluster: the work runs in this process (a stage process already is a fresh one). `ticks`: how
     many times the work calls tick() per sample (once per model, where it runs its models in turn)."""
     parts = ranges(count, workers)
@@ -105,7 +105,7 @@ def _here(work: Work, spec: dict[str, Any], count: int, progress: Report) -> tup
 
 def _local(run_range: RunRange, spec: dict[str, Any], parts: list[tuple[int, int]],
            progress: Report) -> list[tuple[Any, float]]:
-    """Every shard in its own process on this machine, shard i pinned to core i; a lost one runs again once."""
+    """Every shard in its own process on this machine; a lost one runs again once."""
     counts = [0] * len(parts)
     results: dict[int, tuple[Any, float]] = {}
     pending = list(range(len(parts)))
@@ -119,7 +119,7 @@ def _local(run_range: RunRange, spec: dict[str, Any], parts: list[tuple[int, int
     for attempt in range(RETRIES + 1):
         lost = []
         with concurrent.futures.ThreadPoolExecutor(len(pending)) as pool:
-            futures = {pool.submit(run_range, spec, *parts[i], report_for(i), i): i for i in pending}
+            futures = {pool.submit(run_range, spec, *parts[i], report_for(i)): i for i in pending}
             for future in concurrent.futures.as_completed(futures):
                 try:
                     results[futures[future]] = future.result()
@@ -136,14 +136,14 @@ def _local(run_range: RunRange, spec: dict[str, Any], parts: list[tuple[int, int
     return [results[i] for i in range(len(parts))]
 
 
-def isolated(work: Work, spec: dict[str, Any], start: int, stop: int, report: Report = lambda done: None,
-             core: int | None = None) -> tuple[Any, float]:
-    """work(spec, start, stop) in a new interpreter (pinned to `core` when given and there are cores enough),
-    calling `report` with its samples done while it runs; its result and seconds. Raises ShardLost when the
-    process dies, StageFailed (with the tail of its log) when the work raises."""
+def isolated(work: Work, spec: dict[str, Any], start: int, stop: int, report: Report = lambda done: None
+             ) -> tuple[Any, float]:
+    """work(spec, start, stop) in a new interpreter, calling `report` with its samples done while it runs; its
+    result and seconds. Raises ShardLost when the process dies, StageFailed (with the tail of its log) when the
+    work raises."""
     with tempfile.TemporaryDirectory(prefix="qnnbuild-shard-") as tmp:
         folder = Path(tmp)
-        (folder / "job.pkl").write_bytes(pickle.dumps((work, spec, start, stop, core)))
+        (folder / "job.pkl").write_bytes(pickle.dumps((work, spec, start, stop)))
         with (folder / "log").open("wb") as log:
             proc = start_module("qnnbuild.toolchain.runtime.shards", tmp, stdout=log)
             try:
@@ -181,10 +181,7 @@ def _watch(proc: subprocess.Popen[bytes], counter: Path, report: Report) -> None
 def _child(folder: Path) -> int:
     """The shard's process: the job from job.pkl, its count into `done`, its outcome into answer.pkl."""
     global _done  # noqa: PLW0603 - this process runs one shard
-    work, spec, start, stop, core = pickle.loads((folder / "job.pkl").read_bytes())  # noqa: S301 - ours
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if core is not None and len(cores) > 1:
-        os.sched_setaffinity(0, {cores[core % len(cores)]})
+    work, spec, start, stop = pickle.loads((folder / "job.pkl").read_bytes())  # noqa: S301 - ours
     count = [0, 0.0]
 
     def counted() -> None:
