@@ -158,3 +158,34 @@ def test_a_repointed_symlink_is_a_changed_input(tmp_path: Path) -> None:
     proc = run_process(args, tmp_path)
     again = {s["id"]: s for s in json.loads(proc.stdout)["stages"]}["export"]
     assert again["status"] == "cached" and again["key"] == first["key"]
+
+
+def test_an_onnx_files_external_data_is_in_the_export_key(tmp_path: Path) -> None:
+    """model.onnx keeps its weights in model.onnx.data: rewriting a weight there (1.0 → 5.0) leaves model.onnx
+    as it was, and the export was served from the old key. The export reports the data file it read."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.conftest import run_process
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)
+    (tmp_path / "r.yaml").write_text("schema_version: 1\nrecipe: r\nstages:\n  export: {kind: export, onnx: model.onnx}\n")
+    proc = run_process(["run", "r.yaml", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout)["stages"][0]
+    (tmp_path / "model.onnx.data").write_bytes(np.full((4, 4), 5.0, np.float32).tobytes())
+    proc = run_process(["status", "r.yaml"], tmp_path)
+    assert "input file model.onnx.data changed" in proc.stdout, proc.stdout
+    proc = run_process(["run", "r.yaml", "--json"], tmp_path)
+    second = json.loads(proc.stdout)["stages"][0]
+    assert second["status"] == "ran" and second["key"] != first["key"]
+    exported = onnx.load(str(tmp_path / "artifacts/r/export/model.onnx"))
+    assert float(numpy_helper.to_array(exported.graph.initializer[0]).max()) == 5.0

@@ -173,7 +173,7 @@ def spawn(kind: str, run: StageRun, work: Path, spread: dict[str, Any] | None = 
 def main(argv: list[str]) -> int:
     import importlib
 
-    from qnnbuild.engine.workers import libraries
+    from qnnbuild.engine.workers import libraries, reads
 
     for module in PRELOAD:  # already there when forked from the server
         importlib.import_module(module)
@@ -188,10 +188,14 @@ def main(argv: list[str]) -> int:
         engine = libraries.top_level() - before  # Dask's client: the engine's, not the stage's
         ctx = dataclasses.replace(ctx, spread=DaskSpread(**raw["spread"]))
     error_file = request.with_name("error.txt")
+    seen = reads.watch()
     try:
         checkpoint("stage:running", ctx.instance)
         KINDS[raw["kind"]].run(ctx)
-        found = sorted({str(p.resolve()) for p in ctx.reads}) + [f"{DIST}{d}" for d in libraries.loaded(engine)]
+        files = {str(p.resolve()) for p in ctx.reads}  # what native code read, as the stage reported it
+        files.update(str(p) for p in reads.project_reads(seen, ctx.root, [*ctx.files.values(), *ctx.inputs.values(),
+                                                                        ctx.out]))
+        found = sorted(files) + [f"{DIST}{d}" for d in libraries.loaded(engine)]
         request.with_name("discovered.json").write_text(json.dumps(found))
     except StageFailed as exc:
         error_file.write_text(str(exc))

@@ -126,7 +126,7 @@ def _write(cleaned: Any, folder: Path, external: bool | None = None) -> None:
 
 
 def run(ctx: StageRun) -> None:
-    from qnnbuild.toolchain.graph import onnxclean
+    from qnnbuild.toolchain.graph import onnxclean, onnxfile
 
     # fixed relative names in a scratch folder: the exporters store file names inside the model
     with tempfile.TemporaryDirectory(prefix="qnnbuild-export-") as tmp, contextlib.chdir(tmp):
@@ -149,6 +149,7 @@ def run(ctx: StageRun) -> None:
             hfexport.preprocessing_files(ctx.files["hf"], ctx.out / PREPROCESSING, ctx.say)
         elif "onnx" in ctx.params:
             raw = ctx.files["onnx"]
+            ctx.read(onnxfile.data_files(raw))  # its weights' file: onnx's C++ loader reads it, unseen by Python
         else:
             raw = scratch / "converted.onnx"
             shapes = _tf_export(ctx, raw)
@@ -205,6 +206,7 @@ KIND = StageKind(
                           *(("gguf",) if "gguf" in params else ()),
                           *(("tensorflow-cpu", "tf2onnx", "ai-edge-litert") if set(params) & set(TF_SOURCES) else ())),
     ordered=("inputs",),  # a torch factory's forward() takes its inputs in the recipe's order
-    discovers=lambda params: "torch" in params,  # a factory's own modules; an ONNX file reads nothing else
+    # a factory's own modules; an ONNX file's external data (so those stay on the client, where their paths are)
+    discovers=lambda params: "torch" in params or "onnx" in params,
     run=run,
 )
