@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -37,6 +38,30 @@ stages:
   profile:  {kind: profile, context: context, model: quantize, runs: 2, warmup: 1}
   layers:   {kind: layer-error, model: quantize, reference: export, data: {npy: {dir: data, count: 2}}}
   notes:    {kind: command, argv: ["{params.python}", "-c", "import sys; open(sys.argv[2], 'w').write(open(sys.argv[1]).read())", "{inputs.text}", "{out.copy.txt}"], inputs: {text: notes.txt}, outputs: [copy.txt], params: {python: PYTHON}}
+"""
+
+TEXT_RECIPE = """\
+schema_version: 1
+recipe: traced
+targets: [SM8650]
+stages:
+  torch:    {kind: export, torch: "factory:build", inputs: {x: [1, 3, 8, 8]}}
+  export:   {kind: export, onnx: enc.onnx}
+  quantize: {kind: quantize, model: export, precision: w8a16,
+             calibration: {text: {file: sentences.txt, tokenizer: tokenizer.json, count: 4}}}
+  compile:  {kind: compile, model: quantize}
+  context:  {kind: context-binary, compiled: compile}
+  validate: {kind: validate, context: context, reference: export, quantized: quantize,
+             data: {text: {file: sentences.txt, tokenizer: tokenizer.json, skip: 4, count: 2}}}
+"""
+FACTORY = """\
+import torch
+
+from helpers import width
+
+
+def build() -> torch.nn.Module:
+    return torch.nn.Conv2d(3, width(), 3)
 """
 
 OPENED = re.compile(r"^(\d+) +open(?:at2?)?\((.*)\) = \d+<(.*)>$")  # with -y: the opened file's own path
@@ -110,17 +135,37 @@ def covered(folder: Path) -> tuple[set[str], list[str]]:
     return files, folders
 
 
-def test_every_file_a_stage_reads_is_in_its_key(tmp_path: Path) -> None:
+def text_project(folder: Path) -> Path:
+    """A tokenizer's files (read by tokenizers' Rust) and a torch factory importing a helper module of its own,
+    which reads a file of the project's."""
+    from tests.stages.test_text_data import encoder, stdlib_lines, tokenizer_file
+
+    folder.mkdir(parents=True)
+    lines = stdlib_lines(8)
+    (folder / "sentences.txt").write_text("\n".join(lines) + "\n")
+    tokenizer_file(folder / "tokenizer.json", lines)
+    encoder(folder / "enc.onnx")
+    (folder / "factory.py").write_text(FACTORY)
+    # a file the factory's helper reads: no hand-kept list names it; the audit hook sees it opened
+    (folder / "helpers.py").write_text("from pathlib import Path\n\n\ndef width() -> int:\n"
+                                       "    return int((Path(__file__).parent / 'width.txt').read_text())\n")
+    (folder / "width.txt").write_text("4\n")
+    (folder / "traced.yaml").write_text(TEXT_RECIPE)
+    return folder
+
+
+@pytest.mark.parametrize("make", [project, text_project], ids=["conv-every-kind", "text-and-torch"])
+def test_every_file_a_stage_reads_is_in_its_key(tmp_path: Path, make: Any) -> None:
     assert shutil.which("strace"), "strace is not installed: the README's test command installs it (apt-get)"
-    folder = project(tmp_path / "p")
+    folder = make(tmp_path / "p")
     log = tmp_path / "strace.log"
     env = {**os.environ, "QNNBUILD_FORKSERVER": "0", "PYTHONWARNINGS": "ignore"}  # every stage a new process
     proc = subprocess.run(["strace", "-f", "-qq", "-y", "-s", "4096", "-e", "trace=openat,openat2,open,execve,"
-                           "clone,clone3,fork,vfork", "-o", str(log), sys.executable, "-m", "qnnbuild", "run", "traced.yaml"],
-                          cwd=folder, env=env, capture_output=True, text=True, check=False)
+                           "clone,clone3,fork,vfork", "-o", str(log), sys.executable, "-m", "qnnbuild", "run",
+                           "traced.yaml"], cwd=folder, env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reads = stage_reads(log)
-    assert any(p.endswith("model.onnx.data") for p in reads), "the tracer saw no read of the external data"
+    assert any(p.endswith(("model.onnx.data", "tokenizer.json")) for p in reads), "the tracer saw no input read"
     outside = [*installed(), os.path.realpath(folder / "artifacts")]
     temporary = os.path.realpath(tempfile.gettempdir())
     files, folders = covered(folder)
