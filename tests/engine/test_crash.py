@@ -163,3 +163,31 @@ def test_a_command_stages_program_dies_with_a_killed_run(tmp_path: Path) -> None
     while not _gone(program):
         assert time.monotonic() < deadline, "the command stage's program outlived qnnbuild"
         time.sleep(0.05)
+
+
+def test_the_no_op_check_moves_no_damaged_entry_without_the_lock(tmp_path: Path, clean_build: dict[str, str]) -> None:
+    """A damaged entry found by the no-op check, while another run holds the store's lock: it stays where it is
+    until this run holds the lock (moving it then races the holder's publish of that key); then it is moved
+    aside and rebuilt."""
+    from qnnbuild.engine.store.local import Store
+
+    folder = project(tmp_path / "p")
+    assert run_process(["run", "tiny.yaml"], folder).returncode == 0
+    store = folder / "artifacts/.store"
+    binary = next(p for p in store.glob("*/*.bin"))
+    binary.chmod(0o644)
+    binary.write_bytes(b"damaged" + binary.read_bytes()[7:])
+    with Store(folder / "artifacts").exclusive():
+        proc = subprocess.Popen([sys.executable, "-m", "qnnbuild", "run", "tiny.yaml"], cwd=folder, text=True,
+                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        assert proc.stderr is not None
+        seen = ""
+        while "waiting for another qnnbuild run" not in seen:  # the no-op check is over: it found the damage
+            line = proc.stderr.readline()
+            assert line, seen
+            seen += line
+        assert binary.is_file() and not (store / ".damaged").exists()
+    rest = proc.stderr.read()
+    assert proc.wait() == 0, seen + rest
+    assert any((store / ".damaged").iterdir()) and "ran" in rest
+    assert digests(folder) == clean_build

@@ -49,7 +49,7 @@ def build(request: Request, console: Console) -> list[Session]:
         console.say(f"qnnbuild: {s.plan.recipe} — {len(s.plan.instances)} stage instances → "
                     f"{request.artifacts}/{s.plan.recipe}"
                     + (f" (shared cache {request.remote.shown}, {request.remote.mode})" if request.remote else ""))
-    verdicts = [s.assess() for s in sessions] if not (request.only or request.force) else []
+    verdicts = [s.assess(look_only=True) for s in sessions] if not (request.only or request.force) else []
     if verdicts and all(v.fresh and v.view_current for vs in verdicts for v in vs):
         for session, vs in zip(sessions, verdicts, strict=True):  # the no-op: no doit, no toolchain import
             for result in session.accept(vs):

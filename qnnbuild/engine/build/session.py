@@ -87,9 +87,17 @@ class Session:
     def view(self, inst: Instance) -> Path:
         return self.store.view(self.plan.recipe, inst.stage, inst.target)
 
-    def assess(self) -> list[Verdict]:
-        return assess(self.plan, self.keying.key_for, self.keying.output_digest,
-                      lambda inst, key: self.store.view_is(self.view(inst), key), self.locked, self.forced)
+    def assess(self, *, look_only: bool = False) -> list[Verdict]:
+        """Every instance's verdict. `look_only`: never move a damaged entry aside (the no-op check runs without
+        the store's lock; a damaged entry makes its verdict stale, and the run that follows, holding the lock,
+        moves it)."""
+        was = self.keying.readonly
+        self.keying.readonly = was or look_only
+        try:
+            return assess(self.plan, self.keying.key_for, self.keying.output_digest,
+                          lambda inst, key: self.store.view_is(self.view(inst), key), self.locked, self.forced)
+        finally:
+            self.keying.readonly = was
 
     def accept(self, verdicts: list[Verdict]) -> list[Result]:
         """Record fresh, current verdicts as cached results without running anything."""
@@ -104,8 +112,12 @@ class Session:
         """True when the key is in the store and the view shows it: doit then skips the instance."""
         key, document = self.keying.key_for(inst, self._upstream_digests(inst))
         self.keys[inst.id] = (key, document)
-        if inst.id in self.forced or not self.store.view_is(self.view(inst), key) \
-                or self.keying.output_digest(key) is None:
+        if inst.id in self.forced or not self.store.view_is(self.view(inst), key):
+            return False
+        try:
+            if self.keying.output_digest(key) is None:
+                return False
+        except StageFailed:  # damaged and not movable: the action tries again and fails the stage, naming it
             return False
         self._record(inst, "cached", 0.0, key, document)
         return True
