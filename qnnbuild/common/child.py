@@ -18,6 +18,21 @@ from typing import IO, Any
 
 PR_SET_PDEATHSIG = 1
 SIGKILL = 9
+# the top-level modules a stage's shard processes loaded (comma-separated, in the stage process's environment):
+# what the stage ran includes them, in one process or in shards (engine/workers/libraries reads it)
+SHARD_MODULES = "QNNBUILD_SHARD_MODULES"
+
+
+def top_modules() -> set[str]:
+    """The top-level names of the modules loaded in this process."""
+    return {name.partition(".")[0] for name in list(sys.modules)}
+
+
+def loaded_in_shards(names: set[str]) -> None:
+    """Count `names` (a shard process's top_modules()) as loaded by this process (see SHARD_MODULES)."""
+    known = set(filter(None, os.environ.get(SHARD_MODULES, "").split(",")))
+    if not names <= known:
+        os.environ[SHARD_MODULES] = ",".join(sorted(known | names))
 
 
 @functools.cache

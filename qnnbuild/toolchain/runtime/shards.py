@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.common.atomic import write_bytes
-from qnnbuild.common.child import start_module
+from qnnbuild.common.child import loaded_in_shards, start_module, top_modules
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.errors import StageFailed
 
@@ -83,7 +83,9 @@ def run(work: Work, spec: dict[str, Any], count: int, workers: int,
           flush=True)
     answers = (spread or _local)(functools.partial(isolated, work), spec, parts,
                                  lambda done: progress(min(done, total), total))
-    return [a[0] for a in answers], [a[1] for a in answers]
+    for (_, modules), _seconds in answers:  # what ran in shards ran for this stage (its key's libraries)
+        loaded_in_shards(set(modules))
+    return [a[0][0] for a in answers], [a[1] for a in answers]
 
 
 def _here(work: Work, spec: dict[str, Any], count: int, progress: Report) -> tuple[list[Any], list[float]]:
@@ -194,7 +196,8 @@ def _child(folder: Path) -> int:
     checkpoint("shard", str(start))  # the crash tests' hook: QNNBUILD_KILL_AT=shard@<first sample>
     started = time.perf_counter()
     try:
-        outcome: tuple[Any, ...] = ("ok", work(spec, start, stop), time.perf_counter() - started)
+        result = work(spec, start, stop)
+        outcome: tuple[Any, ...] = ("ok", (result, sorted(top_modules())), time.perf_counter() - started)
     except Exception as exc:  # the shard's own error: its message goes to the parent
         outcome = ("error", str(exc).strip() if isinstance(exc, StageFailed) else f"{type(exc).__name__}: {exc}")
     write_bytes(folder / "done", str(count[0]).encode())
