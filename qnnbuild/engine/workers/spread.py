@@ -61,11 +61,28 @@ class DaskSpread:
         workers = sorted(client.scheduler_info()["workers"])
         cache = os.environ[CACHE_ENV]
 
+        held: dict[Any, list[str]] = {}  # a lost shard's retry → the workers it is held to (not where it died)
+
         def submit(index: int, avoid: str | None = None) -> Any:
             wanted = [w for w in workers if w != avoid] if avoid else [workers[index % len(workers)]]
-            return client.submit(shard_task, run_range, template, parts[index], index, cache, topic, pure=False,
-                                 key=f"qnnbuild-shard-{index}-{uuid.uuid4().hex[:8]}", workers=wanted or None,
-                                 allow_other_workers=True)
+            # a retry waits for another worker, even while the one it died on is the only one free
+            strict = bool(avoid and wanted)
+            future = client.submit(shard_task, run_range, template, parts[index], index, cache, topic, pure=False,
+                                   key=f"qnnbuild-shard-{index}-{uuid.uuid4().hex[:8]}", workers=wanted or None,
+                                   allow_other_workers=not strict)
+            if strict:
+                held[future] = wanted
+            return future
+
+        def release_orphans() -> None:
+            """A held retry whose workers all left the cluster goes to whichever worker remains."""
+            alive = set(client.scheduler_info()["workers"]) if held else set()
+            for future, wanted in list(held.items()):
+                if future in futures and not alive & set(wanted):
+                    index = futures.pop(future)
+                    future.cancel()
+                    del held[future]
+                    futures[submit(index)] = index
 
         futures = {submit(i): i for i in range(len(parts))}
         results: dict[int, tuple[Any, float]] = {}
@@ -74,6 +91,7 @@ class DaskSpread:
             while futures:
                 time.sleep(POLL_S)
                 progress(sum(counts))
+                release_orphans()
                 for future in [f for f in futures if f.done()]:
                     index = futures.pop(future)
                     answer = _answer(future)
