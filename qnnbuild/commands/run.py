@@ -36,7 +36,8 @@ def artifacts_folder(path: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from qnnbuild.engine.workers.process import warm
+    from qnnbuild.engine.workers.process import stop_server, warm
+    from qnnbuild.errors import QnnbuildError
 
     artifacts = artifacts_folder(args.artifacts)
     if not (artifacts / ".store").is_dir():  # a first build: everything will run
@@ -57,6 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     request = Request(args.recipe, artifacts, args.only, args.force, jobs, remote, cluster)
     try:
         sessions = build(request, console)
+    except QnnbuildError:  # bad input: nothing will run, and a warming stage server would hold our output open
+        stop_server()
+        raise
     finally:
         if cluster is not None:
             cluster.close()

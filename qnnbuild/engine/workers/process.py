@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -114,6 +115,20 @@ def warm() -> None:
         _forkserver()
         with _starting_children():
             forkserver.ensure_running()
+
+
+def stop_server() -> None:
+    """End the fork server now, when a run that warmed it will run no stage (a recipe error): it inherited this
+    process's stdout and stderr, and a caller reading them to the end (CI, `subprocess.run`) would otherwise wait
+    for its imports (~1 s) to finish."""
+    if _server is None:
+        return
+    from multiprocessing import forkserver
+
+    pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _forked(request: str, work: str, log: str, env: dict[str, str]) -> None:
