@@ -15,14 +15,20 @@ from qnnbuild.common.stamps import StampCache
 _versions: dict[str, str] = {}
 
 
-def tool_version(dist: str) -> str:
-    if dist not in _versions:
-        from importlib.metadata import PackageNotFoundError, version
+def installed(dist: str) -> str:
+    """The version of `dist` installed here now, read fresh ("missing" when it is not)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-        try:
-            _versions[dist] = version(dist)
-        except PackageNotFoundError:
-            _versions[dist] = "missing"
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "missing"
+
+
+def tool_version(dist: str) -> str:
+    """installed(dist), remembered for the process (and across runs by VersionCache)."""
+    if dist not in _versions:
+        _versions[dist] = installed(dist)
     return _versions[dist]
 
 

@@ -27,7 +27,3 @@ def loaded(skip: frozenset[str] = frozenset()) -> list[str]:
     names -= set(sys.stdlib_module_names) | set(sys.builtin_module_names)
     return sorted({dist for name in names for dist in OWNERS.get(name, []) if dist != OWN})
 
-
-def top_level() -> frozenset[str]:
-    """The top-level names of the modules in this process now."""
-    return frozenset(top_modules())

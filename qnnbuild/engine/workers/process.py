@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from qnnbuild.common.child import child_env, die_with_parent, start_module
+from qnnbuild.common.child import child_env, die_with_parent, start_module, top_modules
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.common.stamps import package_stamp
 from qnnbuild.engine.keys.document import DIST
@@ -197,10 +197,10 @@ def main(argv: list[str]) -> int:
     ctx = StageRun.from_json(raw["run"])
     engine = frozenset[str]()
     if raw.get("spread"):
-        before = libraries.top_level()
+        before = top_modules()
         from qnnbuild.engine.workers.spread import DaskSpread
 
-        engine = libraries.top_level() - before  # Dask's client: the engine's, not the stage's
+        engine = frozenset(top_modules() - before)  # Dask's client: the engine's, not the stage's
         ctx = dataclasses.replace(ctx, spread=DaskSpread(**raw["spread"]))
     error_file = request.with_name("error.txt")
     seen = reads.watch()

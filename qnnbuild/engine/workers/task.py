@@ -16,7 +16,8 @@ from typing import Any
 
 from qnnbuild.common.faults import checkpoint
 from qnnbuild.engine.keys.document import DIST, declared_of, key_of, with_found
-from qnnbuild.engine.keys.proof import disagreements, installed
+from qnnbuild.engine.keys.proof import disagreements
+from qnnbuild.engine.keys.versions import installed
 from qnnbuild.engine.store.files import remove_tree
 from qnnbuild.engine.store.local import Store
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache

@@ -35,7 +35,8 @@ from qnnbuild.errors import StageFailed
 
 Work = Callable[[dict[str, Any], int, int], Any]  # (spec, start, stop) → that range's result
 Report = Callable[[int], None]  # samples of one shard done so far
-RunRange = Callable[..., tuple[Any, float]]  # (spec, start, stop, report) → (result, seconds)
+# (spec, start, stop, report) → ((result, the shard process's top-level modules), seconds)
+RunRange = Callable[..., tuple[Any, float]]
 Spread = Callable[[RunRange, dict[str, Any], list[tuple[int, int]], Report], list[tuple[Any, float]]]
 RETRIES = 1
 POLL_S = 0.5
@@ -140,9 +141,9 @@ def _local(run_range: RunRange, spec: dict[str, Any], parts: list[tuple[int, int
 
 def isolated(work: Work, spec: dict[str, Any], start: int, stop: int, report: Report = lambda done: None
              ) -> tuple[Any, float]:
-    """work(spec, start, stop) in a new interpreter, calling `report` with its samples done while it runs; its
-    result and seconds. Raises ShardLost when the process dies, StageFailed (with the tail of its log) when the
-    work raises."""
+    """work(spec, start, stop) in a new interpreter, calling `report` with its samples done while it runs;
+    ((its result, the top-level modules its process loaded), seconds). Raises ShardLost when the process dies,
+    StageFailed (with the tail of its log) when the work raises."""
     with tempfile.TemporaryDirectory(prefix="qnnbuild-shard-") as tmp:
         folder = Path(tmp)
         (folder / "job.pkl").write_bytes(pickle.dumps((work, spec, start, stop)))
