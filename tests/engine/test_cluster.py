@@ -53,7 +53,7 @@ def test_cluster_build_equals_a_local_build_and_survives_a_lost_worker(tmp_path:
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
         workers = {s["id"]: s.get("worker") for s in out["stages"]}
-        assert workers.pop("export") is None  # an ONNX file's export reads its files here (its external data)
+        assert workers.pop("export") is not None  # the ONNX file travels as a declared input
         assert all(w and w.startswith("tcp://127.0.0.1:") for w in workers.values()), workers
         assert (tmp_path / "killed").exists() and cluster.alive_workers() == 1  # one worker was lost mid-stage
     finally:
@@ -208,10 +208,10 @@ def test_a_worker_with_another_toolchain_refuses_the_job(tmp_path: Path) -> None
         on_cluster = ["run", "tiny.yaml", "--json", "--scheduler", cluster.address, "--cache", cache.as_uri()]
         proc = run_process(on_cluster, folder)
         assert proc.returncode == 1, proc.stderr
-        quantize = {s["id"]: s for s in json.loads(proc.stdout)["stages"]}["quantize"]
-        assert quantize["status"] == "failed", quantize
-        assert "built quantize with other distributions than this machine's (onnxruntime-qnn 0.0.1 there" in \
-            quantize["message"], quantize["message"]
+        export = {s["id"]: s for s in json.loads(proc.stdout)["stages"]}["export"]
+        assert export["status"] == "failed", export
+        assert "built export with other distributions than this machine's (onnxruntime-qnn 0.0.1 there" in \
+            export["message"], export["message"]
 
         proc = run_process(["run", "tiny.yaml", "--json", "--cache", cache.as_uri()], folder)  # here: all known
         assert proc.returncode == 0, proc.stderr
@@ -227,3 +227,52 @@ def test_a_worker_with_another_toolchain_refuses_the_job(tmp_path: Path) -> None
     assert re.search(r"on tcp://127\.0\.0\.1:\d+", refused["message"]), refused["message"]
     assert (cache / key / "manifest.json").read_bytes() == shared  # nothing replaced under the client's key
     assert not list((tmp_path / "dask").glob(f"worker*/qnnbuild/.store/{key}"))  # nor built there
+
+
+TORCH_RECIPE = """\
+schema_version: 1
+recipe: factory
+targets: [SM8650]
+stages:
+  export: {kind: export, torch: "factory:build", inputs: {x: [1, 3, 8, 8]}}
+"""
+
+
+def torch_project(folder: Path, width: int) -> Path:
+    """A torch factory whose helper module reads `width.txt`: files no recipe list names."""
+    folder.mkdir(parents=True)
+    (folder / "factory.py").write_text("import torch\n\nfrom helpers import width\n\n\n"
+                                       "def build() -> torch.nn.Module:\n    torch.manual_seed(0)\n"
+                                       "    return torch.nn.Conv2d(3, width(), 3)\n")
+    (folder / "helpers.py").write_text("from pathlib import Path\n\n\ndef width() -> int:\n"
+                                       "    return int((Path(__file__).parent / 'width.txt').read_text())\n")
+    (folder / "width.txt").write_text(f"{width}\n")
+    (folder / "factory.yaml").write_text(TORCH_RECIPE)
+    return folder
+
+
+def test_discovered_files_travel_to_the_worker(tmp_path: Path) -> None:
+    """A stage that reads undeclared project files still goes to a worker: the files its last build read
+    travel through the shared cache, and the worker rebuilds the recipe's folder from them alone. Before a
+    first build nothing is known: the worker fails to import the factory and the client builds it."""
+    pytest.importorskip("torch")
+    folder = torch_project(tmp_path / "p", 4)
+    args = ["run", "factory.yaml", "--json", "--scheduler", "local:1", "--cache", (tmp_path / "cache").as_uri()]
+    proc = run_process(args, folder)
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout)["stages"][0]
+    assert first["status"] == "ran" and "worker" not in first and "building it here" in proc.stderr
+    (folder / "width.txt").write_text("6\n")  # a file only the last build's reads name
+    proc = run_process(args, folder)
+    assert proc.returncode == 0, proc.stderr
+    second = json.loads(proc.stdout)["stages"][0]
+    assert second["status"] == "ran" and second.get("worker", "").startswith("tcp://"), proc.stderr
+    local = torch_project(tmp_path / "local", 6)
+    proc = run_process(["run", "factory.yaml", "--json"], local)
+    mine = json.loads(proc.stdout)
+    assert digests(mine) == digests({"stages": [second]})
+    assert entry_bytes(local, mine) == entry_bytes(folder, {"stages": [second]})
+    (folder / "width.txt").write_text("4\n")  # back: the first build's key, cached
+    proc = run_process(args, folder)
+    assert json.loads(proc.stdout)["stages"][0] == {**first, "status": "cached", "from": "local",
+                                                      "seconds": json.loads(proc.stdout)["stages"][0]["seconds"]}

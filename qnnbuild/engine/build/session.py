@@ -137,8 +137,8 @@ class Session:
         restored = self._restore(inst, key, document) if self.sync is not None and not forced else None
         if restored is not None:
             return self._adopt(inst, *restored, "cached", started, origin="remote")
-        if self.executor is not None and not KINDS[inst.kind].discovers(inst.params):  # file readers live here
-            built = self.executor.build(self._job(inst, key, document), self.store)
+        if self.executor is not None:
+            built = self._on_worker(self.executor, inst, key, document)
             if built is not None:
                 key, document = self._worker_key(inst, document, built)
                 return self._adopt(inst, key, document, "ran", started, worker=built.worker)
@@ -181,14 +181,49 @@ class Session:
                               f"({'; '.join(differ) or 'its key differs'}); give every worker the client's versions")
         return key, mine
 
-    def _job(self, inst: Instance, key: str, document: dict[str, Any]) -> Job:
+    def _on_worker(self, executor: Cluster, inst: Instance, key: str, document: dict[str, Any]) -> Built | None:
+        """Build on a worker; None when it runs here instead: the cache failed, a file it reads lies outside the
+        recipe's folder (only this machine has it), or the files sent were a guess and the stage failed there."""
+        from qnnbuild.engine.workers.client import FailedThere
+
+        project, guessed = self._project(inst, document)
+        if project is None:
+            return None
+        try:
+            return executor.build(self._job(inst, key, document, project), self.store)
+        except FailedThere as exc:
+            if not guessed:
+                raise
+            executor.remote.warn(f"{inst.id} failed on a worker, which had only the files its last build read "
+                             f"({str(exc).splitlines()[0][:160]}); building it here")
+            return None
+
+    def _project(self, inst: Instance, document: dict[str, Any]) -> tuple[dict[str, tuple[Path, str]] | None, bool]:
+        """The undeclared files of the recipe's folder a worker needs, and whether they are a guess: what the
+        run behind this key read, or, before a declared key's first run, what the instance's last build read
+        (a helper added since is missing there: the stage then fails on the worker and runs here)."""
+        known: dict[str, str] | None = document.get("discovered")
+        guessed = known is None and KINDS[inst.kind].discovers(inst.params)
+        if guessed:
+            last = self.locked.get(inst.id, {}).get("document", {}).get("discovered", {})
+            known = self.keying.with_discovered({}, list(last))[1].get("discovered", {})
+        project = {}
+        for rel, digest in (known or {}).items():
+            if rel.startswith(os.pardir) or Path(rel).is_absolute():
+                return None, guessed
+            if digest != "missing":
+                project[rel] = (self.keying.root / rel, digest)
+        return project, guessed
+
+    def _job(self, inst: Instance, key: str, document: dict[str, Any], project: dict[str, tuple[Path, str]]
+             ) -> Job:
         """What a worker needs to build `inst`, and nothing of this Session (its files' digests are the key's)."""
         from qnnbuild.engine.workers.client import Job
 
         files = {name: (Path(path), document["files"][name]) for name, path in sorted(inst.files.items())}
         return Job(inst.id, inst.kind, key, document, {name: str(self.results[up].key) for name, up in
                                                         inst.inputs.items()},
-                   files, self.stage_run(inst, Path("/nonexistent")).to_json(), KINDS[inst.kind].spreads,
+                   files, project, self.stage_run(inst, Path("/nonexistent")).to_json(), KINDS[inst.kind].spreads,
                    inst.id in self.forced, self.progress_file(inst), self.failure_log(inst))
 
     def _adopt(self, inst: Instance, key: str, document: dict[str, Any], status: str, started: float, *,

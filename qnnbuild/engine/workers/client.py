@@ -37,11 +37,16 @@ class Job:
     document: dict[str, Any]
     upstream: dict[str, str]  # input name → the upstream entry's key
     files: dict[str, tuple[Path, str]]  # declared input name → (path here, digest)
+    project: dict[str, tuple[Path, str]]  # undeclared files the stage reads, by path in the recipe's folder
     run: dict[str, Any]  # the StageRun as JSON; paths are replaced on the worker
     spreads: bool  # the stage may run its shards as tasks of their own
     forced: bool  # `run --force`: the worker builds it again, whatever it or the shared cache holds
     progress: Path  # where the relayed progress lands for the console
     failure_log: Path  # where a failed stage's log is kept
+
+
+class FailedThere(StageFailed):
+    """The stage itself failed on a worker (not a refusal of the job, not the cache)."""
 
 
 @dataclass(frozen=True)
@@ -117,12 +122,13 @@ class Cluster:
         try:
             for up_key in job.upstream.values():  # a worker reads its inputs from the cache: make sure they are there
                 remote.push(up_key, store)
-            for path, digest in job.files.values():
+            for path, digest in [*job.files.values(), *job.project.values()]:
                 self.ship(path, digest)
         except CacheDown:
             return None
         request = {"kind": job.kind, "key": job.key, "document": job.document, "upstream": job.upstream,
                    "file_digests": {name: digest for name, (_, digest) in sorted(job.files.items())},
+                   "project": {rel: digest for rel, (_, digest) in sorted(job.project.items())},
                    "run": job.run, "spreads": job.spreads, "forced": job.forced,
                    # the shared entries this client refused: the worker replaces the one it then publishes
                    "refused": sorted(remote.refused)}
@@ -133,7 +139,8 @@ class Cluster:
         if not reply["ok"]:
             job.failure_log.parent.mkdir(parents=True, exist_ok=True)
             job.failure_log.write_text(reply.get("log", ""))
-            raise StageFailed(f"{reply['message']} (on {reply['worker']})", job.failure_log)
+            failed = StageFailed if reply.get("refused") else FailedThere
+            raise failed(f"{reply['message']} (on {reply['worker']})", job.failure_log)
         key = str(reply.get("key", job.key))
         try:
             restored = remote.fetch(key, store, replace=True)  # this run's log and timings

@@ -4,11 +4,16 @@ an instance (task.py) and the task that runs one shard (spread.py)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+from qnnbuild.common.hashing import sha256_json
 from qnnbuild.engine.store.blobs import get_blob
+from qnnbuild.engine.store.files import remove_tree
 from qnnbuild.engine.store.local import Store
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache
 
@@ -49,3 +54,36 @@ def fetch_inputs(upstream: dict[str, str], digests: dict[str, str], names: dict[
     files = {name: get_blob(remote, digest, store.root / ".files" / digest, names[name])
              for name, digest in digests.items()}
     return inputs, files
+
+
+def project_folder(store: Store, layout: dict[str, Path]) -> Path:
+    """The recipe's folder as a job sees it on this worker: `layout` (a path inside the client's recipe folder →
+    the fetched file) in place, so a stage finds a helper module, an ONNX file's external data or a tokenizer
+    where the recipe's folder had them, and nothing else of any project. Content-addressed (the fetched files
+    are named by digest), built aside and renamed: jobs on one worker share it, and a half-built one is never
+    seen. Files are hard links to the fetched copies where the file system allows."""
+    folder = store.root / ".projects" / sha256_json({rel: str(src) for rel, src in sorted(layout.items())})[:32]
+    if folder.is_dir():
+        return folder
+    building = folder.with_name(f".{uuid.uuid4().hex}.part")
+    building.mkdir(parents=True)
+    for rel, src in layout.items():
+        dest = building / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest, copy_function=_link)
+        else:
+            _link(str(src), str(dest))
+    try:
+        building.rename(folder)
+    except OSError:  # another job of this worker built the same folder first
+        remove_tree(building)
+    return folder
+
+
+def _link(src: str, dest: str) -> str:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+    return dest

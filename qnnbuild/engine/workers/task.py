@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.common.faults import checkpoint
+from qnnbuild.common.hashing import sha256_file
 from qnnbuild.engine.keys.document import DIST, declared_of, key_of, with_found
 from qnnbuild.engine.keys.proof import disagreements
 from qnnbuild.engine.keys.versions import installed
+from qnnbuild.engine.store.blobs import get_blob
 from qnnbuild.engine.store.files import remove_tree
 from qnnbuild.engine.store.local import Store
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache
-from qnnbuild.engine.workers.place import CACHE_ENV, fetch_inputs, this_worker, worker_store
+from qnnbuild.engine.workers.place import CACHE_ENV, fetch_inputs, project_folder, this_worker, worker_store
 from qnnbuild.engine.workers.process import spawn
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages.base import StageRun
@@ -76,7 +79,7 @@ def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[st
             with _relayed(run.progress_file, worker, request.get("progress_topic")):
                 spawn(request["kind"], run, run.out, spread=spread, env={CACHE_ENV: cache_url} if spread else None)
             checkpoint("cluster:ran", run.instance)
-            key, document, found = _rekey(work, request["document"])
+            key, document, found = _rekey(work, request["document"], run.root, request.get("project") or {})
             store.publish(work, key, document, time.monotonic() - started, instance=run.instance, replace=forced)
         except StageFailed as exc:
             log = work / ".qnnbuild" / "stage.log"
@@ -95,18 +98,24 @@ def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[st
             "found": found}
 
 
-def _rekey(work: Path, document: dict[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
-    """After the run: the key of what it did (the distributions its process loaded, at this worker's versions,
-    which its proof found equal to the client's for what the client knew of)."""
+def _rekey(work: Path, document: dict[str, Any], root: Path, shipped: dict[str, str]
+           ) -> tuple[str, dict[str, Any], list[str]]:
+    """After the run: the key of what it did (the project files it read, by their digests, and the distributions
+    its process loaded, at this worker's versions, which its proof found equal to the client's for what the
+    client knew of). Files are named relative to the recipe's folder, as the client names them."""
     report = work / ".qnnbuild" / "discovered.json"
     found = json.loads(report.read_text()) if report.is_file() else []
     report.unlink(missing_ok=True)
-    files = [e for e in found if not e.startswith(DIST)]
-    if files:
-        raise StageFailed(f"read files a worker cannot key ({', '.join(files[:3])}): such a stage runs on the client")
-    document = with_found(declared_of(document), {}, {e.removeprefix(DIST): installed(e.removeprefix(DIST))
-                                                      for e in found})
-    return key_of(document), document, found
+    base, files = os.path.realpath(root), {}
+    for entry in (e for e in found if not e.startswith(DIST)):
+        rel = os.path.relpath(entry, base)
+        if rel.startswith(os.pardir):
+            raise StageFailed(f"read {entry}, outside the recipe's folder, which a worker cannot key: such a stage "
+                              "runs on the client")
+        files[rel] = shipped.get(rel) or sha256_file(Path(entry))
+    libraries = {e.removeprefix(DIST): installed(e.removeprefix(DIST)) for e in found if e.startswith(DIST)}
+    document = with_found(declared_of(document), files, libraries)
+    return key_of(document), document, [*sorted(files), *(e for e in found if e.startswith(DIST))]
 
 
 def _disagreements(request: dict[str, Any], me: str) -> dict[str, Any] | None:
@@ -154,8 +163,17 @@ def _relayed(progress: Path | None, worker: Any, topic: str | None) -> Iterator[
 
 
 def _localize(request: dict[str, Any], remote: RemoteCache, store: Store) -> StageRun:
-    """The request's StageRun with paths on this worker: upstream entries and input files fetched here."""
+    """The request's StageRun with paths on this worker: upstream entries fetched here, and the recipe's folder
+    rebuilt from the declared files inside it and the project files the client sent (`project`: path → digest,
+    what earlier runs of the instance read), so the stage reads nothing else of any folder of this machine."""
     run = StageRun.from_json(request["run"])
     inputs, files = fetch_inputs(request["upstream"], request["file_digests"],
                                  {n: Path(p).name for n, p in run.files.items()}, remote, store)
-    return dataclasses.replace(run, inputs={**run.inputs, **inputs}, files={**run.files, **files})
+    layout = {rel: get_blob(remote, digest, store.root / ".files" / digest, Path(rel).name)
+              for rel, digest in (request.get("project") or {}).items()}
+    inside = {name: os.path.relpath(path, run.root) for name, path in run.files.items()}
+    inside = {name: rel for name, rel in inside.items() if not rel.startswith(os.pardir) and rel != os.curdir}
+    layout.update({rel: files[name] for name, rel in inside.items()})
+    root = project_folder(store, layout)
+    files.update({name: root / rel for name, rel in inside.items()})
+    return dataclasses.replace(run, root=root, inputs={**run.inputs, **inputs}, files={**run.files, **files})
