@@ -172,6 +172,10 @@ def no_files(params: Params) -> dict[str, str]:
     return {}
 
 
+def expects_nothing(params: Params, files: dict[str, Path]) -> list[Path]:
+    return []
+
+
 def no_summary(folder: Path) -> dict[str, Any]:
     return {}
 
@@ -209,8 +213,10 @@ class StageKind:
     - `tools`: distributions whose versions change its output (they enter the key); a function of the params
       when only some instances use a tool (tensorflow for a TF-source export);
     - `reproducible`: equal inputs give equal bytes (False for measurements with timings);
-    - `discovers(params)`: this instance reports files it read (`StageRun.read`), which then enter its key;
-      such an instance runs where those files are (never on a cluster worker);
+    - `discovers(params)`: this instance reports files it read (`StageRun.read`), which then enter its key; on
+      a cluster, the files its key's last run read travel with it;
+    - `expects(params, files)`: undeclared files it will read, as far as its declared files tell before it runs
+      (an ONNX file's external data): sent to a worker with a declared key's first build;
     - `all_targets`: the stage runs once but judges the model against every recipe target (convert);
     - `expand(params)`: spells a preset out (quantize's `precision: w8a16`) before defaults are filled in, so
       a preset and its spelled-out form are one key;
@@ -241,6 +247,7 @@ class StageKind:
     tools: tuple[str, ...] | Callable[[Params], tuple[str, ...]] = ()
     reproducible: bool = True  # False: outputs carry timings, so `verify --rebuild` cannot compare them
     discovers: Callable[[Params], bool] = never
+    expects: Callable[[Params, dict[str, Path]], list[Path]] = expects_nothing
     all_targets: bool = False
     extra_schema: dict[str, Any] = field(default_factory=dict)
     ordered: tuple[str, ...] = ()

@@ -276,3 +276,30 @@ def test_discovered_files_travel_to_the_worker(tmp_path: Path) -> None:
     proc = run_process(args, folder)
     assert json.loads(proc.stdout)["stages"][0] == {**first, "status": "cached", "from": "local",
                                                       "seconds": json.loads(proc.stdout)["stages"][0]["seconds"]}
+
+
+def test_an_onnx_file_with_external_data_builds_on_a_worker(tmp_path: Path) -> None:
+    """The file names its external data, so even a first build sends it along; the worker's export equals a
+    local one, and rewriting a weight in the data file rebuilds (on the worker, with the new weights)."""
+    import onnx
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    model = onnx.load(str(make_conv_model(tmp_path / "built.onnx")))
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)
+    (folder / "r.yaml").write_text("schema_version: 1\nrecipe: r\ntargets: [SM8650]\n"
+                                   "stages:\n  export: {kind: export, onnx: model.onnx}\n")
+    args = ["run", "r.yaml", "--json", "--scheduler", "local:1", "--cache", (tmp_path / "cache").as_uri()]
+    proc = run_process(args, folder)
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout)["stages"][0]
+    assert first.get("worker", "").startswith("tcp://") and "building it here" not in proc.stderr, proc.stderr
+    data = bytearray((folder / "model.onnx.data").read_bytes())
+    data[:4] = np.float32(5.0).tobytes()
+    (folder / "model.onnx.data").write_bytes(bytes(data))
+    proc = run_process(args, folder)
+    second = json.loads(proc.stdout)["stages"][0]
+    assert second["status"] == "ran" and second.get("worker") and second["key"] != first["key"], proc.stderr
+    exported = onnx.load(str(folder / next(o for o in second["outputs"] if o.endswith("model.onnx"))))
+    assert 5.0 in onnx.numpy_helper.to_array(exported.graph.initializer[0]).ravel()[:1]

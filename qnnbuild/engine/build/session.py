@@ -201,12 +201,16 @@ class Session:
     def _project(self, inst: Instance, document: dict[str, Any]) -> tuple[dict[str, tuple[Path, str]] | None, bool]:
         """The undeclared files of the recipe's folder a worker needs, and whether they are a guess: what the
         run behind this key read, or, before a declared key's first run, what the instance's last build read
-        (a helper added since is missing there: the stage then fails on the worker and runs here)."""
+        and what its declared files name (`expects`); a helper added since is missing there: the stage then
+        fails on the worker and runs here."""
+        kind = KINDS[inst.kind]
         known: dict[str, str] | None = document.get("discovered")
-        guessed = known is None and KINDS[inst.kind].discovers(inst.params)
+        guessed = known is None and kind.discovers(inst.params)
         if guessed:
-            last = self.locked.get(inst.id, {}).get("document", {}).get("discovered", {})
-            known = self.keying.with_discovered({}, list(last))[1].get("discovered", {})
+            last = set(self.locked.get(inst.id, {}).get("document", {}).get("discovered", {}))
+            last.update(os.path.relpath(p, self.keying.root)
+                        for p in kind.expects(inst.params, {n: Path(f) for n, f in inst.files.items()}))
+            known = self.keying.with_discovered({}, sorted(last))[1].get("discovered", {})
         project = {}
         for rel, digest in (known or {}).items():
             if rel.startswith(os.pardir) or Path(rel).is_absolute():

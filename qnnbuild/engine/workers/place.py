@@ -4,7 +4,6 @@ an instance (task.py) and the task that runs one shard (spread.py)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
@@ -61,7 +60,8 @@ def project_folder(store: Store, layout: dict[str, Path]) -> Path:
     the fetched file) in place, so a stage finds a helper module, an ONNX file's external data or a tokenizer
     where the recipe's folder had them, and nothing else of any project. Content-addressed (the fetched files
     are named by digest), built aside and renamed: jobs on one worker share it, and a half-built one is never
-    seen. Files are hard links to the fetched copies where the file system allows."""
+    seen. Files are copies, not links: onnx refuses external data with several hard links (a "hardlink
+    attack"), and a stage must not be able to alter the fetched copy others check by digest."""
     folder = store.root / ".projects" / sha256_json({rel: str(src) for rel, src in sorted(layout.items())})[:32]
     if folder.is_dir():
         return folder
@@ -71,19 +71,12 @@ def project_folder(store: Store, layout: dict[str, Path]) -> Path:
         dest = building / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, dest, copy_function=_link)
+            shutil.copytree(src, dest)
         else:
-            _link(str(src), str(dest))
+            shutil.copy2(src, dest)
     try:
         building.rename(folder)
     except OSError:  # another job of this worker built the same folder first
         remove_tree(building)
     return folder
 
-
-def _link(src: str, dest: str) -> str:
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
-    return dest

@@ -125,6 +125,18 @@ def _write(cleaned: Any, folder: Path, external: bool | None = None) -> None:
     (folder / "names.json").write_text(json.dumps(cleaned.names, indent=1, sort_keys=True) + "\n")
 
 
+def _expects(params: Params, files: dict[str, Path]) -> list[Path]:
+    """An ONNX source's external data files, named in the file itself (read without the weights)."""
+    from qnnbuild.toolchain.graph import onnxfile
+
+    if "onnx" not in params:
+        return []
+    try:
+        return onnxfile.data_files(files["onnx"])
+    except Exception:  # an unreadable file: the stage says why when it runs
+        return []
+
+
 def run(ctx: StageRun) -> None:
     from qnnbuild.toolchain.graph import onnxclean, onnxfile
 
@@ -206,7 +218,8 @@ KIND = StageKind(
                           *(("gguf",) if "gguf" in params else ()),
                           *(("tensorflow-cpu", "tf2onnx", "ai-edge-litert") if set(params) & set(TF_SOURCES) else ())),
     ordered=("inputs",),  # a torch factory's forward() takes its inputs in the recipe's order
-    # a factory's own modules; an ONNX file's external data (so those stay on the client, where their paths are)
+    # a factory's own modules and what they read; an ONNX file's external data
     discovers=lambda params: "torch" in params or "onnx" in params,
+    expects=_expects,
     run=run,
 )
