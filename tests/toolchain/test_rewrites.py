@@ -60,3 +60,15 @@ def test_reciprocal_becomes_div_by_an_explicit_one() -> None:
     assert rewrites.before_folding(model) == [{"rewrite": "reciprocal-to-div", "nodes": ["recip"]}]
     assert [n.op_type for n in model.graph.node] == ["Abs", "Div"]
     np.testing.assert_array_equal(_run(model, x), before)
+
+
+def test_a_softmax_nan_guard_goes() -> None:
+    """Where(IsNaN(p), 0, p) after a Softmax of finite scores is p (the dynamo exporter's guard)."""
+    inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    model = _model([helper.make_node("Softmax", ["x"], ["p"], name="softmax", axis=-1),
+                    helper.make_node("IsNaN", ["p"], ["nan"], name="isnan"),
+                    helper.make_node("Where", ["nan", "zero", "p"], ["y"], name="guard")], inits)
+    before = _run(model, X)
+    assert rewrites.softmax_nan_guards(model) == ["guard"]
+    assert [n.op_type for n in model.graph.node] == ["Softmax", "Identity"]
+    np.testing.assert_array_equal(_run(model, X), before)

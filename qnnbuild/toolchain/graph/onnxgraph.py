@@ -215,3 +215,24 @@ def convert_opset(model: Any, opset: int) -> None:
     del model.opset_import[:]
     model.opset_import.extend(converted.opset_import)
     model.ir_version = converted.ir_version
+
+
+def static_shapes(model: Any) -> dict[str, list[int]]:
+    """Every tensor's shape where shape inference knows it whole, inferred on a copy holding only the small
+    initializers' values (shapes and indices; the weights' bytes stay out, an LLM's included)."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    small = [i if len(i.raw_data) <= 1 << 16 else onnx.TensorProto(name=i.name, data_type=i.data_type, dims=i.dims)
+             for i in graph.initializer]
+    skeleton = helper.make_model(helper.make_graph(list(graph.node), graph.name, list(graph.input),
+                                                   list(graph.output), small),
+                                 opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+    return shapes

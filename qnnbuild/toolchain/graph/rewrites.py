@@ -200,6 +200,15 @@ def after_folding(model: Any, mask_value: float) -> tuple[Any, list[dict[str, An
     masks = finite_masks(model, mask_value)
     if masks:
         applied.append({"rewrite": "finite-mask", "nodes": masks, "value": mask_value})
+    guards = softmax_nan_guards(model)
+    if guards:
+        applied.append({"rewrite": "softmax-nan-guard", "nodes": guards})
+    if any(n.op_type in ("GatherND", "ScatterND") for n in model.graph.node):
+        from qnnbuild.toolchain.graph import constindex, onnxgraph
+
+        indexed = constindex.constant_indices(model, onnxgraph.static_shapes(model))
+        if indexed:
+            applied.append({"rewrite": "constant-indices", "nodes": indexed})
     if any(n.op_type == "Erf" for n in model.graph.node):
         model, fused = qnn_preprocess(model)
         if fused:
@@ -214,3 +223,47 @@ def after_folding(model: Any, mask_value: float) -> tuple[Any, list[dict[str, An
     if norms:
         applied.append({"rewrite": "fused-norm", "nodes": norms})
     return model, applied
+
+
+def softmax_nan_guards(model: Any) -> list[str]:
+    """Where(IsNaN(p), 0, p) with p a Softmax's output → p. The dynamo exporter guards attention weights so a
+    row masked entirely with -inf gives 0 rather than NaN; once masks are finite (`finite-mask`) a Softmax of
+    finite scores is never NaN, and the guard is a bool test and a select per score that HTP would run for
+    nothing (checked against the model before it at build time: rewrites.json)."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    constant = {i.name: i for i in graph.initializer}
+    changed = []
+    for node in list(graph.node):
+        if node.op_type != "Where" or len(node.input) != 3:
+            continue
+        test, zero, kept = (producer.get(node.input[0]), node.input[1], node.input[2])
+        if test is None or test.op_type != "IsNaN" or test.input[0] != kept:
+            continue
+        if getattr(producer.get(kept), "op_type", "") != "Softmax" or not _is_zero(constant.get(zero)):
+            continue
+        _bypass(graph, node.output[0], kept)
+        graph.node.remove(node)
+        if not any(test.output[0] in n.input for n in graph.node):
+            graph.node.remove(test)
+        changed.append(node.name or node.output[0])
+    return changed
+
+
+def _is_zero(init: Any) -> bool:
+    from onnx import numpy_helper
+
+    return init is not None and math.prod(init.dims) == 1 and numpy_helper.to_array(init).item() == 0
+
+
+def _bypass(graph: Any, old: str, new: str) -> None:
+    """Every use of tensor `old` reads `new` instead (a graph output keeps its name through an Identity)."""
+    from onnx import helper
+
+    if any(o.name == old for o in graph.output):
+        graph.node.append(helper.make_node("Identity", [new], [old], name=f"{old}_kept"))
+        return
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
