@@ -68,6 +68,8 @@ def _source_checks(params: Params, given: list[str]) -> list[tuple[tuple[str | i
          "layout goes with a TensorFlow source (keras, saved_model, tflite)"),
         (torch and not params.get("inputs"), ("inputs",),
          "a torch export needs the input shapes, e.g. inputs: {input: [1, 3, 224, 224]}"),
+        ("exporter" in params and (not (torch or hf) or "llm" in params), ("exporter",),
+         "exporter chooses torch's ONNX exporter for a torch: factory or an hf: folder (an llm export has its own)"),
         (params.get("exporter") == "dynamo" and params.get("opset", 17) < 18, ("opset",),
          "the dynamo exporter writes opset 18 or later: set opset: 18"),
         (not torch and "checkpoint" in params, ("checkpoint",),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
-from qnnbuild.stages.base import Params, StageKind, StageRun, refs_of
+from qnnbuild.stages.base import Params, StageKind, StageRun, read_json, refs_of
 from qnnbuild.stages.quantize.techniques import HELD_OUT, TECHNIQUES, checks, quantize_with_techniques, techniques_of
 from qnnbuild.toolchain.data import calibration
 from qnnbuild.toolchain.llm import layout
@@ -70,6 +70,19 @@ def _overrides(ctx: StageRun, model: Any, source: dict[str, str]) -> dict[str, d
     return {**kept, **{to_model[name]: o for name, o in ctx.params["overrides"].items()}}
 
 
+def _prequantized(ctx: StageRun) -> list[dict[str, Any]]:
+    """The weights that reached export pre-quantized (rewrites.json's `dequantized-weights`): quantized again
+    here by the recipe's rules from their dequantized float values, their source encodings not kept."""
+    applied = read_json(ctx.inputs["model"], "rewrites.json") or []
+    weights = sorted(w for step in applied if step.get("rewrite") == "dequantized-weights" for w in step["nodes"])
+    if not weights:
+        return []
+    ctx.say(f"{len(weights)} weight(s) arrived pre-quantized (integers dequantized in the graph): quantized again "
+            "from their dequantized float values by this recipe's rules; the source's encodings are not kept")
+    return [{"rule": "pre-quantized-weights", "by": "qnnbuild", "tensors": weights,
+             "note": "re-quantized from the dequantized float weights; the source's encodings are not kept"}]
+
+
 def _llm(ctx: StageRun) -> None:
     """An LLM's prefill and decode graphs, calibrated by running them on text (stages/quantize/llm.py)."""
     from qnnbuild.stages.quantize.llm import quantize_llm
@@ -101,6 +114,7 @@ def run(ctx: StageRun) -> None:
     rules: list[dict[str, Any]] = []
     if not {"adaround", "seqmse"} & set(techniques_of(params)):  # AIMET's HTP configuration decides those
         base, rules = qnnrules.apply(model, params["activations"], base, params["weights"])
+    rules += _prequantized(ctx)
     for rule in rules:
         ctx.say(f"QNN rule {rule['rule']} ({rule['by']}): {len(rule['tensors'])} tensor(s)")
     stride = quantizer.stride_for(len(samples))

@@ -81,6 +81,11 @@ def _graphs(graph: Any) -> list[Any]:
     return found
 
 
+def all_nodes(graph: Any) -> list[Any]:
+    """The nodes of `graph` and of every subgraph under it."""
+    return [n for g in _graphs(graph) for n in g.node]
+
+
 def short_names(model: Any) -> dict[str, str]:
     """Rename every tensor but the graph's inputs and outputs to `t` + a fixed-width number; returns new → old.
 

@@ -19,6 +19,8 @@ report after it). None changes what the model computes:
   cosine 0.08 on HTP); Qualcomm AI Hub does the same with -50 for Llama;
 - an RMSNorm or LayerNorm written as basic ops becomes one `RMSNormalization` / `LayerNormalization`
   (graph/normfuse.py says why);
+- weights that arrive pre-quantized (int8 initializers dequantized in the graph) become the float weights they
+  stand for, which quantize quantizes by the recipe's rules (graph/prequant.py);
 - constant folding at the fixed shapes (onnxruntime's basic optimizations, run by export afterwards) removes
   shape-computing subgraphs such as Range.
 """
@@ -30,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from qnnbuild.toolchain.graph import normfuse
+from qnnbuild.toolchain.graph import normfuse, prequant
 
 
 def constants_to_initializers(model: Any) -> list[str]:
@@ -183,6 +185,7 @@ def before_folding(model: Any) -> list[dict[str, Any]]:
     """The graph rewrites, in place, before onnxruntime folds constants at the fixed shapes."""
     applied = []
     for name, rewrite in (("constant-to-initializer", constants_to_initializers),
+                          ("dequantized-weights", prequant.dequantized_weights),
                           ("clip-computed-bounds", computed_clip_bounds),
                           ("infinite-bound", infinite_bounds),
                           ("reciprocal-to-div", reciprocal_to_div)):

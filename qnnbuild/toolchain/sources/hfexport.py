@@ -2,8 +2,9 @@
 its tokenizer files for the deliverable.
 
 Loaded offline with `transformers` (never a hub download, never `trust_remote_code`), exported by torch's
-TorchScript exporter with eager attention: the graph then holds plain MatMul/Softmax attention, whose additive
-mask the `finite-mask` rewrite makes quantizable and whose MatMuls the 16-bit rules find. Optimum's exporters
+TorchScript exporter (or its dynamo exporter, `exporter: dynamo`) with eager attention: the graph then holds
+plain MatMul/Softmax attention, whose additive mask the `finite-mask` rewrite makes quantizable and whose MatMuls
+the 16-bit rules find. Optimum's exporters
 were the first choice, but optimum-onnx 0.1 pins transformers < 4.58 and exports dynamic shapes and growing KV
 caches, where qnnbuild needs the recipe's fixed shapes: this module is the part of that job that fits here.
 """
@@ -114,14 +115,24 @@ def export(params: dict[str, Any], folder: Path, dest: Path, say: Callable[[str]
 
     args = tuple(torch.zeros(*(spec["shape"] if isinstance(spec, dict) else spec),
                              dtype=getattr(torch, input_dtype(name, spec))) for name, spec in params["inputs"].items())
-    say(f"transformers {type(model).__name__} ({task}) → torch.onnx.export, opset {params['opset']}")
+    exporter = params.get("exporter", "torchscript")
+    say(f"transformers {type(model).__name__} ({task}) → torch.onnx.export ({exporter} exporter), "
+        f"opset {params['opset']}")
+    dynamo = exporter == "dynamo"
     with torch.no_grad():
         try:
-            torch.onnx.export(Fixed(), args, str(dest), input_names=names, output_names=[output],
-                              opset_version=params["opset"], dynamo=False, do_constant_folding=True)
-        except Exception as exc:  # the exporter raises anything from TypeError to torch.jit errors
+            program = torch.onnx.export(Fixed(), args, None if dynamo else str(dest), input_names=names,
+                                        output_names=[output], opset_version=params["opset"], dynamo=dynamo,
+                                        do_constant_folding=True)
+        except Exception as exc:  # the exporters raise anything from TypeError to torch.jit and torch._dynamo errors
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise StageFailed(f"hf: exporting {type(model).__name__} failed: {first}") from None
+            other = "torchscript" if dynamo else "dynamo"
+            raise StageFailed(f"hf: exporting {type(model).__name__} ({exporter} exporter) failed: {first}; "
+                              f"exporter: {other} may export this model") from None
+        if dynamo:
+            if program is None:
+                raise StageFailed("hf: torch.onnx.export (dynamo exporter) returned nothing")
+            program.save(str(dest), external_data=False)
 
 
 def preprocessing_files(folder: Path, dest: Path, say: Callable[[str], None]) -> list[str]:
