@@ -72,3 +72,27 @@ def test_a_softmax_nan_guard_goes() -> None:
     assert rewrites.softmax_nan_guards(model) == ["guard"]
     assert [n.op_type for n in model.graph.node] == ["Softmax", "Identity"]
     np.testing.assert_array_equal(_run(model, X), before)
+
+
+def test_the_build_time_check_fails_a_rewrite_that_changes_the_model() -> None:
+    """An exact rewrite must keep every output bit for bit; an inexact one must stay above the SQNR floor."""
+    import pytest
+
+    from qnnbuild.errors import StageFailed
+    from qnnbuild.toolchain.graph.rewritecheck import RewriteCheck
+
+    inits = [numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    model = _model([helper.make_node("Mul", ["x", "two"], ["y"], name="mul")], inits)
+    check = RewriteCheck(model)
+    step: dict = {"rewrite": "constant-indices", "nodes": ["mul"]}
+    check(model, step)
+    assert step["check"] == {"exact": True, "max_abs_error": 0.0, "sqnr_db_against_source": "inf"}
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(2.0001, np.float32), "two"))
+    with pytest.raises(StageFailed, match="constant-indices rewrite changed what the model computes"):
+        check(model, {"rewrite": "constant-indices", "nodes": ["mul"]})
+    fused: dict = {"rewrite": "fused-norm", "nodes": ["mul"]}
+    check(model, fused)  # 2.0001 against 2: SQNR 86 dB, above the floor
+    assert 80 < fused["check"]["sqnr_db_against_source"] < 90
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(2.1, np.float32), "two"))
+    with pytest.raises(StageFailed, match="SQNR 26.0 dB < 60 dB"):
+        check(model, {"rewrite": "fused-norm", "nodes": ["mul"]})

@@ -75,6 +75,32 @@ def _discard(files: list[Path]) -> None:
         file.unlink(missing_ok=True)
 
 
+def _prepare(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[[str], None]
+             ) -> tuple[list[Path], dict[str, str], list[dict[str, Any]], Any]:
+    """The source at the fixed shapes, with safe names, named nodes and the rewrites before folding, written
+    for the fold: (its files, the renamed tensors, the rewrites applied, the check that follows them)."""
+    from qnnbuild.toolchain.graph import onnxfile, onnxgraph, rewrites
+    from qnnbuild.toolchain.graph.rewritecheck import RewriteCheck
+
+    model, fixed_path = _load(raw, scratch)
+    problems = onnxgraph.fix_input_shapes(model, shapes)
+    if problems:
+        raise StageFailed("; ".join(problems))
+    renamed = onnxgraph.rename_tensors(model)
+    if renamed:
+        say(f"renamed {len(renamed)} tensors with unsafe names")
+    onnxgraph.name_nodes(model)
+    check = RewriteCheck(model)
+    applied = rewrites.before_folding(model, check)
+    del model.metadata_props[:]
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    fixed = onnxfile.save(model, fixed_path, external=True)  # so that the model can go before the fold reads it
+    del model  # one copy of the weights at a time: an LLM's are most of the stage's memory
+    memory.trim()
+    return fixed, renamed, applied, check
+
+
 def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[[str], None], *,
           mask_value: float, made_up: re.Pattern[str] | None = None,
           phase: Callable[[str], None] = lambda step: None) -> Cleaned:
@@ -85,25 +111,12 @@ def clean(raw: Path, scratch: Path, shapes: dict[str, list[int]], say: Callable[
     from qnnbuild.toolchain.graph import onnxfile, onnxgraph, rewrites
 
     phase("reading the graph")
-    model, fixed_path = _load(raw, scratch)
-    problems = onnxgraph.fix_input_shapes(model, shapes)
-    if problems:
-        raise StageFailed("; ".join(problems))
-    renamed = onnxgraph.rename_tensors(model)
-    if renamed:
-        say(f"renamed {len(renamed)} tensors with unsafe names")
-    onnxgraph.name_nodes(model)
-    applied = rewrites.before_folding(model)
-    del model.metadata_props[:]
-    model.doc_string = ""
-    model.graph.doc_string = ""
-    fixed = onnxfile.save(model, fixed_path, external=True)  # so that the model can go before the fold reads it
-    del model  # one copy of the weights at a time: an LLM's are most of the stage's memory
-    memory.trim()
+    fixed, renamed, applied, check = _prepare(raw, scratch, shapes, say)
     phase("folding constants (onnxruntime)")
     folded = _fold(fixed, scratch)
+    check.rebase(folded)
     phase("rewrites after folding")
-    model, fused = rewrites.after_folding(folded, mask_value)
+    model, fused = rewrites.after_folding(folded, mask_value, check)
     del folded
     applied += fused
     for step in applied:

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from qnnbuild.toolchain.graph import normfuse, prequant
+from qnnbuild.toolchain.graph.rewritecheck import no_check
 
 
 def constants_to_initializers(model: Any) -> list[str]:
@@ -181,8 +183,12 @@ def qnn_preprocess(model: Any) -> tuple[Any, list[str]]:
     return fused, [f"fused into {op}" for op in added] or ["qnn_preprocess_model"]
 
 
-def before_folding(model: Any) -> list[dict[str, Any]]:
-    """The graph rewrites, in place, before onnxruntime folds constants at the fixed shapes."""
+Check = Callable[[Any, dict[str, Any]], None]  # the model after a rewrite, and its entry (graph/rewritecheck.py)
+
+
+def before_folding(model: Any, check: Check = no_check) -> list[dict[str, Any]]:
+    """The graph rewrites, in place, before onnxruntime folds constants at the fixed shapes; each is checked
+    (`check`) as it is applied."""
     applied = []
     for name, rewrite in (("constant-to-initializer", constants_to_initializers),
                           ("dequantized-weights", prequant.dequantized_weights),
@@ -192,30 +198,37 @@ def before_folding(model: Any) -> list[dict[str, Any]]:
         nodes = rewrite(model)
         if nodes:
             applied.append({"rewrite": name, "nodes": nodes})
+            check(model, applied[-1])
     return applied
 
 
-def after_folding(model: Any, mask_value: float) -> tuple[Any, list[dict[str, Any]]]:
-    """On the folded model, where masks are plain constants: finite attention masks, then onnxruntime's QNN
-    pre-processing where there is an Erf to fuse (before folding, the quantizer later fails on what
-    onnxruntime's optimizer makes of the fused ops)."""
+def after_folding(model: Any, mask_value: float, check: Check = no_check) -> tuple[Any, list[dict[str, Any]]]:
+    """On the folded model, where masks are plain constants: finite attention masks (then the NaN guards they
+    make needless), constant-index gathers, then onnxruntime's QNN pre-processing where there is an Erf to fuse
+    (before folding, the quantizer later fails on what onnxruntime's optimizer makes of the fused ops), then
+    normalizations written as basic ops; each checked (`check`) as it is applied."""
     applied: list[dict[str, Any]] = []
+
+    def done(step: dict[str, Any]) -> None:
+        applied.append(step)
+        check(model, step)
+
     masks = finite_masks(model, mask_value)
     if masks:
-        applied.append({"rewrite": "finite-mask", "nodes": masks, "value": mask_value})
+        done({"rewrite": "finite-mask", "nodes": masks, "value": mask_value})
     guards = softmax_nan_guards(model)
     if guards:
-        applied.append({"rewrite": "softmax-nan-guard", "nodes": guards})
+        done({"rewrite": "softmax-nan-guard", "nodes": guards})
     if any(n.op_type in ("GatherND", "ScatterND") for n in model.graph.node):
         from qnnbuild.toolchain.graph import constindex, onnxgraph
 
         indexed = constindex.constant_indices(model, onnxgraph.static_shapes(model))
         if indexed:
-            applied.append({"rewrite": "constant-indices", "nodes": indexed})
+            done({"rewrite": "constant-indices", "nodes": indexed})
     if any(n.op_type == "Erf" for n in model.graph.node):
         model, fused = qnn_preprocess(model)
         if fused:
-            applied.append({"rewrite": "qnn-preprocess", "nodes": fused})
+            done({"rewrite": "qnn-preprocess", "nodes": fused})
     opset = normfuse.needs_opset(model)
     if opset:
         from qnnbuild.toolchain.graph import onnxgraph
@@ -224,7 +237,7 @@ def after_folding(model: Any, mask_value: float) -> tuple[Any, list[dict[str, An
         constants_to_initializers(model)  # the converter writes Reduce axes as Constant nodes
     norms = normfuse.fuse(model)
     if norms:
-        applied.append({"rewrite": "fused-norm", "nodes": norms})
+        done({"rewrite": "fused-norm", "nodes": norms})
     return model, applied
 
 
