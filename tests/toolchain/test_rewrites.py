@@ -94,5 +94,5 @@ def test_the_build_time_check_fails_a_rewrite_that_changes_the_model() -> None:
     check(model, fused)  # 2.0001 against 2: SQNR 86 dB, above the floor
     assert 80 < fused["check"]["sqnr_db_against_source"] < 90
     model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(2.1, np.float32), "two"))
-    with pytest.raises(StageFailed, match="SQNR 26.0 dB < 60 dB"):
+    with pytest.raises(StageFailed, match=r"SQNR 26\.0 dB < 60 dB"):
         check(model, {"rewrite": "fused-norm", "nodes": ["mul"]})
