@@ -45,44 +45,20 @@ def target_options(target: dict[str, Any] | None) -> dict[str, str]:
             "htp_graph_finalization_optimization_mode": "1"}
 
 
-def _refused(model: str, target: dict[str, Any] | None) -> tuple[list[dict[str, str]], int]:
-    """Nodes QNN would leave to the CPU for `target` (fallback allowed, so we can list them all), or the nodes
-    HTP finalize could not create, with QNN's reasons; and the number of nodes QNN took."""
-    import onnx
-
-    from qnnbuild.toolchain.runtime import qnn
-
-    options = target_options(target)
-    try:
-        with qnn.captured_stderr() as log:
-            session = qnn.htp_session(model, options, {"session.record_ep_graph_assignment_info": "1"},
-                                      fallback=True, verbose=True)
-    except Exception as exc:
-        types = {n.name: n.op_type for n in onnx.load(model, load_external_data=False).graph.node}
-        refused = qnn.finalize_failures(qnn.failure_log(model, options, fallback=True), types)
-        return refused or [{"name": "?", "op_type": "?", "reason": str(exc).strip()}], 0
-    reasons = qnn.refusal_reasons(log[0])
-    refused, on_qnn = [], 0
-    for subgraph in session.get_provider_graph_assignment_info():
-        nodes = subgraph.get_nodes()
-        if subgraph.ep_name == "QNNExecutionProvider":
-            on_qnn += len(nodes)
-            continue
-        refused += [{"name": n.name, "op_type": n.op_type, "reason": reasons.get(n.name, "not supported by QNN")}
-                    for n in nodes]
-    return refused, on_qnn
-
-
 def judge(model: str, targets: list[dict[str, Any]], say: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Every recipe target's verdict: refused nodes (each naming its target) and nodes on QNN per target."""
+    """Every recipe target's verdict: refused nodes (each naming its target, its input shapes and the rewrite
+    export tried) and nodes on QNN per target."""
+    from qnnbuild.toolchain.graph import refusals
+    from qnnbuild.toolchain.runtime import assignment
+
     refused: list[dict[str, Any]] = []
     on_qnn: dict[str, int] = {}
     asked: list[dict[str, Any] | None] = [*targets] or [None]
     for target in asked:
         name = target["name"] if target else "default HTP"
-        nodes, on_qnn[name] = _refused(model, target)
+        nodes, on_qnn[name] = assignment.refused_nodes(model, target_options(target))
         say(f"{name}: {on_qnn[name]} nodes on QNN, {len(nodes)} refused")
-        refused += [{**node, "target": name} for node in nodes]
+        refused += [{**node, "target": name} for node in refusals.annotate(model, nodes)]
     return refused, on_qnn
 
 

@@ -96,3 +96,44 @@ def test_every_target_gets_its_own_binary(tiny_project: Path, cli: CLI) -> None:
     a = (tiny_project / "artifacts/tiny/context/SM8550/tiny_SM8550.bin").read_bytes()
     b = (tiny_project / "artifacts/tiny/context/SM8750/tiny_SM8750.bin").read_bytes()
     assert a != b  # finalized for v73 and v79 respectively
+
+
+def test_a_refused_node_is_named_with_its_shapes_and_the_rewrite_tried(tmp_path: Path) -> None:
+    """A GatherND whose indices come from data (an ArgMax) is no constant table: QNN refuses it (error 3110), and
+    compile and convert name the node, its op, its input shapes and the rewrite export tried; a node with no
+    rewrite (Det) says so, and the Quantize/Dequantize around it are not listed beside it."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])
+    one = numpy_helper.from_array(np.array(1, np.float32), "one")
+    models = {
+        "gnd": [helper.make_node("ArgMax", ["x"], ["am"], axis=1, keepdims=1, name="argmax"),
+                helper.make_node("GatherND", ["x", "am"], ["g"], batch_dims=1, name="gathernd"),
+                helper.make_node("Add", ["g", "one"], ["y"], name="add")],
+        "det": [helper.make_node("MatMul", ["x", "xt"], ["m"], name="matmul"),
+                helper.make_node("Det", ["m"], ["d"], name="det"), helper.make_node("Add", ["d", "one"], ["y"])],
+    }
+    for name, nodes in models.items():
+        inits = [one, numpy_helper.from_array(np.ones((8, 4), np.float32), "xt")]
+        graph = helper.make_graph(nodes, name, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  inits[:1 if name == "gnd" else 2])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / f"{name}.onnx")
+        (tmp_path / f"{name}.yaml").write_text(
+            f"schema_version: 1\nrecipe: {name}\ntargets: [SM8650]\nstages:\n"
+            f"  export: {{kind: export, onnx: {name}.onnx}}\n"
+            "  quantize: {kind: quantize, model: export, calibration: {synthetic: {count: 2}}}\n"
+            "  convert: {kind: convert, model: quantize}\n  compile: {kind: compile, model: quantize}\n")
+        proc = run_process(["run", f"{name}.yaml", "--json"], tmp_path)
+        assert proc.returncode == 1, proc.stderr
+        stages = {s["id"]: s for s in json.loads(proc.stdout)["stages"]}
+        for stage in ("convert", "compile[SM8650]"):
+            message = stages[stage]["message"]
+            if name == "gnd":
+                assert "gathernd (GatherND)" in message and "[inputs [4, 8], [4, 1]]" in message, message
+                assert "tried constant-indices" in message, message
+            else:
+                assert "det (Det)" in message and "[inputs [4, 4]]" in message, message
+                assert "no rewrite for Det" in message and "QuantizeLinear" not in message, message
+            assert "docs/troubleshooting.md" in message

@@ -43,9 +43,9 @@ def _finalize(source: Path, dest: Path, options: dict[str, str], target: dict[st
     """`source` (a QDQ model) → dest/model_ctx.onnx + model_ctx_qnn.bin + compile.json."""
     import onnx
 
-    from qnnbuild.toolchain.graph import onnxfile, onnxgraph
+    from qnnbuild.toolchain.graph import onnxfile, onnxgraph, refusals
     from qnnbuild.toolchain.quant import encodings
-    from qnnbuild.toolchain.runtime import qnn
+    from qnnbuild.toolchain.runtime import assignment, qnn
 
     with tempfile.TemporaryDirectory(prefix="qnnbuild-compile-") as tmp, contextlib.chdir(tmp):
         onnxfile.place(source, Path("model.onnx"))  # with its weights file, if it has one
@@ -56,7 +56,9 @@ def _finalize(source: Path, dest: Path, options: dict[str, str], target: dict[st
         except Exception as exc:
             types = {n.name: n.op_type for n in onnx.load("model.onnx", load_external_data=False).graph.node}
             refused = qnn.finalize_failures(qnn.failure_log("model.onnx", options), types)
-            why = qnn.describe(refused) if refused else str(exc).strip()
+            if not refused:  # no op QNN failed to create: nodes it would leave to the CPU, which a build forbids
+                refused = [r for r in assignment.refused_nodes("model.onnx", options)[0] if r["name"] != "?"]
+            why = qnn.describe(refusals.annotate("model.onnx", refused)) if refused else str(exc).strip()
             raise StageFailed(f"HTP compile for {target['name']} failed: {why}") from None
         dest.mkdir(parents=True, exist_ok=True)
         for name in ("model_ctx.onnx", "model_ctx_qnn.bin"):

@@ -231,7 +231,16 @@ def finalize_failures(log: str, node_types: dict[str, str]) -> list[dict[str, st
 
 
 def describe(refused: list[dict[str, str]]) -> str:
-    return "; ".join(f"{r['name']} ({r['op_type']}): {r['reason']}" for r in refused)
+    """One line for the refused nodes; with their input shapes and the rewrite tried where they were added
+    (graph/refusals.py), and where to read on."""
+    def one(r: dict[str, str]) -> str:
+        said = f"{r['name']} ({r['op_type']}): {r['reason']}"
+        if "inputs" in r:
+            said += f" [inputs {r['inputs']}]"
+        return said + (f" [rewrite: {r['rewrite']}]" if "rewrite" in r else "")
+
+    tail = " (docs/troubleshooting.md: A node QNN refuses)" if any("rewrite" in r for r in refused) else ""
+    return "; ".join(one(r) for r in refused) + tail
 
 
 def _explain_main(request: str) -> int:
