@@ -7,7 +7,7 @@ it over, each built for SM8650 at w8a16 and validated on held-out sentences agai
   TorchScript exporter (Shape/Gather/Concat chains);
 - the dynamo file with int8 weights dequantized in the graph, by Cast·Mul and by DequantizeLinear.
 
-Every export must leave no shape computation (Shape, Size, Range, ConstantOfShape) and no GatherND, check every
+Every export must leave no shape computation (Shape, Size, Range, ConstantOfShape, Expand) and no GatherND, check every
 rewrite it applied (rewrites.json), and every build reach embedding cosine ≥ 0.99 on HTP (the validate gate).
 """
 
@@ -29,7 +29,7 @@ pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
 
 SEQ = 64
-SHAPE_OPS = {"Shape", "Size", "Range", "ConstantOfShape", "GatherND", "ScatterND"}
+SHAPE_OPS = {"Shape", "Size", "Range", "ConstantOfShape", "Expand", "GatherND", "ScatterND"}
 EXPORT = """\
 import sys
 import torch
