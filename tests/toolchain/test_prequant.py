@@ -19,7 +19,12 @@ SCALE = RNG.uniform(0.01, 0.1, 4).astype(np.float32)
 
 def _model(form: str) -> onnx.ModelProto:
     inits = [numpy_helper.from_array(Q, "w_q"), numpy_helper.from_array(SCALE, "w_scale")]
-    if form == "dq":
+    if form == "cast-sub-mul":
+        inits.append(numpy_helper.from_array(np.array(3.0, np.float32), "w_zp"))
+        nodes = [helper.make_node("Cast", ["w_q"], ["w_f"], to=TensorProto.FLOAT, name="cast"),
+                 helper.make_node("Sub", ["w_f", "w_zp"], ["w_c"], name="sub"),
+                 helper.make_node("Mul", ["w_c", "w_scale"], ["w"], name="mul")]
+    elif form == "dq":
         inits.append(numpy_helper.from_array(np.zeros(4, np.int8), "w_zp"))
         nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], axis=1, name="dq")]
     else:
@@ -31,7 +36,7 @@ def _model(form: str) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("form", ["dq", "cast-mul"])
+@pytest.mark.parametrize("form", ["dq", "cast-mul", "cast-sub-mul"])
 def test_pre_quantized_weights_become_floats(form: str) -> None:
     model = _model(form)
     x = RNG.standard_normal((2, 6)).astype(np.float32)
@@ -47,4 +52,6 @@ def test_pre_quantized_weights_become_floats(form: str) -> None:
     assert [n.op_type for n in model.graph.node] == ["MatMul"]
     assert [i.name for i in model.graph.initializer] == ["w"]
     np.testing.assert_allclose(run(), before, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), Q.astype(np.float32) * SCALE)
+    zero = 3.0 if form == "cast-sub-mul" else 0.0
+    np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]),
+                                  (Q.astype(np.float32) - zero) * SCALE)

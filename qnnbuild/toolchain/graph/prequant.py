@@ -1,5 +1,6 @@
 """Weights that arrive pre-quantized: integer initializers dequantized in the graph, by DequantizeLinear or by a
-Cast to float and a Mul by their scale (how int8-weight exports and weight-only quantizers write them).
+Cast to float, a Sub of their zero point where they have one, and a Mul by their scale (how int8-weight exports
+and weight-only quantizers write them).
 
 They become the float weights they stand for, computed as ONNX defines them ((q - zero point) × scale, per
 axis where the scale is a vector), and quantize then quantizes them by the recipe's rules like any float weight:
@@ -51,23 +52,32 @@ def _dequantize_linear(node: Any, constant: dict[str, Any]) -> Any | None:
     return ((q.astype(np.int32) - zero).astype(np.float32) * scale).astype(np.float32)
 
 
-def _cast_then_mul(node: Any, constant: dict[str, Any], users: dict[str, list[Any]]) -> tuple[Any, Any] | None:
-    """A Cast to float of an integer initializer, and the one Mul by a constant scale that follows it."""
+def _cast_then_mul(node: Any, constant: dict[str, Any], users: dict[str, list[Any]]) -> tuple[list[Any], Any] | None:
+    """A Cast to float of an integer initializer, then a Sub of a constant zero point (optional) and a Mul by a
+    constant scale, each the only reader of the one before: the nodes after the Cast, and the weights."""
     from onnx import TensorProto, helper
 
     if node.input[0] not in constant or _array(constant[node.input[0]]).dtype.name not in INTEGERS:
         return None
     if helper.get_attribute_value(next(a for a in node.attribute if a.name == "to")) != TensorProto.FLOAT:
         return None
-    following = users.get(node.output[0], [])
-    if len(following) != 1 or following[0].op_type != "Mul":
+    weights = _array(constant[node.input[0]]).astype(np.float32)
+    chain, current = [], node.output[0]
+    for op in ("Sub", "Mul"):
+        following = users.get(current, [])
+        if len(following) != 1 or following[0].op_type != op:
+            continue
+        step = following[0]
+        other = next((i for i in step.input if i != current), None)
+        if other not in constant or (op == "Sub" and step.input[0] != current):
+            continue
+        value = _array(constant[other]).astype(np.float32)
+        weights = (weights - value if op == "Sub" else weights * value).astype(np.float32)
+        chain.append(step)
+        current = step.output[0]
+    if not chain or chain[-1].op_type != "Mul":
         return None
-    mul = following[0]
-    scale = next((i for i in mul.input if i != node.output[0]), None)
-    if scale not in constant:
-        return None
-    weights = _array(constant[node.input[0]]).astype(np.float32) * _array(constant[scale]).astype(np.float32)
-    return mul, weights.astype(np.float32)
+    return chain, weights
 
 
 def dequantized_weights(model: Any) -> list[str]:
@@ -91,7 +101,7 @@ def dequantized_weights(model: Any) -> list[str]:
         elif node.op_type == "Cast" and len(node.input) == 1:
             found = _cast_then_mul(node, constant, users)
             if found is not None:
-                gone, weights, output = [node, found[0]], found[1], found[0].output[0]
+                gone, weights, output = [node, *found[0]], found[1], found[0][-1].output[0]
         if weights is None:
             continue
         for dead in gone:
