@@ -55,7 +55,9 @@ def _run(model: Any, feeds: dict[str, Any]) -> list[Any]:
     options.log_severity_level = 3
     options.add_session_config_entry("session.disable_prepacking", "1")  # a packed constant weight sums otherwise
     session = rt.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return [np.asarray(o) for o in session.run(None, feeds)]
+    quiet = rt.RunOptions()
+    quiet.log_severity_level = 4  # a model that cannot run here is said once, in rewrites.json
+    return [np.asarray(o) for o in session.run(None, feeds, quiet)]
 
 
 def _max_abs(a: Any, b: Any) -> float:
@@ -92,13 +94,25 @@ class RewriteCheck:
         self.skipped = (f"not checked: weights of {weights / 2**20:.0f} MB (a check runs copies of the model "
                         f"up to {LIMIT >> 20} MB)" if weights > LIMIT or external else
                         "not checked: an input without a fixed shape" if self.feeds is None else "")
-        self.source = self.before = _run(model, self.feeds) if self.feeds is not None else []
+        self.source = self.before = self._reference(model)
+
+    def _reference(self, model: Any) -> list[Any]:
+        """The model's outputs on the seeded inputs; a model that does not run on them (a branch of an `If`
+        that needs other data) is not checked, and says why."""
+        if self.feeds is None:
+            return []
+        try:
+            return _run(model, self.feeds)
+        except Exception as exc:  # onnxruntime raises its own error types
+            self.feeds = None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.skipped = f"not checked: the model does not run on seeded inputs ({first[:200]})"
+            return []
 
     def rebase(self, model: Any) -> None:
         """The model changed by something other than a rewrite (onnxruntime's constant folding): the next
         rewrite is compared with it."""
-        if self.feeds is not None:
-            self.before = _run(model, self.feeds)
+        self.before = self._reference(model)
 
     def __call__(self, model: Any, step: dict[str, Any]) -> None:
         if self.feeds is None:
