@@ -64,6 +64,16 @@ def build() -> torch.nn.Module:
     return torch.nn.Conv2d(3, width(), 3)
 """
 
+LLM_RECIPE = """\
+schema_version: 1
+recipe: traced
+targets: [SM8650]
+stages:
+  export:   {kind: export, hf: llama, task: causal-lm, llm: {context_length: 32, prefill: 8}}
+  quantize: {kind: quantize, model: export, precision: w8a16, calibration: {text: {file: text.txt, count: 2}}}
+  compile:  {kind: compile, model: quantize, parts: 2}
+"""
+
 OPENED = re.compile(r"^(\d+) +open(?:at2?)?\((.*)\) = \d+<(.*)>$")  # with -y: the opened file's own path
 SPAWN = re.compile(r"^(\d+) +(?:clone3?|fork|vfork)\(.*\) = (\d+)$")
 EXEC = re.compile(r'^(\d+) +execve\("[^"]*", \[(.*)\]')
@@ -154,7 +164,20 @@ def text_project(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("make", [project, text_project], ids=["conv-every-kind", "text-and-torch"])
+def llm_project(folder: Path) -> Path:
+    """A tiny Llama (2 layers, trained a few steps) built in two parts: the llm-part kind, and an hf: folder's
+    files (config, safetensors, tokenizer) read by transformers and tokenizers."""
+    from tests.hfmodels import stdlib_sentences, trained_llama
+
+    folder.mkdir(parents=True)
+    trained_llama(folder / "llama", stdlib_sentences(60), steps=5)
+    (folder / "text.txt").write_text("\n".join(stdlib_sentences(4, skip=60)) + "\n")
+    (folder / "traced.yaml").write_text(LLM_RECIPE)
+    return folder
+
+
+@pytest.mark.parametrize("make", [project, text_project, llm_project],
+                         ids=["conv-every-kind", "text-and-torch", "llm-parts"])
 def test_every_file_a_stage_reads_is_in_its_key(tmp_path: Path, make: Any) -> None:
     assert shutil.which("strace"), "strace is not installed: the README's test command installs it (apt-get)"
     folder = make(tmp_path / "p")
@@ -166,6 +189,9 @@ def test_every_file_a_stage_reads_is_in_its_key(tmp_path: Path, make: Any) -> No
     assert proc.returncode == 0, proc.stderr[-3000:]
     reads = stage_reads(log)
     assert any(p.endswith(("model.onnx.data", "tokenizer.json")) for p in reads), "the tracer saw no input read"
+    if make is llm_project:  # every kind of the recipe ran: the parts are instances of llm-part
+        lock = json.loads((folder / "artifacts/traced/qnnbuild.lock").read_text())
+        assert {e["document"]["kind"] for e in lock["instances"].values()} >= {"llm-part", "compile"}
     outside = [*installed(), os.path.realpath(folder / "artifacts")]
     temporary = os.path.realpath(tempfile.gettempdir())
     files, folders = covered(folder)
