@@ -24,36 +24,39 @@ import numpy as np
 TABLE_LIMIT = 1 << 22  # elements: a bigger index table would be a weight of its own, not a fix for a mask
 
 
-def _gathernd_table(shape: list[int], indices: Any, batch_dims: int) -> tuple[Any, list[int]] | None:
-    """The flat positions of GatherND's output in the flattened data, and the output's shape."""
-    if batch_dims != 0 or indices.shape[-1] > len(shape):
-        return None
+def _rows(shape: list[int], indices: Any) -> tuple[Any, int] | None:
+    """Where each index tuple's slice starts in the flattened data, and the slice's length; None when an index
+    lies outside the data (ONNX allows negative indices: counted from the end)."""
     k = int(indices.shape[-1])
+    if k > len(shape):
+        return None
     rows = indices.reshape(-1, k).astype(np.int64)
     lead = np.asarray(shape[:k], np.int64)
     rows = np.where(rows < 0, rows + lead, rows)
     if (rows < 0).any() or (rows >= lead).any():
         return None
     inner = int(np.prod(shape[k:], dtype=np.int64))
-    starts = np.ravel_multi_index(rows.T, shape[:k]) * inner if k else np.zeros(len(rows), np.int64)
+    return (np.ravel_multi_index(rows.T, shape[:k]) * inner if k else np.zeros(len(rows), np.int64)), inner
+
+
+def _gathernd_table(shape: list[int], indices: Any, batch_dims: int) -> tuple[Any, list[int]] | None:
+    """The flat positions of GatherND's output in the flattened data, and the output's shape."""
+    found = _rows(shape, indices) if batch_dims == 0 else None
+    if found is None:
+        return None
+    starts, inner = found
     table = (starts[:, None] + np.arange(inner, dtype=np.int64)[None, :]).reshape(-1)
-    return table, [*indices.shape[:-1], *shape[k:]]
+    return table, [*indices.shape[:-1], *shape[int(indices.shape[-1]):]]
 
 
 def _scatternd_table(shape: list[int], indices: Any) -> Any | None:
     """For each flat position of ScatterND's output: its position in Concat(flat data, flat updates)."""
-    k = int(indices.shape[-1])
-    if k > len(shape):
+    found = _rows(shape, indices)
+    if found is None:
         return None
+    starts, inner = found
     total = int(np.prod(shape, dtype=np.int64))
-    rows = indices.reshape(-1, k).astype(np.int64)
-    lead = np.asarray(shape[:k], np.int64)
-    rows = np.where(rows < 0, rows + lead, rows)
-    if (rows < 0).any() or (rows >= lead).any():
-        return None
-    inner = int(np.prod(shape[k:], dtype=np.int64))
     table = np.arange(total, dtype=np.int64)
-    starts = np.ravel_multi_index(rows.T, shape[:k]) * inner if k else np.zeros(len(rows), np.int64)
     for row, start in enumerate(starts):  # in order: the last write to a position wins
         table[start:start + inner] = total + row * inner + np.arange(inner)
     return table

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qnnbuild.errors import StageFailed
+from qnnbuild.toolchain.sources.torchexport import to_onnx
 
 # task → (transformers Auto class, the output exported)
 TASKS: dict[str, tuple[str, str]] = {
@@ -118,21 +119,8 @@ def export(params: dict[str, Any], folder: Path, dest: Path, say: Callable[[str]
     exporter = params.get("exporter", "torchscript")
     say(f"transformers {type(model).__name__} ({task}) → torch.onnx.export ({exporter} exporter), "
         f"opset {params['opset']}")
-    dynamo = exporter == "dynamo"
-    with torch.no_grad():
-        try:
-            program = torch.onnx.export(Fixed(), args, None if dynamo else str(dest), input_names=names,
-                                        output_names=[output], opset_version=params["opset"], dynamo=dynamo,
-                                        do_constant_folding=True)
-        except Exception as exc:  # the exporters raise anything from TypeError to torch.jit and torch._dynamo errors
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            other = "torchscript" if dynamo else "dynamo"
-            raise StageFailed(f"hf: exporting {type(model).__name__} ({exporter} exporter) failed: {first}; "
-                              f"exporter: {other} may export this model") from None
-        if dynamo:
-            if program is None:
-                raise StageFailed("hf: torch.onnx.export (dynamo exporter) returned nothing")
-            program.save(str(dest), external_data=False)
+    to_onnx(Fixed(), args, dest, names=names, outputs=[output], opset=params["opset"], exporter=exporter,
+            what=f"hf: exporting {type(model).__name__}")
 
 
 def preprocessing_files(folder: Path, dest: Path, say: Callable[[str], None]) -> list[str]:

@@ -62,6 +62,29 @@ def _example(torch: Any, spec: Any) -> Any:
     return torch.zeros(*shape, dtype=getattr(torch, dtype))
 
 
+def to_onnx(model: Any, args: tuple[Any, ...], dest: Path, *, names: list[str], outputs: list[str] | None,
+            opset: int, exporter: str, what: str) -> None:
+    """`model` on `args` → `dest` by torch's `exporter` (torchscript | dynamo), one protobuf; a failure names
+    `what` failed and the other exporter, never swapped for it behind the key's back."""
+    import torch
+
+    dynamo = exporter == "dynamo"
+    with torch.no_grad():
+        try:
+            program = torch.onnx.export(model, args, None if dynamo else str(dest), input_names=names,
+                                        output_names=outputs, opset_version=opset, dynamo=dynamo,
+                                        do_constant_folding=True)
+        except Exception as exc:  # the exporters raise anything from torch._dynamo and torch.jit to TypeError
+            other = "torchscript" if dynamo else "dynamo"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise StageFailed(f"{what} ({exporter} exporter) failed: {first}; exporter: {other} may export this "
+                              "model") from None
+    if dynamo:
+        if program is None:
+            raise StageFailed(f"{what} (dynamo exporter) returned nothing")
+        program.save(str(dest), external_data=False)
+
+
 def export(params: dict[str, Any], root: Path, checkpoint: Path | None, dest: Path,
            say: Callable[[str], None]) -> list[Path]:
     """Export the factory's model to `dest`; returns the source files of the modules it imported from outside
@@ -79,20 +102,7 @@ def export(params: dict[str, Any], root: Path, checkpoint: Path | None, dest: Pa
     names = list(params["inputs"])  # the recipe's order: forward() binds its arguments in it
     args = tuple(_example(torch, spec) for spec in params["inputs"].values())
     outputs = params.get("outputs") or None
-    dynamo = params["exporter"] == "dynamo"
     say(f"torch.onnx.export {params['torch']} ({params['exporter']} exporter, opset {params['opset']})")
-    with torch.no_grad():
-        try:
-            program = torch.onnx.export(model, args, None if dynamo else str(dest), input_names=names,
-                                        output_names=outputs, opset_version=params["opset"], dynamo=dynamo,
-                                        do_constant_folding=True)
-        except Exception as exc:  # the exporters raise anything from torch._dynamo to TypeError
-            other = "torchscript" if dynamo else "dynamo"
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise StageFailed(f"torch.onnx.export ({params['exporter']} exporter) failed: {first}; "
-                              f"exporter: {other} may export this model") from None
-        if dynamo:
-            if program is None:
-                raise StageFailed("torch.onnx.export (dynamo exporter) returned nothing")
-            program.save(str(dest), external_data=False)
+    to_onnx(model, args, dest, names=names, outputs=outputs, opset=params["opset"], exporter=params["exporter"],
+            what="torch.onnx.export")
     return own_module_files(before)  # after the export: a factory may import lazily when called
