@@ -194,8 +194,9 @@ class Session:
         except FailedThere as exc:
             if not guessed:
                 raise
-            executor.remote.warn(f"{inst.id} failed on a worker, which had only the files its last build read "
-                             f"({str(exc).splitlines()[0][:160]}); building it here")
+            why = str(exc).splitlines()[0][:160]
+            executor.remote.warn(f"{inst.id} failed on a worker, which had only the project files known before this "
+                                 f"key's first build ({why}); building it here")
             return None
 
     def _project(self, inst: Instance, document: dict[str, Any]) -> tuple[dict[str, tuple[Path, str]] | None, bool]:
