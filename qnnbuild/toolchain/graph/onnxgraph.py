@@ -198,21 +198,28 @@ def _typed_or_symbolic(model: Any) -> Any:
     return SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
 
 
+def _skeleton(model: Any, keep: int = 0) -> Any:
+    """A copy of `model` whose initializers over `keep` bytes carry their name, type and dims but no values:
+    what onnx's converter and shape inference need of the weights, without a copy of an LLM's."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    inits = [i if i.ByteSize() <= keep else onnx.TensorProto(name=i.name, data_type=i.data_type, dims=i.dims)
+             for i in graph.initializer]
+    return helper.make_model(helper.make_graph(list(graph.node), graph.name, list(graph.input), list(graph.output),
+                                               inits),
+                             opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+
 def convert_opset(model: Any, opset: int) -> None:
     """Move `model` to `opset` in place with onnx's version converter, run on a copy without the weights' bytes:
     the converter works on a serialized copy, and for an LLM that copy (and the one it returns) would be the
     stage's memory peak. Adapters rewrite nodes and add small constants; the weights stay where they are."""
     import onnx
-    from onnx import helper
 
     graph = model.graph
-    bare = [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in graph.initializer]
-    skeleton = helper.make_model(
-        helper.make_graph(list(graph.node), graph.name, list(graph.input), list(graph.output),
-                          [onnx.TensorProto(name=v.name, data_type=i.data_type, dims=i.dims)
-                           for v, i in zip(bare, graph.initializer, strict=True)]),
-        opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    converted = onnx.version_converter.convert_version(skeleton, opset)
+    converted = onnx.version_converter.convert_version(_skeleton(model), opset)
     del graph.node[:]
     graph.node.extend(converted.graph.node)
     known = {i.name for i in graph.initializer}
@@ -226,16 +233,9 @@ def static_shapes(model: Any) -> dict[str, list[int]]:
     """Every tensor's shape where shape inference knows it whole, inferred on a copy holding only the small
     initializers' values (shapes and indices; the weights' bytes stay out, an LLM's included)."""
     import onnx
-    from onnx import helper
 
-    graph = model.graph
-    small = [i if len(i.raw_data) <= 1 << 16 else onnx.TensorProto(name=i.name, data_type=i.data_type, dims=i.dims)
-             for i in graph.initializer]
-    skeleton = helper.make_model(helper.make_graph(list(graph.node), graph.name, list(graph.input),
-                                                   list(graph.output), small),
-                                 opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
-    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(_skeleton(model, keep=1 << 16), data_prop=True)
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         dims = value.type.tensor_type.shape.dim
         if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):

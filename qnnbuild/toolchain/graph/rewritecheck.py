@@ -7,8 +7,8 @@ finite mask, fused normalizations, onnxruntime's Gelu fusion, Div for Reciprocal
 SQNR against the source model (all rewrites so far) at or above `FLOOR_DB`. Otherwise the stage fails naming
 the rewrite: a rewrite that changes what a model computes is a bug, never a build.
 
-The models run on onnxruntime's CPU with its graph optimizations off, so the check sees the graph as written
-(with them on, onnxruntime fuses a DequantizeLinear → MatMul into an integer MatMul of its own). Integer inputs
+The models run on onnxruntime's CPU as written (`qnn.cpu_session(as_written=True)`: optimizations and weight
+prepacking off), so the check sees the rewrite's difference and nothing of onnxruntime's own. Integer inputs
 (token ids, masks, positions) are drawn from {0, 1}, valid for any vocabulary; floats from a normal law. A model
 whose weights exceed `LIMIT` is not checked (a check holds serialized copies of it), and rewrites.json says so.
 """
@@ -47,15 +47,10 @@ def _feeds(model: Any) -> dict[str, Any] | None:
 
 
 def _run(model: Any, feeds: dict[str, Any]) -> list[Any]:
-    from qnnbuild.toolchain.runtime.qnn import ort
+    from qnnbuild.toolchain.runtime.qnn import cpu_session, ort
 
-    rt = ort()
-    options = rt.SessionOptions()
-    options.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.disable_prepacking", "1")  # a packed constant weight sums otherwise
-    session = rt.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    quiet = rt.RunOptions()
+    session = cpu_session(model.SerializeToString(), as_written=True)
+    quiet = ort().RunOptions()
     quiet.log_severity_level = 4  # a model that cannot run here is said once, in rewrites.json
     return [np.asarray(o) for o in session.run(None, feeds, quiet)]
 

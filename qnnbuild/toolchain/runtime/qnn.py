@@ -102,11 +102,18 @@ def plain_cpu_session(model: str | bytes, external_folder: Path | None = None) -
                                         providers=["CPUExecutionProvider"])
 
 
-def cpu_session(model: str | bytes, external_folder: Path | None = None, *, threads: int | None = None) -> Any:
+def cpu_session(model: str | bytes, external_folder: Path | None = None, *, threads: int | None = None,
+                as_written: bool = False) -> Any:
     """`external_folder`: where the data file of a model given as bytes lies (a weightless copy of a graph);
-    `threads`: onnxruntime's intra-op threads, fixed (default: one per core this process may use)."""
+    `threads`: onnxruntime's intra-op threads, fixed (default: one per core this process may use);
+    `as_written`: the graph run as it is, graph optimizations and weight prepacking off (with them, onnxruntime
+    fuses DequantizeLinear → MatMul into an integer MatMul, and a packed constant weight sums in another order)."""
     rt = ort()
-    return rt.InferenceSession(model, _cpu_options(rt, external_folder, threads), providers=["CPUExecutionProvider"])
+    options = _cpu_options(rt, external_folder, threads)
+    if as_written:
+        options.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return rt.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _cpu_options(rt: Any, external_folder: Path | None, threads: int | None = None) -> Any:
