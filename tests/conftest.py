@@ -16,6 +16,32 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qnnbuild.cli import main
 
+TORCH_FACTORY = """\
+import torch
+
+from helpers import width
+
+
+def build() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(3, width(), 3)
+"""
+WIDTH_HELPER = """\
+from pathlib import Path
+
+
+def width() -> int:
+    return int((Path(__file__).parent / "width.txt").read_text())
+"""
+
+
+def write_torch_factory(folder: Path, width: int = 4) -> None:
+    """`torch: "factory:build"`: a factory importing a helper module of the project, which reads `width.txt`:
+    files no recipe list names, which a build must find and key by itself."""
+    (folder / "factory.py").write_text(TORCH_FACTORY)
+    (folder / "helpers.py").write_text(WIDTH_HELPER)
+    (folder / "width.txt").write_text(f"{width}\n")
+
 
 def make_conv_model(path: Path, *, seed: int = 0, input_name: str = "input", dynamic_batch: bool = False,
                     extra_nodes: list[onnx.NodeProto] | None = None) -> Path:

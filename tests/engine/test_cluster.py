@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_RECIPE, make_conv_model, run_process
+from tests.conftest import TINY_RECIPE, make_conv_model, run_process, write_torch_factory
 from tests.servers import DaskCluster, SeaweedFS
 
 
@@ -241,12 +241,7 @@ stages:
 def torch_project(folder: Path, width: int) -> Path:
     """A torch factory whose helper module reads `width.txt`: files no recipe list names."""
     folder.mkdir(parents=True)
-    (folder / "factory.py").write_text("import torch\n\nfrom helpers import width\n\n\n"
-                                       "def build() -> torch.nn.Module:\n    torch.manual_seed(0)\n"
-                                       "    return torch.nn.Conv2d(3, width(), 3)\n")
-    (folder / "helpers.py").write_text("from pathlib import Path\n\n\ndef width() -> int:\n"
-                                       "    return int((Path(__file__).parent / 'width.txt').read_text())\n")
-    (folder / "width.txt").write_text(f"{width}\n")
+    write_torch_factory(folder, width)
     (folder / "factory.yaml").write_text(TORCH_RECIPE)
     return folder
 

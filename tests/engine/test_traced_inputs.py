@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import make_conv_model
+from tests.conftest import make_conv_model, write_torch_factory
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +54,6 @@ stages:
   validate: {kind: validate, context: context, reference: export, quantized: quantize,
              data: {text: {file: sentences.txt, tokenizer: tokenizer.json, skip: 4, count: 2}}}
 """
-FACTORY = """\
-import torch
-
-from helpers import width
-
-
-def build() -> torch.nn.Module:
-    return torch.nn.Conv2d(3, width(), 3)
-"""
-
 LLM_RECIPE = """\
 schema_version: 1
 recipe: traced
@@ -155,11 +145,7 @@ def text_project(folder: Path) -> Path:
     (folder / "sentences.txt").write_text("\n".join(lines) + "\n")
     tokenizer_file(folder / "tokenizer.json", lines)
     encoder(folder / "enc.onnx")
-    (folder / "factory.py").write_text(FACTORY)
-    # a file the factory's helper reads: no hand-kept list names it; the audit hook sees it opened
-    (folder / "helpers.py").write_text("from pathlib import Path\n\n\ndef width() -> int:\n"
-                                       "    return int((Path(__file__).parent / 'width.txt').read_text())\n")
-    (folder / "width.txt").write_text("4\n")
+    write_torch_factory(folder)
     (folder / "traced.yaml").write_text(TEXT_RECIPE)
     return folder
 
