@@ -44,6 +44,9 @@ def _free(port: int) -> bool:
     return True
 
 
+PROBE_BUCKET = "qnnbuild-ready-probe"
+
+
 @dataclass
 class SeaweedFS:
     folder: Path
@@ -86,10 +89,24 @@ class SeaweedFS:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None and self.proc.poll() is None, (self.folder / "weed.log").read_text()[-2000:]
-            if self._answers():
+            if self._answers() and self._serves():
                 return
             time.sleep(0.2)
         raise TimeoutError("SeaweedFS did not start")
+
+    def _serves(self) -> bool:
+        """An object stored and read back: the gateway answers before its filer and volume server do (a
+        restarted server answered a read with 'internal error' for a moment after its gateway was up)."""
+        fs = self.fs()
+        try:
+            if not fs.exists(PROBE_BUCKET):
+                fs.mkdir(PROBE_BUCKET)
+            fs.pipe_file(f"{PROBE_BUCKET}/ready", b"ok")
+            served = fs.cat_file(f"{PROBE_BUCKET}/ready") == b"ok"
+            fs.rm_file(f"{PROBE_BUCKET}/ready")
+        except Exception:  # botocore and s3fs raise their own types while the server comes up
+            return False
+        return served
 
     def _answers(self) -> bool:
         """Any HTTP answer (403 for an anonymous request) means the S3 gateway is up."""
