@@ -55,6 +55,10 @@ def test_cluster_build_equals_a_local_build_and_survives_a_lost_worker(tmp_path:
         workers = {s["id"]: s.get("worker") for s in out["stages"]}
         assert workers.pop("export") is not None  # the ONNX file travels as a declared input
         assert all(w and w.startswith("tcp://127.0.0.1:") for w in workers.values()), workers
+        phases = {s["id"]: s["phases"] for s in out["stages"]}  # where a worker's time went, on every line
+        assert all(set(p) == {"inputs", "stage", "upload", "restore"} for p in phases.values()), phases
+        assert all(p["stage"] < s["seconds"] for s, p in zip(out["stages"], phases.values(), strict=True))
+        assert "(inputs " in proc.stderr and ", restore " in proc.stderr
         assert (tmp_path / "killed").exists() and cluster.alive_workers() == 1  # one worker was lost mid-stage
     finally:
         cluster.stop()

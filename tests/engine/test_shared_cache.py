@@ -302,3 +302,28 @@ def test_a_pending_upload_whose_entry_is_gone_is_dropped_not_reported_uploaded(t
     assert sync.pending() == []
     assert (tmp_path / "shared" / kept / "manifest.json").is_file()
     assert not (tmp_path / "shared" / gone).exists()
+
+
+def test_a_relative_folder_cache_takes_an_entry_with_subfolders(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--cache ./shared`: an LLM's entry holds decode/ beside the prefill graph. A relative folder used to open
+    without creating folders on the way, so every such upload failed with a warning (found running the parts
+    benchmark by hand); it is now the absolute folder, as a worker started elsewhere must see it too."""
+    from qnnbuild.engine.keys.document import key_of
+    from qnnbuild.engine.store.local import Store
+    from qnnbuild.engine.store.remote import RemoteCache
+
+    monkeypatch.chdir(tmp_path)
+    document = {"kind": "test"}
+    store, key = Store(tmp_path / "artifacts"), key_of(document)
+    work = store.new_workdir(key)
+    (work / "decode").mkdir()
+    (work / "decode" / "model.txt").write_text("decode graph\n")
+    store.publish(work, key, document, 0.1)
+    warnings: list[str] = []
+    cache = RemoteCache("shared", "readwrite", warn=warnings.append)
+    assert cache.url == str(tmp_path / "shared")
+    assert cache.push(key, store) and not warnings
+    other = Store(tmp_path / "elsewhere")
+    assert cache.fetch(key, other) is not None and not warnings
+    assert (other.entry(key) / "decode" / "model.txt").read_text() == "decode graph\n"

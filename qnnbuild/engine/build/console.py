@@ -97,6 +97,8 @@ class Console:
             line += "  from the shared cache"
         if result.worker:
             line += f"  on {result.worker}"
+            if result.phases:
+                line += " (" + ", ".join(f"{name} {s:.1f} s" for name, s in result.phases.items()) + ")"
         if result.message:
             line += f"  {result.message}"
         self.say(line)

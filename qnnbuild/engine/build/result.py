@@ -27,14 +27,17 @@ class Result:
     log: str | None = None
     origin: str = "local"  # where a cached instance came from: local | remote
     worker: str | None = None  # the Dask worker that ran it
+    phases: dict[str, float] = field(default_factory=dict)  # a worker's seconds: inputs, stage, upload, restore
 
     def to_json(self) -> dict[str, Any]:
-        entry = {"id": self.id, "stage": self.stage, "target": self.target, "status": self.status,
+        entry: dict[str, Any] = {"id": self.id, "stage": self.stage, "target": self.target, "status": self.status,
                  "seconds": round(self.seconds, 3), "key": self.key, "outputs": self.outputs}
         if self.status == "cached":
             entry["from"] = self.origin
         if self.worker:
             entry["worker"] = self.worker
+        if self.phases:
+            entry["phases"] = self.phases
         if self.status in ("failed", "skipped") and self.message:
             entry["message"] = self.message  # the reason the console prints beside the stage
         if self.log:

@@ -141,7 +141,9 @@ class Session:
             built = self._on_worker(self.executor, inst, key, document)
             if built is not None:
                 key, document = self._worker_key(inst, document, built)
-                return self._adopt(inst, key, document, "ran", started, worker=built.worker)
+                result = self._adopt(inst, key, document, "ran", started, worker=built.worker)
+                result.phases = built.phases
+                return result
         work = self.store.new_workdir(key)
         try:
             self._run_worker(inst, work)

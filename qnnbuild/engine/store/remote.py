@@ -65,6 +65,8 @@ class RemoteCache:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"--cache-mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.url and "://" not in self.url:  # a folder: absolute, so a worker started elsewhere finds the same one
+            self.url = str(Path(self.url).expanduser().absolute())
 
     def connect(self) -> None:
         """Open the filesystem. Not done at construction: a no-op run must not pay for importing fsspec and

@@ -12,6 +12,7 @@ not retry what would fail again.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ class Built:
     key: str
     document: dict[str, Any]
     found: list[str]
+    phases: dict[str, float]  # seconds: inputs, stage, upload on the worker; restore here
 
 
 class Cluster:
@@ -142,15 +144,17 @@ class Cluster:
             failed = StageFailed if reply.get("refused") else FailedThere
             raise failed(f"{reply['message']} (on {reply['worker']})", job.failure_log)
         key = str(reply.get("key", job.key))
+        began = time.monotonic()
         try:
             restored = remote.fetch(key, store, replace=True)  # this run's log and timings
         except CacheDown:
             restored = None
+        phases = {**reply.get("phases", {}), "restore": round(time.monotonic() - began, 3)}
         if restored is None:
             raise StageFailed(f"worker {reply['worker']} built {job.instance}, but the shared cache holds no valid "
                               "entry for it")
         document = reply.get("document", job.document)
-        return Built(str(reply["worker"]), key, document, list(reply.get("found", found_in(document))))
+        return Built(str(reply["worker"]), key, document, list(reply.get("found", found_in(document))), phases)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

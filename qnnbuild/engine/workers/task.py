@@ -50,6 +50,7 @@ def run_on_worker(request: dict[str, Any], cache_url: str) -> dict[str, Any]:
 
 def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[str, Any]:
     started = time.monotonic()
+    phases = Phases()
     warnings: list[str] = []
     remote = RemoteCache(cache_url, "readwrite", warn=warnings.append)
     store = worker_store(worker)
@@ -70,13 +71,14 @@ def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[st
         refusal = _disagreements(request, me)
         if refusal:
             return refusal
-        run = _localize(request, remote, store)
+        with phases.timed("inputs"):
+            run = _localize(request, remote, store)
         work = store.new_workdir(key)
         try:
             run = dataclasses.replace(run, out=work.resolve(), progress_file=_progress_file(store, work))
             spread = {"scheduler": worker.scheduler.address, "upstream": request["upstream"],
                       "file_digests": request["file_digests"]} if request.get("spreads") and worker else None
-            with _relayed(run.progress_file, worker, request.get("progress_topic")):
+            with _relayed(run.progress_file, worker, request.get("progress_topic")), phases.timed("stage"):
                 spawn(request["kind"], run, run.out, spread=spread, env={CACHE_ENV: cache_url} if spread else None)
             checkpoint("cluster:ran", run.instance)
             key, document, found = _rekey(work, request["document"], run.root, request.get("project") or {})
@@ -91,11 +93,28 @@ def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[st
             if run.progress_file:
                 run.progress_file.unlink(missing_ok=True)
         store.remember_discovered(key_of(declared_of(document)), found)  # pushed beside the entry
-        remote.push(key, store, replace=forced or key in refused or key in remote.refused, instance=run.instance)
+        with phases.timed("upload"):
+            remote.push(key, store, replace=forced or key in refused or key in remote.refused, instance=run.instance)
     except CacheDown as exc:
         return {"ok": False, "worker": me, "message": f"on worker {me}: {exc}", "log": "\n".join(warnings)}
     return {"ok": True, "worker": me, "seconds": time.monotonic() - started, "key": key, "document": document,
-            "found": found}
+            "found": found, "phases": phases.seconds}
+
+
+class Phases:
+    """Where a worker's time for one instance went (its inputs fetched, the stage, the upload): a cluster's
+    cost beside the stage's own, shown on the instance's line."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.monotonic() - began, 3)
 
 
 def _rekey(work: Path, document: dict[str, Any], root: Path, shipped: dict[str, str]
