@@ -228,6 +228,9 @@ class StageKind:
       of the key, so changing them rebuilds nothing;
     - `spreads`: its per-sample work can run as shards on a Dask cluster (`StageRun.spread`), so on a cluster
       the engine frees the worker slot its coordinating process holds while the shards run;
+    - `stays_here(params)`: on a cluster the instance runs on the client all the same: its work is arranging
+      entries the client already holds (compile's join of its parts), which a worker would first fetch, then
+      upload, for the client to fetch back;
     - `named`: its outputs' file names follow the recipe's name (context-binary's `<recipe>_<target>.*`), so
       the recipe's name enters its key: two recipes that differ only in name do not share its entry;
     - `unfold(name, params)`: stages this one becomes several of (compile's `parts: K`: K part stages and their
@@ -257,6 +260,7 @@ class StageKind:
     summarize: Callable[[Path], dict[str, Any]] = no_summary
     unfold: Callable[[str, Params], Unfolded | None] = lambda name, params: None
     named: bool = False
+    stays_here: Callable[[Params], bool] = never
 
     def key_params(self, params: Params) -> Params:
         """The parameters as the key holds them: `ordered` mappings as lists of [name, value] pairs."""

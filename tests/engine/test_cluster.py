@@ -95,6 +95,20 @@ def test_local_cluster_and_a_two_recipe_zoo(tmp_path: Path) -> None:
     assert len(ran) == len(set(ran)) == len({s["key"] for s in entries}) == 9, ran
 
 
+def test_an_instance_goes_to_the_worker_that_holds_its_input(tmp_path: Path) -> None:
+    """A chain on two workers: each instance is placed where its largest input was built (a part's compile
+    where its split ran), so no worker fetches what the other just built; compile's join of parts stays on the
+    client (tested with the parts in tests/stages/test_llm.py)."""
+    folder = project(tmp_path / "chain")
+    (folder / "chain.yaml").write_text(TINY_RECIPE.replace("recipe: tiny", "recipe: chain").replace(
+        "  convert:  {kind: convert, model: quantize}\n", "").replace(", after: [convert]", ""))
+    proc = run_process(["run", "chain.yaml", "--json", "--scheduler", "local:2", "--cache",
+                        (tmp_path / "cache").as_uri()], folder)
+    assert proc.returncode == 0, proc.stderr
+    workers = [s.get("worker") for s in json.loads(proc.stdout)["stages"]]
+    assert len(workers) == 4 and all(workers) and len(set(workers)) == 1, workers
+
+
 def test_a_corrupt_shared_entry_is_rebuilt_by_the_worker(tmp_path: Path) -> None:
     """The client refuses a damaged entry and sends the instance to a worker; the worker must check the entry
     as the client does and replace it, not answer "already in the cache" (which failed the build for good)."""

@@ -281,6 +281,15 @@ def test_parts_chain_like_the_whole_graph_and_genai_runs_them(tmp_path: Path, cl
     serial, parallel = deliverable, tmp_path / "parallel/split/context/SM8650"
     files = sorted(p.relative_to(serial) for p in serial.rglob("*") if p.is_file() and ".qnnbuild" not in p.parts)
     assert files and all((serial / f).read_bytes() == (parallel / f).read_bytes() for f in files)
+    # and on two Dask workers: each part's compile where its split ran, the join on the client, the same bytes
+    proc = run_process(["run", "split.yaml", "--json", "--scheduler", "local:2", "--artifacts", "cluster", "--cache",
+                        (tmp_path / "cache").as_uri()], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    where = {s["id"]: s.get("worker") for s in json.loads(proc.stdout)["stages"]}
+    assert where["compile[SM8650]"] is None and where["compile.part1[SM8650]"] == where["compile.split1"], where
+    assert where["compile.part2[SM8650]"] == where["compile.split2"] is not None, where
+    cluster = tmp_path / "cluster/split/context/SM8650"
+    assert all((serial / f).read_bytes() == (cluster / f).read_bytes() for f in files)
     # an edit that leaves part 1's graph as it was (the LM head's precision: the head is in the last part)
     # leaves part 1's compile cached
     split = whole.replace("recipe: tiny", "recipe: split").replace("weight_sharing: true", "weight_sharing: true, parts: 2")

@@ -137,7 +137,7 @@ class Session:
         restored = self._restore(inst, key, document) if self.sync is not None and not forced else None
         if restored is not None:
             return self._adopt(inst, *restored, "cached", started, origin="remote")
-        if self.executor is not None:
+        if self.executor is not None and not KINDS[inst.kind].stays_here(inst.params):
             built = self._on_worker(self.executor, inst, key, document)
             if built is not None:
                 key, document = self._worker_key(inst, document, built)
@@ -231,7 +231,18 @@ class Session:
         return Job(inst.id, inst.kind, key, document, {name: str(self.results[up].key) for name, up in
                                                         inst.inputs.items()},
                    files, project, self.stage_run(inst, Path("/nonexistent")).to_json(), KINDS[inst.kind].spreads,
-                   inst.id in self.forced, self.progress_file(inst), self.failure_log(inst))
+                   inst.id in self.forced, self.progress_file(inst), self.failure_log(inst), self._near(inst))
+
+    def _near(self, inst: Instance) -> str | None:
+        """The worker that built this instance's largest input in this run (a part's compile: where its split
+        ran), where the job is best placed: the worker holds that entry and need not fetch it."""
+        built = [(self._entry_bytes(str(r.key)), r.worker) for r in (self.results[up] for up in inst.inputs.values())
+                 if r.worker and r.key]
+        return max(built)[1] if built else None
+
+    def _entry_bytes(self, key: str) -> int:
+        manifest = self.store.manifest(key) or {}
+        return sum(int(f.get("size", 0)) for f in manifest.get("files", {}).values() if isinstance(f, dict))
 
     def _adopt(self, inst: Instance, key: str, document: dict[str, Any], status: str, started: float, *,
                origin: str = "local", worker: str | None = None) -> Result:

@@ -21,8 +21,10 @@ def put_blob(remote: RemoteCache, path: Path, digest: str) -> None:
     if path.is_dir():
         with tempfile.TemporaryDirectory(prefix="qnnbuild-blob-") as tmp:
             archive = Path(tmp) / "folder.tar"
-            with tarfile.open(archive, "w") as tar:
-                tar.add(path, arcname=".")
+            # the files, not links: a folder given as a symlink (or one holding links, as a Hugging Face cache
+            # snapshot does) is packed as what it reads, which is what its digest is over
+            with tarfile.open(archive, "w", dereference=True) as tar:
+                tar.add(path.resolve(), arcname=".")
             remote.call("upload", remote.fs.put_file, str(archive), target)
     else:
         remote.call("upload", remote.fs.put_file, str(path), target)
@@ -45,9 +47,15 @@ def get_blob(remote: RemoteCache, digest: str, folder: Path, name: str) -> Path:
     if sha256_file(raw) == digest:
         raw.replace(dest)
     else:  # a folder travels as a tar; its digest is over its files
-        with tarfile.open(raw) as tar:
-            tar.extractall(dest, filter="data")
-        raw.unlink()
+        try:
+            with tarfile.open(raw) as tar:
+                tar.extractall(dest, filter="data")
+        except (tarfile.TarError, OSError) as exc:  # the client then builds it: never a failed stage
+            if dest.is_dir():
+                remove_tree(dest)
+            raise CacheDown(f"input folder {name} from the shared cache cannot be unpacked ({exc})") from None
+        finally:
+            raw.unlink(missing_ok=True)
     if StatCache(folder / ".unused").digest(dest) != digest:
         remove_tree(dest) if dest.is_dir() else dest.unlink()
         raise CacheDown(f"input file {name} from the shared cache does not match its digest {digest[:16]}")

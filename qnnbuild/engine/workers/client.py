@@ -44,6 +44,7 @@ class Job:
     forced: bool  # `run --force`: the worker builds it again, whatever it or the shared cache holds
     progress: Path  # where the relayed progress lands for the console
     failure_log: Path  # where a failed stage's log is kept
+    near: str | None = None  # the worker that holds its largest input: preferred, not required
 
 
 class FailedThere(StageFailed):
@@ -103,14 +104,16 @@ class Cluster:
             put_blob(self.remote, path, digest)
             self.shipped.add(digest)
 
-    def run(self, request: dict[str, Any], progress: Path | None = None) -> dict[str, Any]:
-        """Build one instance on a worker; its progress, relayed by the worker, lands in `progress`."""
+    def run(self, request: dict[str, Any], progress: Path | None = None, near: str | None = None) -> dict[str, Any]:
+        """Build one instance on a worker (`near` if it is free: it holds the largest input; any other one
+        otherwise); its progress, relayed by the worker, lands in `progress`."""
         name = f"qnnbuild-{request['run']['instance']}-{uuid.uuid4().hex[:8]}"
         if progress is not None:
             request = {**request, "progress_topic": name}
             self.client.subscribe_topic(name, lambda event: _write_progress(progress, event[1]))
+        placed: dict[str, Any] = {"workers": [near], "allow_other_workers": True} if near else {}
         try:
-            future = self.client.submit(run_on_worker, request, self.remote.url, pure=False, key=name)
+            future = self.client.submit(run_on_worker, request, self.remote.url, pure=False, key=name, **placed)
             reply: dict[str, Any] = future.result()
         finally:
             if progress is not None:
@@ -135,7 +138,7 @@ class Cluster:
                    # the shared entries this client refused: the worker replaces the one it then publishes
                    "refused": sorted(remote.refused)}
         try:
-            reply = self.run(request, job.progress)
+            reply = self.run(request, job.progress, job.near)
         finally:
             job.progress.unlink(missing_ok=True)
         if not reply["ok"]:

@@ -170,6 +170,7 @@ KIND = StageKind(
     fans_out=True,
     unkeyed=("part_stages",),
     unfold=unfold,
+    stays_here=lambda params: bool(params.get("part_stages")),  # the join: hard links to the parts' binaries
     tools=("onnx", "onnxruntime", "onnxruntime-qnn"),
     run=run,
 )
