@@ -105,8 +105,9 @@ class Cluster:
             self.shipped.add(digest)
 
     def run(self, request: dict[str, Any], progress: Path | None = None, near: str | None = None) -> dict[str, Any]:
-        """Build one instance on a worker (`near` if it is free: it holds the largest input; any other one
-        otherwise); its progress, relayed by the worker, lands in `progress`."""
+        """Build one instance on a worker (`near`, which holds its largest input, by preference: Dask queues it
+        there and may still move it to an idle worker, or place it elsewhere once `near` is gone); its progress,
+        relayed by the worker, lands in `progress`."""
         name = f"qnnbuild-{request['run']['instance']}-{uuid.uuid4().hex[:8]}"
         if progress is not None:
             request = {**request, "progress_topic": name}
