@@ -27,8 +27,7 @@ import sys
 from pathlib import Path
 from qnnbuild.stages.compile import _finalize, provider_options
 from qnnbuild.toolchain.runtime.targets import resolve
-target = resolve("SM8650")
-target = target.__dict__ if hasattr(target, "__dict__") else target
+target = resolve("SM8650").as_dict()
 options = provider_options({"optimization_level": 3, "performance_mode": "default", "vtcm_mb": None, "fp16": False},
                            target)
 _finalize(Path(sys.argv[1]), Path(sys.argv[2]), options, target)

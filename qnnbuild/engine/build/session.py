@@ -236,13 +236,9 @@ class Session:
     def _near(self, inst: Instance) -> str | None:
         """The worker that built this instance's largest input in this run (a part's compile: where its split
         ran), where the job is best placed: the worker holds that entry and need not fetch it."""
-        built = [(self._entry_bytes(str(r.key)), r.worker) for r in (self.results[up] for up in inst.inputs.values())
-                 if r.worker and r.key]
+        built = [(self.store.entry_bytes(str(r.key)), r.worker) for r in (self.results[up] for up in
+                                                                          inst.inputs.values()) if r.worker and r.key]
         return max(built)[1] if built else None
-
-    def _entry_bytes(self, key: str) -> int:
-        manifest = self.store.manifest(key) or {}
-        return sum(int(f.get("size", 0)) for f in manifest.get("files", {}).values() if isinstance(f, dict))
 
     def _adopt(self, inst: Instance, key: str, document: dict[str, Any], status: str, started: float, *,
                origin: str = "local", worker: str | None = None) -> Result:

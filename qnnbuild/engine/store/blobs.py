@@ -24,7 +24,7 @@ def put_blob(remote: RemoteCache, path: Path, digest: str) -> None:
             # the files, not links: a folder given as a symlink (or one holding links, as a Hugging Face cache
             # snapshot does) is packed as what it reads, which is what its digest is over
             with tarfile.open(archive, "w", dereference=True) as tar:
-                tar.add(path.resolve(), arcname=".")
+                tar.add(path, arcname=".")
             remote.call("upload", remote.fs.put_file, str(archive), target)
     else:
         remote.call("upload", remote.fs.put_file, str(path), target)

@@ -52,6 +52,11 @@ class Store:
             return None
         return raw if isinstance(raw, dict) else None
 
+    def entry_bytes(self, key: str) -> int:
+        """The size of an entry's output files, from its manifest (0 for an entry not here)."""
+        manifest = self.manifest(key) or {}
+        return sum(int(f.get("size", 0)) for f in manifest.get("files", {}).values() if isinstance(f, dict))
+
     def has(self, key: str) -> bool:
         return (self.entry(key) / META / "manifest.json").is_file()
 

@@ -12,7 +12,7 @@ not retry what would fail again.
 from __future__ import annotations
 
 import contextlib
-import time
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ from qnnbuild.engine.store.blobs import put_blob
 from qnnbuild.engine.store.local import Store
 from qnnbuild.engine.store.remote import CacheDown, RemoteCache
 from qnnbuild.engine.workers.place import CONNECT_TIMEOUT_S, worker_threads
-from qnnbuild.engine.workers.task import run_on_worker
+from qnnbuild.engine.workers.task import Phases, run_on_worker
 from qnnbuild.errors import StageFailed, UsageError
 
 
@@ -92,6 +92,8 @@ class Cluster:
                 raise UsageError(f"--scheduler {address}: cannot reach the Dask scheduler ({exc})") from None
         self.address = address
         self.shipped: set[str] = set()
+        self._preferred: set[str] = set()  # workers a job in flight was sent to by preference
+        self._guard = threading.Lock()
 
     @property
     def slots(self) -> int:
@@ -105,18 +107,26 @@ class Cluster:
             self.shipped.add(digest)
 
     def run(self, request: dict[str, Any], progress: Path | None = None, near: str | None = None) -> dict[str, Any]:
-        """Build one instance on a worker (`near`, which holds its largest input, by preference: Dask queues it
-        there and may still move it to an idle worker, or place it elsewhere once `near` is gone); its progress,
-        relayed by the worker, lands in `progress`."""
+        """Build one instance on a worker; its progress, relayed by the worker, lands in `progress`. `near` holds
+        its largest input and is preferred unless another job of this run was already sent there by preference:
+        Dask queues a preferred job behind that worker's task, so two splits of one quantize entry would pile on
+        one worker while another idles (seen in the parts test); the second goes wherever Dask places it."""
         name = f"qnnbuild-{request['run']['instance']}-{uuid.uuid4().hex[:8]}"
         if progress is not None:
             request = {**request, "progress_topic": name}
             self.client.subscribe_topic(name, lambda event: _write_progress(progress, event[1]))
-        placed: dict[str, Any] = {"workers": [near], "allow_other_workers": True} if near else {}
+        with self._guard:
+            prefer = near if near and near not in self._preferred else None
+            if prefer:
+                self._preferred.add(prefer)
+        placed: dict[str, Any] = {"workers": [prefer], "allow_other_workers": True} if prefer else {}
         try:
             future = self.client.submit(run_on_worker, request, self.remote.url, pure=False, key=name, **placed)
             reply: dict[str, Any] = future.result()
         finally:
+            if prefer:
+                with self._guard:
+                    self._preferred.discard(prefer)
             if progress is not None:
                 self.client.unsubscribe_topic(name)
         return reply
@@ -148,17 +158,18 @@ class Cluster:
             failed = StageFailed if reply.get("refused") else FailedThere
             raise failed(f"{reply['message']} (on {reply['worker']})", job.failure_log)
         key = str(reply.get("key", job.key))
-        began = time.monotonic()
+        phases = Phases(dict(reply.get("phases", {})))
         try:
-            restored = remote.fetch(key, store, replace=True)  # this run's log and timings
+            with phases.timed("restore"):
+                restored = remote.fetch(key, store, replace=True)  # this run's log and timings
         except CacheDown:
             restored = None
-        phases = {**reply.get("phases", {}), "restore": round(time.monotonic() - began, 3)}
         if restored is None:
             raise StageFailed(f"worker {reply['worker']} built {job.instance}, but the shared cache holds no valid "
                               "entry for it")
         document = reply.get("document", job.document)
-        return Built(str(reply["worker"]), key, document, list(reply.get("found", found_in(document))), phases)
+        return Built(str(reply["worker"]), key, document, list(reply.get("found", found_in(document))),
+                     phases.seconds)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

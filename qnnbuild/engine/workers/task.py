@@ -102,11 +102,11 @@ def _build_here(request: dict[str, Any], cache_url: str, worker: Any) -> dict[st
 
 
 class Phases:
-    """Where a worker's time for one instance went (its inputs fetched, the stage, the upload): a cluster's
-    cost beside the stage's own, shown on the instance's line."""
+    """Where a worker-built instance's time went (its inputs fetched, the stage, the upload on the worker; the
+    restore on the client): a cluster's cost beside the stage's own, shown on the instance's line."""
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds: dict[str, float] = seconds or {}
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
