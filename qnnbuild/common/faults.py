@@ -1,7 +1,8 @@
 """Named crash points for the crash-safety tests.
 
 `QNNBUILD_KILL_AT=<point>@<instance>` makes the process SIGKILL itself when that instance reaches that
-point (`publish:manifest`, `publish:renamed`, `view:switched`, `remote:files-uploaded`, `cluster:ran`;
+point (`publish:manifest`, `publish:renamed`, `view:switched`, `remote:files-uploaded`, `cluster:ran`,
+`cluster:left` (a worker's entry left in the shared cache);
 toolchain/runtime/shards.py reads `shard@<first sample>` itself).
 With `QNNBUILD_KILL_ONCE=<file>` as well, only the process that creates that file dies: of two Dask workers
 with the same environment, the first to reach the point is lost and the retry elsewhere succeeds. Nothing

@@ -285,9 +285,13 @@ def test_parts_chain_like_the_whole_graph_and_genai_runs_them(tmp_path: Path, cl
     proc = run_process(["run", "split.yaml", "--json", "--scheduler", "local:2", "--artifacts", "cluster", "--cache",
                         (tmp_path / "cache").as_uri()], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    where = {s["id"]: s.get("worker") for s in json.loads(proc.stdout)["stages"]}
+    stages = json.loads(proc.stdout)["stages"]
+    where = {s["id"]: s.get("worker") for s in stages}
     assert where["compile[SM8650]"] is None and where["compile.part1[SM8650]"] == where["compile.split1"], where
     assert where["compile.part2[SM8650]"] == where["compile.split2"] is not None, where
+    # the join, kept on the client, reads the compiled parts: restored as they end; a split only at the run's end
+    phases = {s["id"]: s.get("phases", {}) for s in stages}
+    assert "restore" in phases["compile.part1[SM8650]"] and "restore" not in phases["compile.split1"], phases
     cluster = tmp_path / "cluster/split/context/SM8650"
     assert all((serial / f).read_bytes() == (cluster / f).read_bytes() for f in files)
     # an edit that leaves part 1's graph as it was (the LM head's precision: the head is in the last part)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,18 @@ def build(request: Request, console: Console) -> list[Session]:
             console.say(f"removed {swept} unfinished work folder(s) left by an interrupted run")
         run_with_doit(sessions, console, selected, request.jobs)
         for session in sessions:
+            _restore_deferred(session, console)
             _push_pending(session, console)
             session.write_lock()
     return sessions
+
+
+def _restore_deferred(session: Session, console: Console) -> None:
+    started = time.monotonic()
+    count, size = session.restore_deferred()
+    if count:
+        console.say(f"restored {count} worker-built entr{'y' if count == 1 else 'ies'} from the shared cache "
+                    f"({size / 1e6:,.1f} MB, {time.monotonic() - started:.1f} s)")
 
 
 def _push_pending(session: Session, console: Console) -> None:

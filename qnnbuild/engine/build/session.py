@@ -27,7 +27,7 @@ from qnnbuild.engine.keys.status import Verdict, assess
 from qnnbuild.engine.keys.versions import VersionCache
 from qnnbuild.engine.recipe.plan import Instance, Plan
 from qnnbuild.engine.store.files import remove_tree
-from qnnbuild.engine.store.local import Store
+from qnnbuild.engine.store.local import Store, manifest_bytes
 from qnnbuild.errors import StageFailed
 from qnnbuild.stages import KINDS
 from qnnbuild.stages.base import StageRun
@@ -79,6 +79,9 @@ class Session:
 
             self.sync = SharedSync(remote, self.store, self.guard)
         self._building: dict[str, threading.Lock] = peer._building if peer else {}
+        # built on a worker and left in the shared cache until a stage here reads it or the run ends: instance id
+        # → (key, its manifest there)
+        self.deferred: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def _key_lock(self, key: str) -> threading.Lock:
         with self.guard:
@@ -141,9 +144,22 @@ class Session:
             built = self._on_worker(self.executor, inst, key, document)
             if built is not None:
                 key, document = self._worker_key(inst, document, built)
-                result = self._adopt(inst, key, document, "ran", started, worker=built.worker)
+                if built.manifest is None:
+                    result = self._adopt(inst, key, document, "ran", started, worker=built.worker)
+                else:  # nothing here reads it during the run: restore_deferred brings it at the end
+                    result = self._record(inst, "ran", time.monotonic() - started, key, document, built.manifest)
+                    result.worker = built.worker
+                    with self.guard:
+                        self.deferred[inst.id] = (key, built.manifest)
+                    checkpoint("cluster:left", inst.id)
                 result.phases = built.phases
                 return result
+        return self._build_here(inst, key, document, started)
+
+    def _build_here(self, inst: Instance, key: str, document: dict[str, Any], started: float) -> Result:
+        """Run the stage on this machine, publish its entry, show it, upload it."""
+        forced = inst.id in self.forced
+        self._inputs_here(inst)
         work = self.store.new_workdir(key)
         try:
             self._run_worker(inst, work)
@@ -192,7 +208,7 @@ class Session:
         if project is None:
             return None
         try:
-            return executor.build(self._job(inst, key, document, project), self.store)
+            return executor.build(self._job(inst, key, document, project), self.store, restore=self._read_here(inst))
         except FailedThere as exc:
             if not guessed:
                 raise
@@ -236,9 +252,81 @@ class Session:
     def _near(self, inst: Instance) -> str | None:
         """The worker that built this instance's largest input in this run (a part's compile: where its split
         ran), where the job is best placed: the worker holds that entry and need not fetch it."""
-        built = [(self.store.entry_bytes(str(r.key)), r.worker) for r in (self.results[up] for up in
-                                                                          inst.inputs.values()) if r.worker and r.key]
+        ups = [(up, self.results[up]) for up in inst.inputs.values()]
+        built = [(self._entry_bytes(up, str(r.key)), r.worker) for up, r in ups if r.worker and r.key]
         return max(built)[1] if built else None
+
+    def _entry_bytes(self, inst_id: str, key: str) -> int:
+        with self.guard:
+            left = self.deferred.get(inst_id)
+        return manifest_bytes(left[1]) if left else self.store.entry_bytes(key)
+
+    # --- entries left in the shared cache ------------------------------------------------------------------------
+    def _read_here(self, inst: Instance) -> bool:
+        """Whether a stage kept on this machine reads the instance's entry (a join of an LLM's parts reads the
+        compiled parts): then a worker's entry is restored at once. Any other is left in the shared cache while
+        the run goes on, so the next stage, on a worker, starts without waiting for a download here (a split
+        part's 0.5 GB) that competes with the workers for the disk."""
+        return any(KINDS[d.kind].stays_here(d.params) for d in self.plan.instances if inst.id in d.inputs.values())
+
+    def _inputs_here(self, inst: Instance) -> None:
+        """The instance's inputs in this store, for a stage about to run here: a worker-built entry left in the
+        shared cache is restored now, or, when the cache has lost it or gone down since, built here again (as
+        it would be without a cache: a cache error costs a warning, never the build)."""
+        for up in inst.inputs.values():
+            try:
+                self._bring_here(up)
+            except StageFailed as exc:
+                if self.remote is not None:
+                    self.remote.warn(f"{exc}; {inst.id} reads it: building it here")
+                upstream = self.plan.by_id()[up]
+                key, document = self.keying.key_for(upstream, self._upstream_digests(upstream))
+                with self._key_lock(key):
+                    self._build_here(upstream, key, document, time.monotonic())
+                with self.guard:
+                    self.deferred.pop(up, None)
+
+    def restore_deferred(self) -> tuple[int, int]:
+        """After the run: every worker-built entry left in the shared cache restored here and shown by its view,
+        as after any run. Returns (entries, bytes); an entry the cache cannot give back costs a warning (the next
+        run restores or rebuilds it), never the build."""
+        count = size = 0
+        for inst_id in list(self.deferred):
+            try:
+                got = self._bring_here(inst_id)
+            except StageFailed as exc:  # raised only with a shared cache
+                if self.remote is not None:
+                    self.remote.warn(f"{exc}: the next run restores or rebuilds it")
+                continue
+            count, size = count + bool(got), size + got
+        return count, size
+
+    def _bring_here(self, inst_id: str) -> int:
+        """A worker-built entry left in the shared cache, restored here and shown by its view; its bytes (0 when
+        it was not left there). Raises StageFailed when the cache no longer gives a valid entry."""
+        from qnnbuild.engine.store.remote import CacheDown
+
+        with self.guard:
+            left = self.deferred.get(inst_id)
+        if left is None or self.remote is None:
+            return 0
+        key, manifest = left
+        with self._key_lock(key):
+            with self.guard:
+                if inst_id not in self.deferred:  # another stage's thread brought it meanwhile
+                    return 0
+            try:
+                restored = self.store.has(key) or self.remote.fetch(key, self.store, replace=True) is not None
+            except CacheDown:
+                restored = False
+            if not restored:
+                raise StageFailed(f"{inst_id} was built on a worker, but the shared cache no longer gives a valid "
+                                  "entry for it")
+            self._remember_stats(key)
+            self.store.set_view(self.view(self.plan.by_id()[inst_id]), key)
+            with self.guard:
+                del self.deferred[inst_id]
+        return manifest_bytes(manifest)
 
     def _adopt(self, inst: Instance, key: str, document: dict[str, Any], status: str, started: float, *,
                origin: str = "local", worker: str | None = None) -> Result:
@@ -307,8 +395,10 @@ class Session:
         shutil.copyfile(work / ".qnnbuild" / "stage.log", dest)
         return dest
 
-    def _record(self, inst: Instance, status: str, seconds: float, key: str, document: dict[str, Any]) -> Result:
-        manifest = self.store.manifest(key) or {"files": {}, "digest": None}
+    def _record(self, inst: Instance, status: str, seconds: float, key: str, document: dict[str, Any],
+                manifest: dict[str, Any] | None = None) -> Result:
+        """The instance's result, from its entry's manifest (here, or `manifest` of an entry in the shared cache)."""
+        manifest = manifest or self.store.manifest(key) or {"files": {}, "digest": None}
         view = self.view(inst)
         result = Result(inst.id, inst.stage, inst.target, status, seconds, key,
                         [str(view / rel) for rel in manifest["files"]], manifest["digest"], document,

@@ -54,8 +54,7 @@ class Store:
 
     def entry_bytes(self, key: str) -> int:
         """The size of an entry's output files, from its manifest (0 for an entry not here)."""
-        manifest = self.manifest(key) or {}
-        return sum(int(f.get("size", 0)) for f in manifest.get("files", {}).values() if isinstance(f, dict))
+        return manifest_bytes(self.manifest(key) or {})
 
     def has(self, key: str) -> bool:
         return (self.entry(key) / META / "manifest.json").is_file()
@@ -245,3 +244,8 @@ class Store:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> int:
+    """The size of the output files a manifest (here, or the shared cache's) describes."""
+    return sum(int(f.get("size", 0)) for f in manifest.get("files", {}).values() if isinstance(f, dict))

@@ -61,6 +61,7 @@ class Built:
     document: dict[str, Any]
     found: list[str]
     phases: dict[str, float]  # seconds: inputs, stage, upload on the worker; restore here
+    manifest: dict[str, Any] | None = None  # the shared entry's manifest when it was left there (not restored)
 
 
 class Cluster:
@@ -131,13 +132,17 @@ class Cluster:
                 self.client.unsubscribe_topic(name)
         return reply
 
-    def build(self, job: Job, store: Store) -> Built | None:
-        """Build the job on a worker and restore its entry into `store`; what the worker built, or None when the
+    def build(self, job: Job, store: Store, *, restore: bool = True) -> Built | None:
+        """Build the job on a worker and restore its entry into `store` (with `restore`; otherwise only its
+        manifest is read: the entry stays in the shared cache for now); what the worker built, or None when the
         cache failed (the instance then runs here: a cache error never fails a build)."""
         remote = self.remote
         try:
             for up_key in job.upstream.values():  # a worker reads its inputs from the cache: make sure they are there
-                remote.push(up_key, store)
+                if store.has(up_key):
+                    remote.push(up_key, store)
+                elif remote.manifest(up_key) is None:  # left there by a worker, and lost since: built here
+                    return None
             for path, digest in [*job.files.values(), *job.project.values()]:
                 self.ship(path, digest)
         except CacheDown:
@@ -160,16 +165,19 @@ class Cluster:
         key = str(reply.get("key", job.key))
         phases = Phases(dict(reply.get("phases", {})))
         try:
-            with phases.timed("restore"):
-                restored = remote.fetch(key, store, replace=True)  # this run's log and timings
+            if restore:
+                with phases.timed("restore"):
+                    found = remote.fetch(key, store, replace=True)  # this run's log and timings
+            else:
+                found = remote.manifest(key)
         except CacheDown:
-            restored = None
-        if restored is None:
+            found = None
+        if found is None:
             raise StageFailed(f"worker {reply['worker']} built {job.instance}, but the shared cache holds no valid "
                               "entry for it")
         document = reply.get("document", job.document)
         return Built(str(reply["worker"]), key, document, list(reply.get("found", found_in(document))),
-                     phases.seconds)
+                     phases.seconds, None if restore else found)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
