@@ -315,8 +315,9 @@ class Session:
             with self.guard:
                 if inst_id not in self.deferred:  # another stage's thread brought it meanwhile
                     return 0
+            here = self.store.has(key) and inst_id not in self.forced  # a forced run brings its own log and timings
             try:
-                restored = self.store.has(key) or self.remote.fetch(key, self.store, replace=True) is not None
+                restored = here or self.remote.fetch(key, self.store, replace=True) is not None
             except CacheDown:
                 restored = False
             if not restored:
