@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,6 +125,21 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp
         return code, out, err
 
     return run
+
+
+def paused(folder: Path, point: str, args: list[str], *, stdout: int = subprocess.DEVNULL, timeout_s: float = 120,
+           env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], Path, int]:
+    """`qnnbuild ARGS` stopped at a named checkpoint (faults.py): returns it, its pause file and the pid that
+    paused (the stage worker's, for `stage:running`). Removing the pause file lets it go on."""
+    flag = folder / "paused"
+    env = {**os.environ, **(env or {}), "QNNBUILD_PAUSE_AT": point, "QNNBUILD_PAUSE_FILE": str(flag)}
+    proc = subprocess.Popen([sys.executable, "-m", "qnnbuild", *args], cwd=folder, text=True, env=env,
+                            stderr=subprocess.PIPE, stdout=stdout, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not (flag.is_file() and flag.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "never reached " + point
+        time.sleep(0.05)
+    return proc, flag, int(flag.read_text())
 
 
 def run_process(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

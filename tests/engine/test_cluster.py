@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_RECIPE, make_conv_model, run_process, write_torch_factory
+from tests.conftest import TINY_RECIPE, make_conv_model, paused, run_process, write_torch_factory
 from tests.servers import DaskCluster, SeaweedFS
 
 
@@ -330,16 +327,9 @@ def test_a_cache_lost_mid_run_costs_a_warning_and_the_client_builds_what_it_need
     warnings, no failure, the bytes of a local build."""
     folder = project(tmp_path / "p")
     cache = tmp_path / "cache"
-    flag = folder / "paused"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "QNNBUILD_PAUSE_AT": "cluster:left@quantize",
-           "QNNBUILD_PAUSE_FILE": str(flag)}
-    proc = subprocess.Popen([sys.executable, "-m", "qnnbuild", "run", "tiny.yaml", "--json", "--scheduler", "local:1",
-                             "--cache", cache.as_uri()], cwd=folder, text=True, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while not (flag.is_file() and flag.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-        time.sleep(0.05)
+    proc, flag, _ = paused(folder, "cluster:left@quantize", ["run", "tiny.yaml", "--json", "--scheduler", "local:1",
+                                                            "--cache", cache.as_uri()],
+                           stdout=subprocess.PIPE, timeout_s=180, env={"PYTHONWARNINGS": "ignore"})
     cache.rename(tmp_path / "gone")  # export and quantize, built on the worker, now exist only there
     cache.write_text("not a folder")  # every read and write of the cache fails from here on
     flag.unlink()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_RECIPE, make_conv_model, run_process, write
+from tests.conftest import TINY_RECIPE, make_conv_model, paused, run_process, write
 from tests.stages.test_compile import digests
 
 
@@ -38,20 +38,6 @@ def rebuild_matches(folder: Path, clean: dict[str, str]) -> str:
     assert run_process(["verify"], folder).returncode == 0
     assert not any((folder / "artifacts/.store/.tmp").iterdir())
     return proc.stderr
-
-
-def paused(folder: Path, point: str, args: list[str]) -> tuple[subprocess.Popen[str], Path, int]:
-    """`qnnbuild ARGS` stopped at a named checkpoint (faults.py): returns it, its pause file and the pid that
-    paused (the stage worker's, for `stage:running`)."""
-    flag = folder / "paused"
-    env = {**os.environ, "QNNBUILD_PAUSE_AT": point, "QNNBUILD_PAUSE_FILE": str(flag)}
-    proc = subprocess.Popen([sys.executable, "-m", "qnnbuild", *args], cwd=folder, text=True, env=env,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not (flag.is_file() and flag.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, "never reached " + point
-        time.sleep(0.05)
-    return proc, flag, int(flag.read_text())
 
 
 def _gone(pid: int) -> bool:

@@ -323,21 +323,25 @@ class Session:
             if not restored:
                 raise StageFailed(f"{inst_id} was built on a worker, but the shared cache no longer gives a valid "
                                   "entry for it")
-            self._remember_stats(key)
-            self.store.set_view(self.view(self.plan.by_id()[inst_id]), key)
+            self._show(self.plan.by_id()[inst_id], key)
             with self.guard:
                 del self.deferred[inst_id]
         return manifest_bytes(manifest)
 
     def _adopt(self, inst: Instance, key: str, document: dict[str, Any], status: str, started: float, *,
                origin: str = "local", worker: str | None = None) -> Result:
-        """The one tail of every way an entry becomes this instance's: its stats remembered (later runs check
-        it by stat), the view switched to it, the result recorded."""
-        self._remember_stats(key)
-        self.store.set_view(self.view(inst), key)
+        """The one tail of every way an entry becomes this instance's (a worker's entry left in the shared cache
+        is recorded at once and shown when restored: `_bring_here`): shown, then its result recorded."""
+        self._show(inst, key)
         result = self._record(inst, status, time.monotonic() - started, key, document)
         result.origin, result.worker = origin, worker
         return result
+
+    def _show(self, inst: Instance, key: str) -> None:
+        """The entry here becomes the instance's: its stats remembered (later runs check it by stat), then the
+        view switched to it."""
+        self._remember_stats(key)
+        self.store.set_view(self.view(inst), key)
 
     def push_pending(self) -> tuple[int, int]:
         """Upload what an earlier run could not: (uploaded, dropped) (see sync.SharedSync.push_pending)."""
