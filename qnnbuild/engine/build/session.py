@@ -298,23 +298,24 @@ class Session:
                 if self.remote is not None:
                     self.remote.warn(f"{exc}: the next run restores or rebuilds it")
                 continue
-            count, size = count + bool(got), size + got
+            if got is not None:
+                count, size = count + 1, size + got
         return count, size
 
-    def _bring_here(self, inst_id: str) -> int:
-        """A worker-built entry left in the shared cache, restored here and shown by its view; its bytes (0 when
+    def _bring_here(self, inst_id: str) -> int | None:
+        """A worker-built entry left in the shared cache, restored here and shown by its view; its bytes (None when
         it was not left there). Raises StageFailed when the cache no longer gives a valid entry."""
         from qnnbuild.engine.store.remote import CacheDown
 
         with self.guard:
             left = self.deferred.get(inst_id)
         if left is None or self.remote is None:
-            return 0
+            return None
         key, manifest = left
         with self._key_lock(key):
             with self.guard:
                 if inst_id not in self.deferred:  # another stage's thread brought it meanwhile
-                    return 0
+                    return None
             here = self.store.has(key) and inst_id not in self.forced  # a forced run brings its own log and timings
             try:
                 restored = here or self.remote.fetch(key, self.store, replace=True) is not None
